@@ -1,0 +1,38 @@
+//! The `atomic-preload` command: `validate` for operators, and the stage helpers that
+//! generated units call. See `atomic_preload::runtime`.
+
+use atomic_preload::cli::{HelperCli, HelperCommand};
+use atomic_preload::{generator, runtime};
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = HelperCli::parse();
+    let result = match cli.command {
+        HelperCommand::Validate { file } => {
+            let effective = generator::load_effective(&file);
+            let problems = effective.all_problems();
+            let shown = file.display().to_string();
+            for problem in &problems {
+                println!("{}", problem.display(&shown));
+            }
+            return if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        }
+        HelperCommand::ConfigError { messages } => {
+            for message in &messages {
+                eprintln!("{message}");
+            }
+            eprintln!("Fix the config, then run: systemctl daemon-reload");
+            return ExitCode::FAILURE;
+        }
+        HelperCommand::Load(args) => runtime::load::run(&args),
+        HelperCommand::Install(args) => runtime::install::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("atomic-preload: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! config.yaml: parse and validate, pure (no file system, no processes).
+//!
+//! The result keeps going past every problem: each list item is validated on its own, so
+//! one broken entry never hides the others, and every problem carries a line and column.
+
+mod node;
+
+use node::{Node, SNode};
+use std::fmt;
+
+/// A place in config.yaml, 1-based, as editors count; line 0 means the whole file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    pub line: u64,
+    pub column: u64,
+}
+
+/// One thing wrong with the config, where it is and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub position: Position,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(position: Position, message: impl Into<String>) -> Self {
+        Problem { position, message: message.into() }
+    }
+
+    /// `FILE:LINE:COL: message`, the form editors and compilers use.
+    pub fn display<'a>(&'a self, file: &'a str) -> impl fmt::Display + 'a {
+        DisplayProblem { file, problem: self }
+    }
+}
+
+struct DisplayProblem<'a> {
+    file: &'a str,
+    problem: &'a Problem,
+}
+
+impl fmt::Display for DisplayProblem<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.problem.position {
+            // Line 0: a problem with the file as a whole (unreadable, too large).
+            Position { line: 0, .. } => write!(f, "{}: {}", self.file, self.problem.message),
+            Position { line, column } => write!(f, "{}:{line}:{column}: {}", self.file, self.problem.message),
+        }
+    }
+}
+
+/// A container entry that passed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub image: String,
+    /// File names under `<preload-dir>/docker/` this entry's unit loads itself.
+    pub archives: Vec<String>,
+    pub install: Option<Install>,
+    pub run: Option<Run>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Install {
+    pub system: bool,
+    pub user: bool,
+    pub remote: Option<String>,
+    /// `KEY=VALUE`, checked to have a valid key.
+    pub setvalues: Vec<String>,
+    pub extra_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Run {
+    pub spc: bool,
+    pub extra_args: Vec<String>,
+}
+
+/// An entry that did not pass validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidEntry {
+    /// The entry's name when it is present and valid: it still gets a (failing) unit.
+    pub name: Option<String>,
+    pub position: Position,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Valid(Entry),
+    Invalid(InvalidEntry),
+}
+
+/// Everything config.yaml said, in document order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    pub items: Vec<Item>,
+    /// Problems that belong to no named entry: syntax errors, a top level that is not a
+    /// list, entries without a usable name.
+    pub problems: Vec<Problem>,
+}
+
+/// The config after overrides: what the units are made from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Effective {
+    /// One per name, each the last entry in the file with that name, sorted by name.
+    pub items: Vec<Named>,
+    /// Problems no named entry can carry (see [`Config::problems`]), in file order.
+    pub problems: Vec<Problem>,
+}
+
+/// An effective entry: valid, or invalid but with a usable name (it gets a failing unit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    Valid(Entry),
+    Invalid { name: String, problems: Vec<Problem> },
+}
+
+impl Config {
+    /// Apply the override rule: a later entry with the same name replaces the earlier one
+    /// entirely, even when the later one is invalid (it then fails loudly instead of the
+    /// old one running silently).
+    pub fn effective(self) -> Effective {
+        let mut by_name = std::collections::BTreeMap::new();
+        let mut problems = self.problems;
+        for item in self.items {
+            match item {
+                Item::Valid(entry) => {
+                    by_name.insert(entry.name.clone(), Named::Valid(entry));
+                }
+                Item::Invalid(InvalidEntry { name: Some(name), problems, .. }) => {
+                    by_name.insert(name.clone(), Named::Invalid { name, problems });
+                }
+                Item::Invalid(InvalidEntry { name: None, problems: own, .. }) => problems.extend(own),
+            }
+        }
+        problems.sort_by_key(|p| p.position);
+        Effective { items: by_name.into_values().collect(), problems }
+    }
+}
+
+impl Effective {
+    /// Every problem, for `atomic-preload validate`, in file order.
+    pub fn all_problems(&self) -> Vec<&Problem> {
+        let mut all: Vec<&Problem> = self.problems.iter().collect();
+        for item in &self.items {
+            if let Named::Invalid { problems, .. } = item {
+                all.extend(problems);
+            }
+        }
+        all.sort_by_key(|p| p.position);
+        all
+    }
+}
+
+/// Parse config.yaml's bytes. An empty file (or one with only comments) has no entries.
+pub fn parse(bytes: &[u8]) -> Config {
+    let text = match decode(bytes) {
+        Ok(text) => text,
+        Err(problem) => return Config { items: vec![], problems: vec![problem] },
+    };
+    let options = serde_saphyr::options! {
+        // Our own validation reports duplicate keys with both positions.
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
+    };
+    let root: Option<SNode> = match serde_saphyr::from_str_with_options(text, options) {
+        Ok(root) => root,
+        Err(err) => return Config { items: vec![], problems: vec![yaml_problem(&err)] },
+    };
+    let Some(root) = root else { return Config::default() };
+    match root.value {
+        Node::Null => Config::default(),
+        Node::Seq(items) => Config { items: items.iter().map(validate_entry).collect(), problems: vec![] },
+        other => Config {
+            items: vec![],
+            problems: vec![Problem::new(
+                pos(&root.referenced),
+                format!("the config must be a list of entries (\"- name: ...\"), found {}", other.kind()),
+            )],
+        },
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<&str, Problem> {
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    std::str::from_utf8(bytes).map_err(|err| {
+        let good = &bytes[..err.valid_up_to()];
+        let line = good.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+        let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&good[line_start..]).chars().count() as u64 + 1;
+        Problem::new(Position { line, column }, "the file is not valid UTF-8")
+    })
+}
+
+fn yaml_problem(err: &serde_saphyr::Error) -> Problem {
+    let position = err.location().map(|l| pos(&l)).unwrap_or(Position { line: 1, column: 1 });
+    // The first line of saphyr's report is the message; the rest is a snippet that
+    // repeats the position, which our FILE:LINE:COL prefix already gives.
+    let rendered = err.without_snippet().to_string();
+    let message = rendered.lines().next().unwrap_or("invalid YAML").trim();
+    let message = strip_location_suffix(message);
+    Problem::new(position, format!("invalid YAML: {message}"))
+}
+
+/// saphyr appends " at line L, column C" to some messages; we say it in front already.
+fn strip_location_suffix(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(i) => &message[..i],
+        None => message,
+    }
+}
+
+fn pos(location: &serde_saphyr::Location) -> Position {
+    Position { line: location.line(), column: location.column() }
+}
+
+/// Docker's container-name rule, plus a length bound that keeps the unit name (and so
+/// the file name) far below systemd's and the file system's limits.
+pub const NAME_RULE: &str = "[a-zA-Z0-9][a-zA-Z0-9_.-]+";
+pub const NAME_MAX: usize = 200;
+
+pub fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    first_ok
+        && name.len() >= 2
+        && name.len() <= NAME_MAX
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// A Docker image reference as far as we need it: what `docker` accepts as one word and
+/// cannot mistake for an option.
+fn image_problem(image: &str) -> Option<String> {
+    if image.is_empty() {
+        return Some("\"image\" must not be empty".into());
+    }
+    if image.starts_with('-') {
+        return Some(format!("\"image\" must not start with '-', found {image:?}"));
+    }
+    if image.len() > 255 {
+        return Some("\"image\" is longer than 255 characters".into());
+    }
+    if let Some(c) = image.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-/:@".contains(*c))) {
+        return Some(format!(
+            "\"image\" must be an image reference like registry/repo:tag, found {image:?} (character {c:?} is not allowed)"
+        ));
+    }
+    None
+}
+
+/// Archive suffixes we load, longest first so `.tar.gz` wins over `.gz`.
+pub const ARCHIVE_SUFFIXES: &[&str] = &[".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.zst", ".tar.bz2"];
+
+pub fn is_archive_name(name: &str) -> bool {
+    ARCHIVE_SUFFIXES.iter().any(|s| name.len() > s.len() && name.ends_with(s))
+}
+
+fn archive_problem(name: &str) -> Option<String> {
+    if name.contains('/') || name == "." || name == ".." {
+        return Some(format!(
+            "\"archive\" must be a file name inside the docker/ directory, not a path: {name:?}"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Some(format!("\"archive\" must not contain control characters: {name:?}"));
+    }
+    if !is_archive_name(name) {
+        return Some(format!(
+            "\"archive\" {name:?} does not end in one of {}",
+            ARCHIVE_SUFFIXES.join(", ")
+        ));
+    }
+    None
+}
+
+fn is_env_name(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+const ENTRY_KEYS: &[&str] = &["name", "image", "archive", "install", "run"];
+const INSTALL_KEYS: &[&str] = &["system", "user", "remote", "setvalues", "extra_args"];
+const RUN_KEYS: &[&str] = &["spc", "extra_args"];
+
+/// Collects problems while reading one entry.
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn problem(&mut self, node: &SNode, message: impl Into<String>) {
+        self.problems.push(Problem::new(pos(&node.referenced), message));
+    }
+
+    /// The pairs of a mapping node with string keys; reports unknown and duplicate keys.
+    fn mapping<'a>(&mut self, node: &'a SNode, what: &str, known: &[&str]) -> Vec<(&'a str, &'a SNode)> {
+        let Node::Map(pairs) = &node.value else {
+            self.problem(node, format!("{what} must be a mapping, found {}", node.value.kind()));
+            return vec![];
+        };
+        let mut seen: Vec<(&str, &SNode)> = Vec::new();
+        for (key, value) in pairs {
+            let Node::Str(k) = &key.value else {
+                self.problem(key, format!("keys in {what} must be strings, found {}", key.value.kind()));
+                continue;
+            };
+            if !known.contains(&k.as_str()) {
+                self.problem(
+                    key,
+                    format!("unknown key {k:?} in {what} (known keys: {})", known.join(", ")),
+                );
+                continue;
+            }
+            if let Some((_, first)) = seen.iter().find(|(s, _)| s == k) {
+                let p = pos(&first.referenced);
+                self.problem(key, format!("duplicate key {k:?} in {what} (first at line {}, column {})", p.line, p.column));
+                continue;
+            }
+            seen.push((k.as_str(), value));
+        }
+        seen
+    }
+
+    fn string(&mut self, node: &SNode, key: &str) -> Option<String> {
+        match &node.value {
+            Node::Str(s) => self.no_nul(node, key, s),
+            other => {
+                self.problem(node, format!("{key:?} must be a string, found {}", other.kind()));
+                None
+            }
+        }
+    }
+
+    fn no_nul(&mut self, node: &SNode, key: &str, s: &str) -> Option<String> {
+        if s.contains('\0') {
+            self.problem(node, format!("{key:?} contains a NUL character, which cannot be passed to a program"));
+            return None;
+        }
+        Some(s.to_owned())
+    }
+
+    fn boolean(&mut self, node: &SNode, key: &str) -> bool {
+        match node.value {
+            Node::Bool(b) => b,
+            ref other => {
+                self.problem(node, format!("{key:?} must be true or false, found {}", other.kind()));
+                false
+            }
+        }
+    }
+
+    /// A list of arguments; numbers are taken as written (`999` is the argument "999").
+    fn args(&mut self, node: &SNode, key: &str) -> Vec<String> {
+        let Node::Seq(items) = &node.value else {
+            self.problem(node, format!("{key:?} must be a list, found {}", node.value.kind()));
+            return vec![];
+        };
+        let mut out = Vec::new();
+        for item in items {
+            match &item.value {
+                Node::Str(s) | Node::Number(s) => out.extend(self.no_nul(item, key, s)),
+                Node::Bool(b) => self.problem(
+                    item,
+                    format!("items of {key:?} must be strings, found a boolean (write \"{b}\" in quotes)"),
+                ),
+                other => self.problem(item, format!("items of {key:?} must be strings, found {}", other.kind())),
+            }
+        }
+        out
+    }
+}
+
+fn validate_entry(node: &SNode) -> Item {
+    let mut c = Checker { problems: vec![] };
+    let entry_pos = pos(&node.referenced);
+    let pairs = c.mapping(node, "an entry", ENTRY_KEYS);
+    let get = |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+
+    let mut name = None;
+    match get("name") {
+        None => c.problems.push(Problem::new(entry_pos, "entry has no \"name\"")),
+        Some(n) => {
+            if let Some(s) = c.string(n, "name") {
+                if is_valid_name(&s) {
+                    name = Some(s);
+                } else {
+                    c.problem(
+                        n,
+                        format!("\"name\" must match {NAME_RULE} (Docker's container-name rule, at most {NAME_MAX} characters), found {s:?}"),
+                    );
+                }
+            }
+        }
+    }
+    let mut image = None;
+    match get("image") {
+        None => c.problems.push(Problem::new(entry_pos, "entry has no \"image\"")),
+        Some(n) => {
+            if let Some(s) = c.string(n, "image") {
+                match image_problem(&s) {
+                    Some(msg) => c.problem(n, msg),
+                    None => image = Some(s),
+                }
+            }
+        }
+    }
+    let archives = get("archive").map(|n| archives(&mut c, n)).unwrap_or_default();
+    let install = get("install").map(|n| install(&mut c, n));
+    let run = get("run").map(|n| run(&mut c, n));
+
+    match (c.problems.is_empty(), image) {
+        (true, Some(image)) if name.is_some() => Item::Valid(Entry {
+            name: name.unwrap_or_default(),
+            image,
+            archives,
+            install,
+            run,
+        }),
+        _ => Item::Invalid(InvalidEntry { name, position: entry_pos, problems: c.problems }),
+    }
+}
+
+fn archives(c: &mut Checker, node: &SNode) -> Vec<String> {
+    let items: Vec<&SNode> = match &node.value {
+        Node::Seq(items) => items.iter().collect(),
+        _ => vec![node],
+    };
+    let mut out = Vec::new();
+    for item in items {
+        if let Some(name) = c.string(item, "archive") {
+            match archive_problem(&name) {
+                Some(msg) => c.problem(item, msg),
+                None => out.push(name),
+            }
+        }
+    }
+    out
+}
+
+fn install(c: &mut Checker, node: &SNode) -> Install {
+    let mut install = Install::default();
+    // `install:` with nothing after it means "install with defaults".
+    if node.value == Node::Null {
+        return install;
+    }
+    for (key, value) in c.mapping(node, "\"install\"", INSTALL_KEYS) {
+        match key {
+            "system" => install.system = c.boolean(value, "system"),
+            "user" => install.user = c.boolean(value, "user"),
+            "remote" => install.remote = c.string(value, "remote"),
+            "extra_args" => install.extra_args = c.args(value, "extra_args"),
+            "setvalues" => {
+                let Node::Seq(items) = &value.value else {
+                    c.problem(value, format!("\"setvalues\" must be a list, found {}", value.value.kind()));
+                    continue;
+                };
+                for item in items {
+                    let Some(s) = c.string(item, "setvalues") else { continue };
+                    match s.split_once('=') {
+                        Some((k, _)) if is_env_name(k) => install.setvalues.push(s),
+                        _ => c.problem(item, format!("\"setvalues\" items must look like KEY=VALUE with KEY a variable name, found {s:?}")),
+                    }
+                }
+            }
+            _ => {}
+        }
+        // What the Docker backend cannot do yet is an error, never silently dropped.
+        let unsupported = match key {
+            "system" if install.system => Some("install.system (system containers)"),
+            "user" if install.user => Some("install.user (user containers)"),
+            "remote" if install.remote.is_some() => Some("install.remote (remote rootfs)"),
+            _ => None,
+        };
+        if let Some(what) = unsupported {
+            c.problem(value, format!("{what} is not supported yet"));
+        }
+    }
+    install
+}
+
+fn run(c: &mut Checker, node: &SNode) -> Run {
+    let mut run = Run::default();
+    if node.value == Node::Null {
+        return run;
+    }
+    for (key, value) in c.mapping(node, "\"run\"", RUN_KEYS) {
+        match key {
+            "spc" => run.spc = c.boolean(value, "spc"),
+            "extra_args" => run.extra_args = c.args(value, "extra_args"),
+            _ => {}
+        }
+    }
+    run
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,130 @@
+//! The generator run: read config → parse → plan → render → write. The binary's `main`
+//! only parses arguments and calls [`run`].
+
+use crate::config::{self, Position, Problem};
+use crate::log::{Level, Logger};
+use crate::plan::{self, Settings};
+use crate::{paths, render, write};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+/// Larger files are refused rather than read: a config is a few kilobytes.
+pub const CONFIG_SIZE_LIMIT: u64 = 4 << 20;
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// systemd's normal output directory; `None` only with `dry_run`.
+    pub output_dir: Option<PathBuf>,
+    /// As seen on the host (written into units).
+    pub config_file: Option<String>,
+    pub preload_dir: Option<String>,
+    /// Read files below this directory as if it were `/` (tests, image builds).
+    pub root: Option<PathBuf>,
+    pub dry_run: bool,
+}
+
+/// How the run went: config problems are not failures (failing units show them), only
+/// units that could not be rendered or written are.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub units: usize,
+    pub config_problems: usize,
+    pub failures: usize,
+}
+
+fn in_root(root: &Option<PathBuf>, path: &str) -> PathBuf {
+    match root {
+        Some(root) => root.join(path.trim_start_matches('/')),
+        None => PathBuf::from(path),
+    }
+}
+
+/// The config's bytes. A missing file is an empty config (nothing preloaded, or `/var`
+/// not mounted yet); anything else unreadable is a problem shown like a syntax error.
+pub fn read_config(path: &Path) -> Result<Vec<u8>, Problem> {
+    let problem = |message: String| Problem { position: Position::default(), message };
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(problem(format!("cannot read the config: {e}"))),
+    };
+    // Refuse FIFOs and devices: opening one could block boot.
+    if !meta.is_file() {
+        return Err(problem("cannot read the config: not a regular file".into()));
+    }
+    if meta.len() > CONFIG_SIZE_LIMIT {
+        return Err(problem(format!("the config is larger than {CONFIG_SIZE_LIMIT} bytes")));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(CONFIG_SIZE_LIMIT + 1).read_to_end(&mut bytes))
+        .map_err(|e| problem(format!("cannot read the config: {e}")))?;
+    if bytes.len() as u64 > CONFIG_SIZE_LIMIT {
+        return Err(problem(format!("the config is larger than {CONFIG_SIZE_LIMIT} bytes")));
+    }
+    Ok(bytes)
+}
+
+/// Read and validate a config file: what `atomic-preload validate` and the generator share.
+pub fn load_effective(path: &Path) -> config::Effective {
+    match read_config(path) {
+        Ok(bytes) => config::parse(&bytes).effective(),
+        Err(problem) => config::Effective { items: vec![], problems: vec![problem] },
+    }
+}
+
+pub fn run(options: &Options, log: &mut Logger, stdout: &mut dyn io::Write) -> Outcome {
+    let settings = Settings {
+        config_file: options.config_file.clone().unwrap_or_else(|| paths::CONFIG_FILE.into()),
+        preload_dir: options.preload_dir.clone().unwrap_or_else(|| paths::PRELOAD_DIR.into()),
+        selinux: in_root(&options.root, "/sys/fs/selinux").is_dir(),
+    };
+    let effective = load_effective(&in_root(&options.root, &settings.config_file));
+    let mut outcome = Outcome { config_problems: effective.all_problems().len(), ..Outcome::default() };
+    for problem in effective.all_problems() {
+        log.log(Level::Warning, &problem.display(&settings.config_file).to_string());
+    }
+
+    let plan = plan::plan(&effective, &settings);
+    let (files, errors) = render::render(&plan);
+    for err in &errors {
+        log.log(Level::Error, &format!("cannot generate {err}"));
+    }
+    outcome.failures += errors.len();
+
+    if options.dry_run {
+        for file in &files {
+            let _ = write!(stdout, "# {}\n{}", file.name, file.text);
+        }
+        outcome.units = files.len();
+        return outcome;
+    }
+    let Some(dir) = &options.output_dir else {
+        log.log(Level::Error, "no output directory given");
+        outcome.failures += 1;
+        return outcome;
+    };
+    let mut written = Vec::new();
+    for file in &files {
+        match write::write_unit(dir, file) {
+            Ok(()) => written.push(file.name.as_str()),
+            Err(err) => {
+                log.log(Level::Error, &format!("cannot write {err}"));
+                outcome.failures += 1;
+            }
+        }
+    }
+    outcome.units = written.len();
+    // Link only what exists: a dangling wants/ link would hide the failure.
+    for link in &plan.symlinks {
+        let generated = link.target.strip_prefix("../");
+        if generated.is_some_and(|name| !written.contains(&name)) {
+            continue;
+        }
+        if let Err(err) = write::write_symlink(dir, link) {
+            log.log(Level::Error, &format!("cannot write {err}"));
+            outcome.failures += 1;
+        }
+    }
+    outcome
+}

@@ -1,0 +1,36 @@
+//! Where things are. Install locations are fixed at build time by the Makefile
+//! (`ATOMIC_PRELOAD_BINDIR=… cargo build`), so generated units name the real binaries.
+
+const fn or(value: Option<&'static str>, default: &'static str) -> &'static str {
+    match value {
+        Some(v) => v,
+        None => default,
+    }
+}
+
+/// Directory holding the `atomic-preload` helper that generated units call.
+pub const BINDIR: &str = or(option_env!("ATOMIC_PRELOAD_BINDIR"), "/usr/bin");
+/// The Docker client the units run.
+pub const DOCKER: &str = or(option_env!("ATOMIC_PRELOAD_DOCKER"), "/usr/bin/docker");
+/// systemd's system unit directory, where our static units are installed.
+pub const SYSTEM_UNIT_DIR: &str = or(option_env!("ATOMIC_PRELOAD_UNITDIR"), "/usr/lib/systemd/system");
+
+/// The operator's directory: config.yaml, docker/ and ostree/ archives.
+pub const PRELOAD_DIR: &str = "/var/lib/atomic/preload";
+pub const CONFIG_FILE: &str = "/var/lib/atomic/preload/config.yaml";
+/// Our own state (load-once and install-once marks); `StateDirectory=atomic-preload`.
+pub const STATE_DIR: &str = "/var/lib/atomic-preload";
+
+/// Static units shipped in `units/`.
+pub const TARGET: &str = "atomic-preload.target";
+/// The unit that shows config problems no entry's own unit can show.
+pub const CONFIG_ERROR_UNIT: &str = "atomic-preload-config.service";
+
+pub fn helper() -> String {
+    format!("{BINDIR}/atomic-preload")
+}
+
+/// `preload-<name>.service`; `name` is validated by `config::is_valid_name`.
+pub fn container_unit(name: &str) -> String {
+    format!("preload-{name}.service")
+}

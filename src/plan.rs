@@ -1,0 +1,243 @@
+//! From the effective config to units as data: what each unit does, before any text.
+//!
+//! Every stage is a plain argv here; `render` quotes it. Keeping the decisions (which
+//! stages, which flags, which dependencies) apart from the unit syntax is what lets the
+//! golden tests read as a spec.
+
+use crate::config::{Effective, Entry, Named, Problem};
+use crate::paths;
+
+/// The generator's view of the machine: where the config and the archives are, as seen
+/// by the host (these paths are written into units), and host facts that change flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config_file: String,
+    pub preload_dir: String,
+    /// Whether `/sys/fs/selinux` exists: atomic's super-privileged mode binds it.
+    pub selinux: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            config_file: paths::CONFIG_FILE.into(),
+            preload_dir: paths::PRELOAD_DIR.into(),
+            selinux: false,
+        }
+    }
+}
+
+/// One command line of a unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// `-` prefix: systemd ignores the exit status.
+    pub ignore_failure: bool,
+    pub argv: Vec<String>,
+}
+
+impl Command {
+    fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
+        Command { ignore_failure: false, argv: argv.into_iter().map(Into::into).collect() }
+    }
+    fn ignoring_failure(mut self) -> Self {
+        self.ignore_failure = true;
+        self
+    }
+}
+
+/// A container's service: load → install → run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerUnit {
+    pub unit_name: String,
+    pub name: String,
+    pub image: String,
+    /// `ExecStartPre=` lines (for a running container) ...
+    pub start_pre: Vec<Command>,
+    /// ... and `ExecStart=` lines: the run command, or for a oneshot the load/install stages.
+    pub start: Vec<Command>,
+    pub stop: Option<Command>,
+    /// Runs a long-lived container (`Type=exec`), else `Type=oneshot` + `RemainAfterExit=`.
+    pub runs: bool,
+}
+
+/// A unit whose only job is to fail and say why, so `systemctl --failed` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailingUnit {
+    pub unit_name: String,
+    pub description: String,
+    pub syslog_identifier: String,
+    pub start: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unit {
+    Container(ContainerUnit),
+    Failing(FailingUnit),
+}
+
+impl Unit {
+    pub fn name(&self) -> &str {
+        match self {
+            Unit::Container(u) => &u.unit_name,
+            Unit::Failing(u) => &u.unit_name,
+        }
+    }
+}
+
+/// `dir/link` → `target`: how units get enabled from the generator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Symlink {
+    pub dir: String,
+    pub link: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub source: String,
+    pub units: Vec<Unit>,
+    pub symlinks: Vec<Symlink>,
+}
+
+/// atomic's super-privileged container flags (`atomic run --spc`), minus `-i`: under
+/// systemd there is no terminal to keep open.
+fn spc_flags(name: &str, image: &str, selinux: bool) -> Vec<String> {
+    let mut flags: Vec<String> = [
+        "--privileged",
+        "-v",
+        "/:/host",
+        "-v",
+        "/run:/run",
+        "-v",
+        "/etc/localtime:/etc/localtime",
+    ]
+    .map(String::from)
+    .into();
+    if selinux {
+        flags.extend(["-v", "/sys/fs/selinux:/sys/fs/selinux:ro"].map(String::from));
+    }
+    flags.extend(
+        ["--net=host", "--ipc=host", "--pid=host", "-e", "HOST=/host"].map(String::from),
+    );
+    flags.extend([
+        "-e".into(),
+        format!("NAME={name}"),
+        "-e".into(),
+        format!("IMAGE={image}"),
+        "-e".into(),
+        "SYSTEMD_IGNORE_CHROOT=1".into(),
+    ]);
+    flags
+}
+
+fn container_unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
+    let helper = paths::helper();
+    let mut load = vec![
+        helper.clone(),
+        "load".into(),
+        "--preload-dir".into(),
+        settings.preload_dir.clone(),
+        "--image".into(),
+        entry.image.clone(),
+    ];
+    for archive in &entry.archives {
+        load.extend(["--archive".into(), archive.clone()]);
+    }
+    let mut stages = vec![Command::new(load)];
+
+    if let Some(install) = &entry.install {
+        let mut argv =
+            vec![helper, "install".into(), "--name".into(), entry.name.clone(), "--image".into(), entry.image.clone()];
+        for set in &install.setvalues {
+            argv.extend(["--set".into(), set.clone()]);
+        }
+        if !install.extra_args.is_empty() {
+            argv.push("--".into());
+            argv.extend(install.extra_args.iter().cloned());
+        }
+        stages.push(Command::new(argv));
+    }
+
+    let unit_name = paths::container_unit(&entry.name);
+    let Some(run) = &entry.run else {
+        return ContainerUnit {
+            unit_name,
+            name: entry.name.clone(),
+            image: entry.image.clone(),
+            start_pre: vec![],
+            start: stages,
+            stop: None,
+            runs: false,
+        };
+    };
+
+    // A container left over from a crash or an unclean shutdown would make `--name` clash.
+    stages.push(Command::new([paths::DOCKER, "rm", "--force", &entry.name]).ignoring_failure());
+    let mut argv: Vec<String> =
+        [paths::DOCKER, "run", "--rm", "--pull=never", "--name", &entry.name].map(String::from).into();
+    if run.spc {
+        argv.extend(spc_flags(&entry.name, &entry.image, settings.selinux));
+    }
+    argv.push(entry.image.clone());
+    argv.extend(run.extra_args.iter().cloned());
+
+    ContainerUnit {
+        unit_name,
+        name: entry.name.clone(),
+        image: entry.image.clone(),
+        start_pre: stages,
+        start: vec![Command::new(argv)],
+        stop: Some(Command::new([paths::DOCKER, "stop", &entry.name])),
+        runs: true,
+    }
+}
+
+fn report_command(source: &str, problems: &[Problem]) -> Command {
+    let mut argv = vec![paths::helper(), "config-error".into(), "--".into()];
+    argv.extend(problems.iter().map(|p| p.display(source).to_string()));
+    Command::new(argv)
+}
+
+fn invalid_entry_unit(name: &str, problems: &[Problem], source: &str) -> FailingUnit {
+    FailingUnit {
+        unit_name: paths::container_unit(name),
+        description: format!("Preloaded container {name}: invalid entry in {source}"),
+        syslog_identifier: format!("preload-{name}"),
+        start: report_command(source, problems),
+    }
+}
+
+/// Decide every unit and symlink. Pure: the same config and settings give the same plan.
+pub fn plan(config: &Effective, settings: &Settings) -> Plan {
+    let source = settings.config_file.clone();
+    let mut units = Vec::new();
+    for item in &config.items {
+        units.push(match item {
+            Named::Valid(entry) => Unit::Container(container_unit(entry, settings)),
+            Named::Invalid { name, problems } => Unit::Failing(invalid_entry_unit(name, problems, &source)),
+        });
+    }
+    if !config.problems.is_empty() {
+        units.push(Unit::Failing(FailingUnit {
+            unit_name: paths::CONFIG_ERROR_UNIT.into(),
+            description: format!("atomic-preload: problems in {source}"),
+            syslog_identifier: "atomic-preload-config".into(),
+            start: report_command(&source, &config.problems),
+        }));
+    }
+
+    let target_wants = format!("{}.wants", paths::TARGET);
+    let mut symlinks = vec![Symlink {
+        dir: "multi-user.target.wants".into(),
+        link: paths::TARGET.into(),
+        target: format!("{}/{}", paths::SYSTEM_UNIT_DIR, paths::TARGET),
+    }];
+    for unit in &units {
+        symlinks.push(Symlink {
+            dir: target_wants.clone(),
+            link: unit.name().into(),
+            target: format!("../{}", unit.name()),
+        });
+    }
+    Plan { source, units, symlinks }
+}

@@ -1,0 +1,94 @@
+//! The few things we ask of the Docker engine, through its own client (so `$DOCKER_HOST`,
+//! contexts and TLS settings work as the admin configured them).
+
+use super::RuntimeError;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub struct Engine {
+    docker: PathBuf,
+}
+
+/// What `docker image inspect` tells about an image.
+pub struct ImageInfo {
+    pub id: String,
+    /// The `INSTALL` label, empty when the image has none.
+    pub install_label: String,
+}
+
+fn first_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().lines().last().unwrap_or("").to_owned()
+}
+
+impl Engine {
+    pub fn new(docker: &Path) -> Self {
+        Engine { docker: docker.to_owned() }
+    }
+
+    pub fn docker(&self) -> &Path {
+        &self.docker
+    }
+
+    fn output(&self, args: &[&str]) -> Result<std::process::Output, RuntimeError> {
+        Command::new(&self.docker)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| RuntimeError::Spawn { program: self.docker.display().to_string(), source: e })
+    }
+
+    /// The engine's ID: marks are per engine, so a new or wiped engine loads again.
+    /// Also the first contact, so an engine that does not answer is reported here.
+    pub fn id(&self) -> Result<String, RuntimeError> {
+        let out = self.output(&["info", "--format", "{{.ID}}"])?;
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !out.status.success() || id.is_empty() {
+            return Err(RuntimeError::EngineUnreachable(first_line(&out.stderr)));
+        }
+        Ok(id)
+    }
+
+    /// `None` when the engine does not have the image.
+    pub fn image(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError> {
+        let format = r#"{{.Id}}{{"\n"}}{{with .Config.Labels}}{{index . "INSTALL"}}{{end}}"#;
+        let out = self.output(&["image", "inspect", "--format", format, "--", image])?;
+        if !out.status.success() {
+            let err = first_line(&out.stderr);
+            if err.to_ascii_lowercase().contains("no such image") {
+                return Ok(None);
+            }
+            return Err(RuntimeError::Docker { what: format!("inspect image {image}"), message: err });
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (id, label) = text.split_once('\n').unwrap_or((&text, ""));
+        Ok(Some(ImageInfo { id: id.trim().to_owned(), install_label: label.trim_end_matches('\n').to_owned() }))
+    }
+
+    /// Stream an image archive into `docker load`; returns what it printed ("Loaded image: …").
+    pub fn load(&self, archive: &mut dyn Read) -> Result<String, RuntimeError> {
+        let spawn_err = |e| RuntimeError::Spawn { program: self.docker.display().to_string(), source: e };
+        let mut child = Command::new(&self.docker)
+            .args(["load", "--quiet"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        let copied = {
+            let mut stdin = child.stdin.take();
+            match stdin.as_mut() {
+                Some(stdin) => io::copy(archive, stdin).and_then(|_| stdin.flush()),
+                None => Ok(()),
+            }
+            // stdin dropped here: docker sees end of input.
+        };
+        let out = child.wait_with_output().map_err(spawn_err)?;
+        if !out.status.success() {
+            return Err(RuntimeError::Docker { what: "docker load".into(), message: first_line(&out.stderr) });
+        }
+        // A read error on our side is the archive's fault even if docker took what it got.
+        copied.map_err(RuntimeError::ReadArchive)?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}

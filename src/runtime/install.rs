@@ -1,0 +1,235 @@
+//! The install stage for Docker images: atomic's `install` semantics, done natively.
+//!
+//! The image's `INSTALL` label is split like a shell line, the words `IMAGE`, `NAME`,
+//! `IMAGE=IMAGE`, `NAME=NAME` are replaced, `$VAR`/`${VAR}` expanded from NAME, IMAGE,
+//! CONFDIR=/etc/NAME, LOGDIR=/var/log/NAME, DATADIR=/var/lib/NAME, the `--set` values and
+//! then the environment (undefined variables become empty, as atomic did), the config's
+//! extra arguments appended, and the command run with those variables in its environment.
+//! Under systemd there is no terminal, so `-t`/`--tty` are dropped from a `docker run`.
+//! It runs once per image ID and settings: a mark in `<state-dir>/installed/NAME` records both.
+
+use super::RuntimeError;
+use super::docker::Engine;
+use super::marks::{Mark, Marks};
+use crate::cli::InstallArgs;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::process::Command;
+
+/// The variables atomic always defined, then the `--set` ones (which may override them).
+fn variables(args: &InstallArgs) -> Vec<(String, String)> {
+    let name = &args.name;
+    let mut vars = vec![
+        ("NAME".to_owned(), name.clone()),
+        ("IMAGE".to_owned(), args.image.clone()),
+        ("CONFDIR".to_owned(), format!("/etc/{name}")),
+        ("LOGDIR".to_owned(), format!("/var/log/{name}")),
+        ("DATADIR".to_owned(), format!("/var/lib/{name}")),
+    ];
+    for set in &args.setvalues {
+        if let Some((k, v)) = set.split_once('=') {
+            vars.retain(|(key, _)| key != k);
+            vars.push((k.to_owned(), v.to_owned()));
+        }
+    }
+    vars
+}
+
+fn lookup(vars: &[(String, String)], key: &str) -> String {
+    vars.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var(key).ok())
+        .unwrap_or_default()
+}
+
+/// Expand `$VAR` and `${VAR}` in one word. A `$` not followed by a name stays.
+fn expand(word: &str, vars: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(word.len());
+    let mut rest = word;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(braced) = after.strip_prefix('{') {
+            if let Some(end) = braced.find('}') {
+                out.push_str(&lookup(vars, &braced[..end]));
+                rest = &braced[end + 1..];
+                continue;
+            }
+        }
+        let len = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        if len == 0 || after.starts_with(|c: char| c.is_ascii_digit()) {
+            out.push('$');
+            rest = after;
+        } else {
+            out.push_str(&lookup(vars, &after[..len]));
+            rest = &after[len..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `-t`, `--tty`, and the `t` in `-it`, before the image in a `docker run`.
+fn drop_tty(argv: Vec<String>, image: &str) -> Vec<String> {
+    let is_docker_run = argv.first().is_some_and(|p| p == "docker" || p.ends_with("/docker"))
+        && argv.get(1).is_some_and(|a| a == "run");
+    if !is_docker_run {
+        return argv;
+    }
+    let mut out = Vec::with_capacity(argv.len());
+    let mut options = true;
+    for word in argv {
+        if word == image {
+            options = false;
+        }
+        if options && (word == "-t" || word == "--tty" || word == "--tty=true") {
+            continue;
+        }
+        if options && word.starts_with('-') && !word.starts_with("--") && word.len() > 2 && word.contains('t') {
+            let flags: String = word[1..].chars().filter(|&c| c != 't').collect();
+            // `-t` inside a group of single-letter flags only when all are letters.
+            if word[1..].chars().all(|c| c.is_ascii_alphabetic()) {
+                out.push(format!("-{flags}"));
+                continue;
+            }
+        }
+        out.push(word);
+    }
+    out
+}
+
+/// The command to run for an INSTALL label, as argv.
+pub fn install_command(label: &str, args: &InstallArgs, docker: &Path) -> Result<Vec<String>, RuntimeError> {
+    let words = shell_words::split(label)
+        .map_err(|e| RuntimeError::Label(format!("INSTALL label of {} cannot be split into words: {e}", args.image)))?;
+    let vars = variables(args);
+    let mut argv: Vec<String> = Vec::with_capacity(words.len() + args.extra_args.len());
+    for word in words {
+        let replaced = match word.as_str() {
+            "IMAGE" => args.image.clone(),
+            "NAME" => args.name.clone(),
+            "IMAGE=IMAGE" => format!("IMAGE={}", args.image),
+            "NAME=NAME" => format!("NAME={}", args.name),
+            _ => expand(&word, &vars),
+        };
+        // atomic collapsed the words an undefined variable emptied.
+        if replaced.is_empty() && !word.is_empty() {
+            continue;
+        }
+        argv.push(replaced);
+    }
+    argv.extend(args.extra_args.iter().cloned());
+    let mut argv = drop_tty(argv, &args.image);
+    if argv.first().is_some_and(|p| p == "docker") {
+        argv[0] = docker.display().to_string();
+    }
+    if argv.is_empty() {
+        return Err(RuntimeError::Label(format!("INSTALL label of {} is empty", args.image)));
+    }
+    Ok(argv)
+}
+
+/// What must change for the install to run again: the image and every setting.
+fn settings_digest(args: &InstallArgs) -> String {
+    let mut h = Sha256::new();
+    for part in [&args.name, &args.image].into_iter().chain(&args.setvalues).chain(&args.extra_args) {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn run(args: &InstallArgs) -> Result<(), RuntimeError> {
+    let engine = Engine::new(&args.engine.docker);
+    let Some(info) = engine.image(&args.image)? else {
+        return Err(RuntimeError::ImageMissing(format!(
+            "image {} is not in the Docker engine, so it cannot be installed",
+            args.image
+        )));
+    };
+    let marks = Marks::new(&args.engine.state_dir, "installed").map_err(RuntimeError::State)?;
+    let digest = settings_digest(args);
+    if let Some(done) = marks.read(&args.name) {
+        if done.get("image") == Some(info.id.as_str()) && done.get("settings") == Some(digest.as_str()) {
+            println!("{}: already installed from image {}", args.name, info.id);
+            return Ok(());
+        }
+    }
+    let mut mark = Mark::default();
+    mark.set("image", info.id.clone());
+    mark.set("settings", digest);
+    if info.install_label.trim().is_empty() {
+        println!("{}: image {} has no INSTALL label, nothing to install", args.name, args.image);
+        return marks.write(&args.name, &mark).map_err(RuntimeError::State);
+    }
+
+    let vars = variables(args);
+    for dir in ["CONFDIR", "LOGDIR", "DATADIR"] {
+        let path = args.host_root.join(lookup(&vars, dir).trim_start_matches('/'));
+        std::fs::create_dir_all(&path).map_err(|source| RuntimeError::Archive { path, source })?;
+    }
+    let argv = install_command(&info.install_label, args, engine.docker())?;
+    println!("{}: running INSTALL: {}", args.name, shell_words::join(&argv));
+    let status = Command::new(&argv[0])
+        .args(&argv[1..])
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .status()
+        .map_err(|source| RuntimeError::Spawn { program: argv[0].clone(), source })?;
+    if !status.success() {
+        return Err(RuntimeError::InstallFailed(format!("INSTALL command of {} failed ({status})", args.image)));
+    }
+    marks.write(&args.name, &mark).map_err(RuntimeError::State)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::EngineArgs;
+
+    fn args(set: &[&str], extra: &[&str]) -> InstallArgs {
+        InstallArgs {
+            name: "web".into(),
+            image: "example/httpd:1".into(),
+            setvalues: set.iter().map(|s| s.to_string()).collect(),
+            host_root: "/".into(),
+            engine: EngineArgs { docker: "/usr/bin/docker".into(), state_dir: "/nonexistent".into() },
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn atomic_httpd_example_label() {
+        let label = "docker run --rm --privileged -v /:/host -e HOST=/host -e LOGDIR=${LOGDIR} -e CONFDIR=${CONFDIR} -e DATADIR=${DATADIR} -e IMAGE=IMAGE -e NAME=NAME IMAGE /bin/install.sh";
+        let argv = install_command(label, &args(&[], &["--verbose"]), Path::new("/usr/bin/docker")).unwrap();
+        assert_eq!(
+            argv.join(" "),
+            "/usr/bin/docker run --rm --privileged -v /:/host -e HOST=/host -e LOGDIR=/var/log/web \
+             -e CONFDIR=/etc/web -e DATADIR=/var/lib/web -e IMAGE=example/httpd:1 -e NAME=web \
+             example/httpd:1 /bin/install.sh --verbose"
+        );
+    }
+
+    #[test]
+    fn setvalues_substitute_and_override_and_keep_spaces() {
+        let label = r#"docker run -it --rm -e "X=$GREETING" -e DIR=${CONFDIR} IMAGE sh -c "echo $UNDEFINED_ATOMIC_PRELOAD_VAR-t""#;
+        let argv = install_command(label, &args(&["GREETING=hello world", "CONFDIR=/srv/conf"], &[]), Path::new("/d")).unwrap();
+        assert_eq!(
+            argv,
+            ["/d", "run", "-i", "--rm", "-e", "X=hello world", "-e", "DIR=/srv/conf", "example/httpd:1", "sh", "-c", "echo -t"]
+        );
+    }
+
+    #[test]
+    fn expansion_edge_cases() {
+        let vars = vec![("A".to_owned(), "1".to_owned())];
+        assert_eq!(expand("$A${A}$", &vars), "11$");
+        assert_eq!(expand("$1 $ ${A", &vars), "$1 $ ${A");
+        assert_eq!(expand("x$A_y", &vars), "x");
+    }
+
+    #[test]
+    fn unsplittable_label_is_an_error() {
+        assert!(matches!(install_command("docker run \"open", &args(&[], &[]), Path::new("/d")), Err(RuntimeError::Label(_))));
+    }
+}

@@ -1,0 +1,182 @@
+//! The load stage: archives in `<preload-dir>/docker/` into the Docker engine, once per
+//! archive content and engine. Archives are only ever read, never changed or deleted.
+//!
+//! An archive counts as loaded when a mark in `<state-dir>/loaded/` records the engine's ID,
+//! the archive's SHA-256, and its inode, size, mtime and ctime. At the next start, unchanged
+//! metadata means "loaded" without reading a byte; changed metadata means hashing it, and
+//! loading only if the content differs. A first load hashes while streaming into Docker.
+
+use super::docker::Engine;
+use super::marks::{self, Mark, Marks};
+use super::RuntimeError;
+use crate::cli::LoadArgs;
+use crate::config::is_archive_name;
+use sha2::{Digest, Sha256};
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Metadata that changes whenever the file's content can have changed.
+fn fingerprint(meta: &fs::Metadata) -> [(&'static str, String); 4] {
+    [
+        ("inode", meta.ino().to_string()),
+        ("size", meta.len().to_string()),
+        ("mtime", format!("{}.{:09}", meta.mtime(), meta.mtime_nsec())),
+        ("ctime", format!("{}.{:09}", meta.ctime(), meta.ctime_nsec())),
+    ]
+}
+
+fn same_fingerprint(mark: &Mark, meta: &fs::Metadata) -> bool {
+    fingerprint(meta).iter().all(|(k, v)| mark.get(k) == Some(v.as_str()))
+}
+
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_of(path: &Path) -> io::Result<String> {
+    let mut reader = Hashing { inner: BufReader::new(File::open(path)?), hasher: Sha256::new() };
+    io::copy(&mut reader, &mut io::sink())?;
+    Ok(hex(&reader.hasher.finalize()))
+}
+
+/// What happened to one archive.
+enum Loaded {
+    AlreadyLoaded,
+    SameContent,
+    Loaded(String),
+}
+
+fn load_one(engine: &Engine, engine_id: &str, marks: &Marks, dir: &Path, name: &str) -> Result<Loaded, RuntimeError> {
+    let path = dir.join(name);
+    let archive_err = |source: io::Error| RuntimeError::Archive { path: path.clone(), source };
+    let meta = fs::metadata(&path).map_err(archive_err)?;
+    if !meta.is_file() {
+        return Err(archive_err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
+    }
+    let previous = marks.read(name).filter(|m| m.get("engine") == Some(engine_id));
+    if previous.as_ref().is_some_and(|m| same_fingerprint(m, &meta)) {
+        return Ok(Loaded::AlreadyLoaded);
+    }
+    let mut mark = Mark::default();
+    mark.set("engine", engine_id);
+    for (k, v) in fingerprint(&meta) {
+        mark.set(k, v);
+    }
+    if let Some(previous) = &previous {
+        // Touched, copied or replaced: load again only if the bytes differ.
+        let sha = sha256_of(&path).map_err(archive_err)?;
+        if previous.get("sha256") == Some(sha.as_str()) {
+            mark.set("sha256", sha);
+            mark.set("images", previous.get("images").unwrap_or(""));
+            marks.write(name, &mark).map_err(RuntimeError::State)?;
+            return Ok(Loaded::SameContent);
+        }
+    }
+    // Nothing recorded for this content (or a failed earlier try): forget the old record
+    // first, so a load interrupted from here on is retried.
+    marks.remove(name).map_err(RuntimeError::State)?;
+    let file = BufReader::new(File::open(&path).map_err(archive_err)?);
+    let mut hashing = Hashing { inner: file, hasher: Sha256::new() };
+    let loaded = if name.ends_with(".tar.zst") {
+        // Docker 20.10 cannot read zstd itself.
+        let mut decoder = ruzstd::decoding::StreamingDecoder::new(&mut hashing)
+            .map_err(|e| archive_err(io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}"))))?;
+        let loaded = engine.load(&mut decoder);
+        // The decoder stops at the frame's end: hash whatever follows too.
+        io::copy(&mut hashing, &mut io::sink()).map_err(archive_err)?;
+        loaded
+    } else {
+        engine.load(&mut hashing)
+    }
+    .map_err(|e| RuntimeError::LoadFailed { path: path.clone(), message: e.to_string() })?;
+    // Record only what we actually read: if the file changed meanwhile, load it next time.
+    let after = fs::metadata(&path).map_err(archive_err)?;
+    if same_fingerprint(&mark, &after) {
+        mark.set("sha256", hex(&hashing.hasher.finalize()));
+        mark.set("images", loaded.replace('\n', " "));
+        marks.write(name, &mark).map_err(RuntimeError::State)?;
+    }
+    Ok(Loaded::Loaded(loaded))
+}
+
+/// Every archive in `dir`, by name; a missing directory has none.
+fn list_archives(dir: &Path) -> Result<Vec<String>, RuntimeError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(RuntimeError::Archive { path: dir.to_owned(), source: e }),
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.') && is_archive_name(n))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
+    let dir: PathBuf = args.preload_dir.join("docker");
+    let engine = Engine::new(&args.engine.docker);
+    let engine_id = engine.id()?;
+    let _lock = marks::lock(&args.engine.state_dir).map_err(RuntimeError::State)?;
+    let marks = Marks::new(&args.engine.state_dir, "loaded/docker").map_err(RuntimeError::State)?;
+
+    let named = !args.archive.is_empty();
+    let names = if named {
+        for name in &args.archive {
+            if name.contains('/') || !is_archive_name(name) {
+                return Err(RuntimeError::Usage(format!("--archive takes a file name in {}: {name:?}", dir.display())));
+            }
+        }
+        args.archive.clone()
+    } else {
+        list_archives(&dir)?
+    };
+
+    let mut failures = Vec::new();
+    for name in &names {
+        match load_one(&engine, &engine_id, &marks, &dir, name) {
+            Ok(Loaded::AlreadyLoaded) => println!("{name}: already loaded"),
+            Ok(Loaded::SameContent) => println!("{name}: same content as already loaded"),
+            Ok(Loaded::Loaded(images)) => println!("{name}: loaded {}", images.replace('\n', ", ")),
+            Err(err) => {
+                eprintln!("{err}");
+                failures.push(format!("{name} ({err})"));
+            }
+        }
+    }
+
+    if let Some(image) = &args.image {
+        if engine.image(image)?.is_none() {
+            let looked = if names.is_empty() { "no archives there".to_owned() } else { names.join(", ") };
+            let failed = if failures.is_empty() { String::new() } else { format!("; failed: {}", failures.join("; ")) };
+            return Err(RuntimeError::ImageMissing(format!(
+                "image {image} is not in the Docker engine after loading archives from {}: {looked}{failed}",
+                dir.display()
+            )));
+        }
+    }
+    // Named archives belong to this unit: any failure is its failure. Without an image to
+    // check, this is the unit for all archives, and any failure is its failure too.
+    if !failures.is_empty() && (named || args.image.is_none()) {
+        return Err(RuntimeError::LoadFailures(failures.len()));
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Small "done" records in the state directory: what was loaded or installed, so each
+//! happens once. A record is written only after the work succeeded, atomically (temp file,
+//! fsync, rename), so an interrupted stage leaves no record and is simply done again.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// `key=value` lines. Values never contain newlines (we write them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mark(pub BTreeMap<String, String>);
+
+impl Mark {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        let value: String = value.into();
+        self.0.insert(key.to_owned(), value.replace(['\n', '\r'], " "));
+    }
+    fn parse(text: &str) -> Self {
+        Mark(
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+    }
+}
+
+pub struct Marks {
+    dir: PathBuf,
+}
+
+impl Marks {
+    /// Records kept in `state_dir/kind/`.
+    pub fn new(state_dir: &Path, kind: &str) -> io::Result<Self> {
+        let dir = state_dir.join(kind);
+        fs::create_dir_all(&dir)?;
+        Ok(Marks { dir })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A missing or unreadable record reads as none: the work is then done again.
+    pub fn read(&self, name: &str) -> Option<Mark> {
+        fs::read_to_string(self.path(name)).ok().map(|t| Mark::parse(&t))
+    }
+
+    pub fn write(&self, name: &str, mark: &Mark) -> io::Result<()> {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let mut file = File::create(&tmp)?;
+        for (k, v) in &mark.0 {
+            writeln!(file, "{k}={v}")?;
+        }
+        file.sync_all()?;
+        fs::rename(&tmp, self.path(name))?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        match fs::remove_file(self.path(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// An exclusive lock on `state_dir/lock`, held until dropped: units starting together
+/// take turns instead of loading the same archive twice.
+pub fn lock(state_dir: &Path) -> io::Result<File> {
+    fs::create_dir_all(state_dir)?;
+    let file = File::options().create(true).truncate(false).write(true).open(state_dir.join("lock"))?;
+    file.lock()?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_round_trip_and_missing_reads_as_none() {
+        let dir = std::env::temp_dir().join(format!("ap-marks-{}", std::process::id()));
+        let marks = Marks::new(&dir, "loaded").unwrap();
+        assert_eq!(marks.read("a.tar"), None);
+        let mut mark = Mark::default();
+        mark.set("sha256", "abc");
+        mark.set("images", "one\ntwo");
+        marks.write("a.tar", &mark).unwrap();
+        let back = marks.read("a.tar").unwrap();
+        assert_eq!(back.get("sha256"), Some("abc"));
+        assert_eq!(back.get("images"), Some("one two"));
+        marks.remove("a.tar").unwrap();
+        assert_eq!(marks.read("a.tar"), None);
+        let _lock = lock(&dir).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
