@@ -158,10 +158,14 @@ pub fn parse(bytes: &[u8]) -> Config {
         Ok(text) => text,
         Err(problem) => return Config { items: vec![], problems: vec![problem] },
     };
-    let options = serde_saphyr::options! {
+    let mut options = serde_saphyr::options! {
         // Our own validation reports duplicate keys with both positions.
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
+        // YAML 1.2: only true/false are booleans, so `image: y` or `- no` stay strings.
+        strict_booleans: true,
     };
+    // A real config expands a few aliases; an alias bomb must fail in milliseconds at boot.
+    options.alias_limits.max_total_replayed_events = 50_000;
     let root: Option<SNode> = match serde_saphyr::from_str_with_options(text, options) {
         Ok(root) => root,
         Err(err) => return Config { items: vec![], problems: vec![yaml_problem(&err)] },
@@ -201,9 +205,10 @@ fn yaml_problem(err: &serde_saphyr::Error) -> Problem {
     Problem::new(position, format!("invalid YAML: {message}"))
 }
 
-/// saphyr appends " at line L, column C" to some messages; we say it in front already.
+/// saphyr appends " at line L, column C" (and where an alias was defined and used) to
+/// its messages; we say the position in front already.
 fn strip_location_suffix(message: &str) -> &str {
-    match message.rfind(" at line ") {
+    match message.find(" at line ") {
         Some(i) => &message[..i],
         None => message,
     }
@@ -373,6 +378,10 @@ impl Checker {
 fn validate_entry(node: &SNode) -> Item {
     let mut c = Checker { problems: vec![] };
     let entry_pos = pos(&node.referenced);
+    if !matches!(node.value, Node::Map(_)) {
+        c.problem(node, format!("an entry must be a mapping, found {}", node.value.kind()));
+        return Item::Invalid(InvalidEntry { name: None, position: entry_pos, problems: c.problems });
+    }
     let pairs = c.mapping(node, "an entry", ENTRY_KEYS);
     let get = |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
 
