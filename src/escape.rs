@@ -193,7 +193,11 @@ mod tests {
             .collect();
         let line = command_line("", &argv).unwrap();
         assert!(!line.contains('\n'), "line break in {line:?}");
-        assert_eq!(parse_command_line(&line).as_deref(), Some(&argv[..]), "{line}");
+        assert_eq!(
+            parse_command_line(&line).as_deref(),
+            Some(&argv[..]),
+            "{line}"
+        );
     }
 
     #[test]
@@ -234,14 +238,20 @@ mod tests {
     #[test]
     fn quoting_is_exact() {
         assert_eq!(exec_arg("a b").unwrap(), r#""a b""#);
-        assert_eq!(exec_arg("--name=x_1.2@y:z/w,v+u").unwrap(), "--name=x_1.2@y:z/w,v+u");
+        assert_eq!(
+            exec_arg("--name=x_1.2@y:z/w,v+u").unwrap(),
+            "--name=x_1.2@y:z/w,v+u"
+        );
         assert_eq!(exec_arg(";").unwrap(), r#"";""#);
         assert_eq!(exec_arg("").unwrap(), r#""""#);
         assert_eq!(exec_arg("%n$X").unwrap(), r#""%%n$$X""#);
         assert_eq!(exec_arg("a\"b\\c").unwrap(), r#""a\"b\\c""#);
         assert_eq!(exec_arg("x\ny").unwrap(), r#""x\ny""#);
         assert_eq!(exec_arg("\x01").unwrap(), r#""\x01""#);
-        assert_eq!(command_line("-", &["/bin/x".into(), "y z".into()]).unwrap(), r#"-/bin/x "y z""#);
+        assert_eq!(
+            command_line("-", &["/bin/x".into(), "y z".into()]).unwrap(),
+            r#"-/bin/x "y z""#
+        );
     }
 
     #[test]

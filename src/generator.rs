@@ -42,7 +42,10 @@ fn in_root(root: &Option<PathBuf>, path: &str) -> PathBuf {
 /// The config's bytes. A missing file is an empty config (nothing preloaded, or `/var`
 /// not mounted yet); anything else unreadable is a problem shown like a syntax error.
 pub fn read_config(path: &Path) -> Result<Vec<u8>, Problem> {
-    let problem = |message: String| Problem { position: Position::default(), message };
+    let problem = |message: String| Problem {
+        position: Position::default(),
+        message,
+    };
     let meta = match std::fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -53,14 +56,18 @@ pub fn read_config(path: &Path) -> Result<Vec<u8>, Problem> {
         return Err(problem("cannot read the config: not a regular file".into()));
     }
     if meta.len() > CONFIG_SIZE_LIMIT {
-        return Err(problem(format!("the config is larger than {CONFIG_SIZE_LIMIT} bytes")));
+        return Err(problem(format!(
+            "the config is larger than {CONFIG_SIZE_LIMIT} bytes"
+        )));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     std::fs::File::open(path)
         .and_then(|f| f.take(CONFIG_SIZE_LIMIT + 1).read_to_end(&mut bytes))
         .map_err(|e| problem(format!("cannot read the config: {e}")))?;
     if bytes.len() as u64 > CONFIG_SIZE_LIMIT {
-        return Err(problem(format!("the config is larger than {CONFIG_SIZE_LIMIT} bytes")));
+        return Err(problem(format!(
+            "the config is larger than {CONFIG_SIZE_LIMIT} bytes"
+        )));
     }
     Ok(bytes)
 }
@@ -69,20 +76,58 @@ pub fn read_config(path: &Path) -> Result<Vec<u8>, Problem> {
 pub fn load_effective(path: &Path) -> config::Effective {
     match read_config(path) {
         Ok(bytes) => config::parse(&bytes).effective(),
-        Err(problem) => config::Effective { items: vec![], problems: vec![problem] },
+        Err(problem) => config::Effective {
+            items: vec![],
+            problems: vec![problem],
+        },
     }
+}
+
+/// Paths we write into units must be absolute and free of whitespace and control
+/// characters, which the path settings (`RequiresMountsFor=`) cannot carry.
+fn check_host_path(what: &str, path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{what} must be an absolute path without spaces or control characters: {path:?}"
+        ));
+    }
+    Ok(())
 }
 
 pub fn run(options: &Options, log: &mut Logger, stdout: &mut dyn io::Write) -> Outcome {
     let settings = Settings {
-        config_file: options.config_file.clone().unwrap_or_else(|| paths::CONFIG_FILE.into()),
-        preload_dir: options.preload_dir.clone().unwrap_or_else(|| paths::PRELOAD_DIR.into()),
+        config_file: options
+            .config_file
+            .clone()
+            .unwrap_or_else(|| paths::CONFIG_FILE.into()),
+        preload_dir: options
+            .preload_dir
+            .clone()
+            .unwrap_or_else(|| paths::PRELOAD_DIR.into()),
         selinux: in_root(&options.root, "/sys/fs/selinux").is_dir(),
     };
+    for (what, path) in [
+        ("--config", &settings.config_file),
+        ("--preload-dir", &settings.preload_dir),
+    ] {
+        if let Err(message) = check_host_path(what, path) {
+            log.log(Level::Error, &message);
+            return Outcome {
+                failures: 1,
+                ..Outcome::default()
+            };
+        }
+    }
     let effective = load_effective(&in_root(&options.root, &settings.config_file));
-    let mut outcome = Outcome { config_problems: effective.all_problems().len(), ..Outcome::default() };
+    let mut outcome = Outcome {
+        config_problems: effective.all_problems().len(),
+        ..Outcome::default()
+    };
     for problem in effective.all_problems() {
-        log.log(Level::Warning, &problem.display(&settings.config_file).to_string());
+        log.log(
+            Level::Warning,
+            &problem.display(&settings.config_file).to_string(),
+        );
     }
 
     let plan = plan::plan(&effective, &settings);
@@ -104,6 +149,15 @@ pub fn run(options: &Options, log: &mut Logger, stdout: &mut dyn io::Write) -> O
         outcome.failures += 1;
         return outcome;
     };
+    // systemd creates it; a person running the generator by hand may not have.
+    if let Err(err) = std::fs::create_dir_all(dir) {
+        log.log(
+            Level::Error,
+            &format!("cannot create {}: {err}", dir.display()),
+        );
+        outcome.failures += 1;
+        return outcome;
+    }
     let mut written = Vec::new();
     for file in &files {
         match write::write_unit(dir, file) {

@@ -9,10 +9,10 @@
 pub mod cli;
 pub mod config;
 pub mod escape;
-pub mod paths;
-pub mod plan;
 pub mod generator;
 pub mod log;
+pub mod paths;
+pub mod plan;
 pub mod render;
-pub mod write;
 pub mod runtime;
+pub mod write;

@@ -20,7 +20,11 @@ impl Logger {
     /// systemd sets `$SYSTEMD_SCOPE` for the generators it runs (systemd ≥ 251).
     pub fn for_generator(ident: &'static str) -> Self {
         let under_systemd = std::env::var_os("SYSTEMD_SCOPE").is_some();
-        let kmsg = if under_systemd { OpenOptions::new().write(true).open("/dev/kmsg").ok() } else { None };
+        let kmsg = if under_systemd {
+            OpenOptions::new().write(true).open("/dev/kmsg").ok()
+        } else {
+            None
+        };
         Logger { kmsg, ident }
     }
 
@@ -30,7 +34,8 @@ impl Logger {
             // One write per record: kmsg takes each write as one message.
             Some(kmsg) => {
                 for line in message.lines() {
-                    let record = format!("<{level}>{}[{}]: {line}\n", self.ident, std::process::id());
+                    let record =
+                        format!("<{level}>{}[{}]: {line}\n", self.ident, std::process::id());
                     let _ = kmsg.write_all(record.as_bytes());
                 }
             }

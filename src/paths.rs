@@ -13,7 +13,10 @@ pub const BINDIR: &str = or(option_env!("ATOMIC_PRELOAD_BINDIR"), "/usr/bin");
 /// The Docker client the units run.
 pub const DOCKER: &str = or(option_env!("ATOMIC_PRELOAD_DOCKER"), "/usr/bin/docker");
 /// systemd's system unit directory, where our static units are installed.
-pub const SYSTEM_UNIT_DIR: &str = or(option_env!("ATOMIC_PRELOAD_UNITDIR"), "/usr/lib/systemd/system");
+pub const SYSTEM_UNIT_DIR: &str = or(
+    option_env!("ATOMIC_PRELOAD_UNITDIR"),
+    "/usr/lib/systemd/system",
+);
 
 /// The operator's directory: config.yaml, docker/ and ostree/ archives.
 pub const PRELOAD_DIR: &str = "/var/lib/atomic/preload";

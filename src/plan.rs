@@ -37,7 +37,10 @@ pub struct Command {
 
 impl Command {
     fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
-        Command { ignore_failure: false, argv: argv.into_iter().map(Into::into).collect() }
+        Command {
+            ignore_failure: false,
+            argv: argv.into_iter().map(Into::into).collect(),
+        }
     }
     fn ignoring_failure(mut self) -> Self {
         self.ignore_failure = true;
@@ -51,6 +54,8 @@ pub struct ContainerUnit {
     pub unit_name: String,
     pub name: String,
     pub image: String,
+    /// Mounted before the unit starts (`RequiresMountsFor=`): `/var` may be separate.
+    pub preload_dir: String,
     /// `ExecStartPre=` lines (for a running container) ...
     pub start_pre: Vec<Command>,
     /// ... and `ExecStart=` lines: the run command, or for a oneshot the load/install stages.
@@ -116,9 +121,7 @@ fn spc_flags(name: &str, image: &str, selinux: bool) -> Vec<String> {
     if selinux {
         flags.extend(["-v", "/sys/fs/selinux:/sys/fs/selinux:ro"].map(String::from));
     }
-    flags.extend(
-        ["--net=host", "--ipc=host", "--pid=host", "-e", "HOST=/host"].map(String::from),
-    );
+    flags.extend(["--net=host", "--ipc=host", "--pid=host", "-e", "HOST=/host"].map(String::from));
     flags.extend([
         "-e".into(),
         format!("NAME={name}"),
@@ -146,8 +149,14 @@ fn container_unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
     let mut stages = vec![Command::new(load)];
 
     if let Some(install) = &entry.install {
-        let mut argv =
-            vec![helper, "install".into(), "--name".into(), entry.name.clone(), "--image".into(), entry.image.clone()];
+        let mut argv = vec![
+            helper,
+            "install".into(),
+            "--name".into(),
+            entry.name.clone(),
+            "--image".into(),
+            entry.image.clone(),
+        ];
         for set in &install.setvalues {
             argv.extend(["--set".into(), set.clone()]);
         }
@@ -164,6 +173,7 @@ fn container_unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
             unit_name,
             name: entry.name.clone(),
             image: entry.image.clone(),
+            preload_dir: settings.preload_dir.clone(),
             start_pre: vec![],
             start: stages,
             stop: None,
@@ -173,8 +183,16 @@ fn container_unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
 
     // A container left over from a crash or an unclean shutdown would make `--name` clash.
     stages.push(Command::new([paths::DOCKER, "rm", "--force", &entry.name]).ignoring_failure());
-    let mut argv: Vec<String> =
-        [paths::DOCKER, "run", "--rm", "--pull=never", "--name", &entry.name].map(String::from).into();
+    let mut argv: Vec<String> = [
+        paths::DOCKER,
+        "run",
+        "--rm",
+        "--pull=never",
+        "--name",
+        &entry.name,
+    ]
+    .map(String::from)
+    .into();
     if run.spc {
         argv.extend(spc_flags(&entry.name, &entry.image, settings.selinux));
     }
@@ -185,6 +203,7 @@ fn container_unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
         unit_name,
         name: entry.name.clone(),
         image: entry.image.clone(),
+        preload_dir: settings.preload_dir.clone(),
         start_pre: stages,
         start: vec![Command::new(argv)],
         stop: Some(Command::new([paths::DOCKER, "stop", &entry.name])),
@@ -214,7 +233,9 @@ pub fn plan(config: &Effective, settings: &Settings) -> Plan {
     for item in &config.items {
         units.push(match item {
             Named::Valid(entry) => Unit::Container(container_unit(entry, settings)),
-            Named::Invalid { name, problems } => Unit::Failing(invalid_entry_unit(name, problems, &source)),
+            Named::Invalid { name, problems } => {
+                Unit::Failing(invalid_entry_unit(name, problems, &source))
+            }
         });
     }
     if !config.problems.is_empty() {
@@ -233,11 +254,21 @@ pub fn plan(config: &Effective, settings: &Settings) -> Plan {
         target: format!("{}/{}", paths::SYSTEM_UNIT_DIR, paths::TARGET),
     }];
     for unit in &units {
-        symlinks.push(Symlink {
-            dir: target_wants.clone(),
+        let link = |dir: &str| Symlink {
+            dir: dir.into(),
             link: unit.name().into(),
             target: format!("../{}", unit.name()),
-        });
+        };
+        symlinks.push(link(&target_wants));
+        // Started again whenever Docker starts: a container whose start failed because
+        // the engine was down recovers when the engine comes back, without a reboot.
+        if let Unit::Container(_) = unit {
+            symlinks.push(link("docker.service.wants"));
+        }
     }
-    Plan { source, units, symlinks }
+    Plan {
+        source,
+        units,
+        symlinks,
+    }
 }

@@ -54,6 +54,7 @@ fn lines(commands: &[Command]) -> Result<Vec<String>, EscapeError> {
 #[derive(Serialize)]
 struct ContainerContext {
     source: String,
+    preload_dir: String,
     name: String,
     image: String,
     runs: bool,
@@ -73,6 +74,7 @@ struct FailingContext {
 fn container_context(source: &str, u: &ContainerUnit) -> Result<ContainerContext, EscapeError> {
     Ok(ContainerContext {
         source: escape::setting_value(source)?,
+        preload_dir: escape::setting_value(&u.preload_dir)?,
         name: escape::setting_value(&u.name)?,
         image: escape::setting_value(&u.image)?,
         runs: u.runs,
@@ -94,15 +96,29 @@ fn failing_context(source: &str, u: &FailingUnit) -> Result<FailingContext, Esca
 /// Render one unit.
 pub fn render_unit(source: &str, unit: &Unit) -> Result<UnitFile, RenderError> {
     let name = unit.name().to_owned();
-    let escape_err = |source| RenderError::Escape { unit: name.clone(), source };
-    let template_err = |message: String| RenderError::Template { unit: name.clone(), message };
+    let escape_err = |source| RenderError::Escape {
+        unit: name.clone(),
+        source,
+    };
+    let template_err = |message: String| RenderError::Template {
+        unit: name.clone(),
+        message,
+    };
     let tera = templates().map_err(template_err)?;
     let (template, context) = match unit {
-        Unit::Container(u) => (CONTAINER, tera::Context::from_serialize(&container_context(source, u).map_err(escape_err)?)),
-        Unit::Failing(u) => (FAILING, tera::Context::from_serialize(&failing_context(source, u).map_err(escape_err)?)),
+        Unit::Container(u) => (
+            CONTAINER,
+            tera::Context::from_serialize(&container_context(source, u).map_err(escape_err)?),
+        ),
+        Unit::Failing(u) => (
+            FAILING,
+            tera::Context::from_serialize(&failing_context(source, u).map_err(escape_err)?),
+        ),
     };
     let context = context.map_err(|e| template_err(e.to_string()))?;
-    let mut text = tera.render(template, &context).map_err(|e| template_err(e.to_string()))?;
+    let mut text = tera
+        .render(template, &context)
+        .map_err(|e| template_err(e.to_string()))?;
     if !text.ends_with('\n') {
         text.push('\n');
     }

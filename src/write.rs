@@ -17,13 +17,19 @@ pub struct WriteError {
 }
 
 fn at(path: &Path) -> impl FnOnce(io::Error) -> WriteError + '_ {
-    move |source| WriteError { path: path.to_owned(), source }
+    move |source| WriteError {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// A plain file or symlink component: no separators, no `.`/`..`.
 fn check_component(name: &str) -> io::Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a plain file name"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a plain file name",
+        ));
     }
     Ok(())
 }
@@ -31,7 +37,10 @@ fn check_component(name: &str) -> io::Result<()> {
 /// Remove whatever is at `path` unless it is a directory; never follows a symlink.
 fn clear(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => Err(io::Error::new(io::ErrorKind::AlreadyExists, "a directory is in the way")),
+        Ok(meta) if meta.is_dir() => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a directory is in the way",
+        )),
         Ok(_) => fs::remove_file(path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
@@ -42,7 +51,11 @@ pub fn write_unit(dir: &Path, unit: &UnitFile) -> Result<(), WriteError> {
     let path = dir.join(&unit.name);
     check_component(&unit.name).map_err(at(&path))?;
     clear(&path).map_err(at(&path))?;
-    let mut file = OpenOptions::new().write(true).create_new(true).open(&path).map_err(at(&path))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(at(&path))?;
     file.write_all(unit.text.as_bytes()).map_err(at(&path))
 }
 
@@ -54,7 +67,10 @@ fn subdir(dir: &Path, name: &str) -> Result<PathBuf, WriteError> {
         Ok(meta) if meta.is_dir() => Ok(path),
         Ok(_) => Err(WriteError {
             path,
-            source: io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a directory"),
+            source: io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a directory",
+            ),
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             fs::create_dir(&path).map_err(at(&path))?;

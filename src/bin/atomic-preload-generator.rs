@@ -18,7 +18,10 @@ fn main() -> ExitCode {
     };
     let outcome = generator::run(&options, &mut log, &mut std::io::stdout().lock());
     if outcome.failures > 0 {
-        log.log(Level::Error, &format!("{} unit(s) could not be generated", outcome.failures));
+        log.log(
+            Level::Error,
+            &format!("{} file(s) could not be generated", outcome.failures),
+        );
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

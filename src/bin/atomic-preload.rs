@@ -16,7 +16,11 @@ fn main() -> ExitCode {
             for problem in &problems {
                 println!("{}", problem.display(&shown));
             }
-            return if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+            return if problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
         }
         HelperCommand::ConfigError { messages } => {
             for message in &messages {

@@ -24,12 +24,18 @@ pub struct Problem {
 
 impl Problem {
     fn new(position: Position, message: impl Into<String>) -> Self {
-        Problem { position, message: message.into() }
+        Problem {
+            position,
+            message: message.into(),
+        }
     }
 
     /// `FILE:LINE:COL: message`, the form editors and compilers use.
     pub fn display<'a>(&'a self, file: &'a str) -> impl fmt::Display + 'a {
-        DisplayProblem { file, problem: self }
+        DisplayProblem {
+            file,
+            problem: self,
+        }
     }
 }
 
@@ -43,7 +49,9 @@ impl fmt::Display for DisplayProblem<'_> {
         match self.problem.position {
             // Line 0: a problem with the file as a whole (unreadable, too large).
             Position { line: 0, .. } => write!(f, "{}: {}", self.file, self.problem.message),
-            Position { line, column } => write!(f, "{}:{line}:{column}: {}", self.file, self.problem.message),
+            Position { line, column } => {
+                write!(f, "{}:{line}:{column}: {}", self.file, self.problem.message)
+            }
         }
     }
 }
@@ -112,7 +120,10 @@ pub struct Effective {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Named {
     Valid(Entry),
-    Invalid { name: String, problems: Vec<Problem> },
+    Invalid {
+        name: String,
+        problems: Vec<Problem>,
+    },
 }
 
 impl Config {
@@ -127,14 +138,25 @@ impl Config {
                 Item::Valid(entry) => {
                     by_name.insert(entry.name.clone(), Named::Valid(entry));
                 }
-                Item::Invalid(InvalidEntry { name: Some(name), problems, .. }) => {
+                Item::Invalid(InvalidEntry {
+                    name: Some(name),
+                    problems,
+                    ..
+                }) => {
                     by_name.insert(name.clone(), Named::Invalid { name, problems });
                 }
-                Item::Invalid(InvalidEntry { name: None, problems: own, .. }) => problems.extend(own),
+                Item::Invalid(InvalidEntry {
+                    name: None,
+                    problems: own,
+                    ..
+                }) => problems.extend(own),
             }
         }
         problems.sort_by_key(|p| p.position);
-        Effective { items: by_name.into_values().collect(), problems }
+        Effective {
+            items: by_name.into_values().collect(),
+            problems,
+        }
     }
 }
 
@@ -156,7 +178,12 @@ impl Effective {
 pub fn parse(bytes: &[u8]) -> Config {
     let text = match decode(bytes) {
         Ok(text) => text,
-        Err(problem) => return Config { items: vec![], problems: vec![problem] },
+        Err(problem) => {
+            return Config {
+                items: vec![],
+                problems: vec![problem],
+            };
+        }
     };
     let mut options = serde_saphyr::options! {
         // Our own validation reports duplicate keys with both positions.
@@ -168,17 +195,33 @@ pub fn parse(bytes: &[u8]) -> Config {
     options.alias_limits.max_total_replayed_events = 50_000;
     let root: Option<SNode> = match serde_saphyr::from_str_with_options(text, options) {
         Ok(root) => root,
-        Err(err) => return Config { items: vec![], problems: vec![yaml_problem(&err)] },
+        Err(err) => {
+            return Config {
+                items: vec![],
+                problems: vec![yaml_problem(&err)],
+            };
+        }
     };
-    let Some(root) = root else { return Config::default() };
+    let Some(root) = root else {
+        return Config::default();
+    };
     match root.value {
         Node::Null => Config::default(),
-        Node::Seq(items) => Config { items: items.iter().map(validate_entry).collect(), problems: vec![] },
+        Node::Seq(items) => Config {
+            items: items
+                .iter()
+                .map(|item| validate_entry(text, item))
+                .collect(),
+            problems: vec![],
+        },
         other => Config {
             items: vec![],
             problems: vec![Problem::new(
                 pos(&root.referenced),
-                format!("the config must be a list of entries (\"- name: ...\"), found {}", other.kind()),
+                format!(
+                    "the config must be a list of entries (\"- name: ...\"), found {}",
+                    other.kind()
+                ),
             )],
         },
     }
@@ -196,7 +239,10 @@ fn decode(bytes: &[u8]) -> Result<&str, Problem> {
 }
 
 fn yaml_problem(err: &serde_saphyr::Error) -> Problem {
-    let position = err.location().map(|l| pos(&l)).unwrap_or(Position { line: 1, column: 1 });
+    let position = err
+        .location()
+        .map(|l| pos(&l))
+        .unwrap_or(Position { line: 1, column: 1 });
     // The first line of saphyr's report is the message; the rest is a snippet that
     // repeats the position, which our FILE:LINE:COL prefix already gives.
     let rendered = err.without_snippet().to_string();
@@ -215,7 +261,10 @@ fn strip_location_suffix(message: &str) -> &str {
 }
 
 fn pos(location: &serde_saphyr::Location) -> Position {
-    Position { line: location.line(), column: location.column() }
+    Position {
+        line: location.line(),
+        column: location.column(),
+    }
 }
 
 /// Docker's container-name rule, plus a length bound that keeps the unit name (and so
@@ -239,12 +288,17 @@ fn image_problem(image: &str) -> Option<String> {
         return Some("\"image\" must not be empty".into());
     }
     if image.starts_with('-') {
-        return Some(format!("\"image\" must not start with '-', found {image:?}"));
+        return Some(format!(
+            "\"image\" must not start with '-', found {image:?}"
+        ));
     }
     if image.len() > 255 {
         return Some("\"image\" is longer than 255 characters".into());
     }
-    if let Some(c) = image.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-/:@".contains(*c))) {
+    if let Some(c) = image
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-/:@".contains(*c)))
+    {
         return Some(format!(
             "\"image\" must be an image reference like registry/repo:tag, found {image:?} (character {c:?} is not allowed)"
         ));
@@ -253,10 +307,13 @@ fn image_problem(image: &str) -> Option<String> {
 }
 
 /// Archive suffixes we load, longest first so `.tar.gz` wins over `.gz`.
-pub const ARCHIVE_SUFFIXES: &[&str] = &[".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.zst", ".tar.bz2"];
+pub const ARCHIVE_SUFFIXES: &[&str] =
+    &[".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.zst", ".tar.bz2"];
 
 pub fn is_archive_name(name: &str) -> bool {
-    ARCHIVE_SUFFIXES.iter().any(|s| name.len() > s.len() && name.ends_with(s))
+    ARCHIVE_SUFFIXES
+        .iter()
+        .any(|s| name.len() > s.len() && name.ends_with(s))
 }
 
 fn archive_problem(name: &str) -> Option<String> {
@@ -266,7 +323,9 @@ fn archive_problem(name: &str) -> Option<String> {
         ));
     }
     if name.chars().any(char::is_control) {
-        return Some(format!("\"archive\" must not contain control characters: {name:?}"));
+        return Some(format!(
+            "\"archive\" must not contain control characters: {name:?}"
+        ));
     }
     if !is_archive_name(name) {
         return Some(format!(
@@ -279,7 +338,9 @@ fn archive_problem(name: &str) -> Option<String> {
 
 fn is_env_name(key: &str) -> bool {
     let mut chars = key.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -288,37 +349,60 @@ const INSTALL_KEYS: &[&str] = &["system", "user", "remote", "setvalues", "extra_
 const RUN_KEYS: &[&str] = &["spc", "extra_args"];
 
 /// Collects problems while reading one entry.
-struct Checker {
+struct Checker<'t> {
+    /// The config text, to take numbers as written (`0x10` stays "0x10", not "16").
+    text: &'t str,
     problems: Vec<Problem>,
 }
 
-impl Checker {
+impl Checker<'_> {
     fn problem(&mut self, node: &SNode, message: impl Into<String>) {
-        self.problems.push(Problem::new(pos(&node.referenced), message));
+        self.problems
+            .push(Problem::new(pos(&node.referenced), message));
     }
 
     /// The pairs of a mapping node with string keys; reports unknown and duplicate keys.
-    fn mapping<'a>(&mut self, node: &'a SNode, what: &str, known: &[&str]) -> Vec<(&'a str, &'a SNode)> {
+    fn mapping<'a>(
+        &mut self,
+        node: &'a SNode,
+        what: &str,
+        known: &[&str],
+    ) -> Vec<(&'a str, &'a SNode)> {
         let Node::Map(pairs) = &node.value else {
-            self.problem(node, format!("{what} must be a mapping, found {}", node.value.kind()));
+            self.problem(
+                node,
+                format!("{what} must be a mapping, found {}", node.value.kind()),
+            );
             return vec![];
         };
         let mut seen: Vec<(&str, &SNode)> = Vec::new();
         for (key, value) in pairs {
             let Node::Str(k) = &key.value else {
-                self.problem(key, format!("keys in {what} must be strings, found {}", key.value.kind()));
+                self.problem(
+                    key,
+                    format!("keys in {what} must be strings, found {}", key.value.kind()),
+                );
                 continue;
             };
             if !known.contains(&k.as_str()) {
                 self.problem(
                     key,
-                    format!("unknown key {k:?} in {what} (known keys: {})", known.join(", ")),
+                    format!(
+                        "unknown key {k:?} in {what} (known keys: {})",
+                        known.join(", ")
+                    ),
                 );
                 continue;
             }
             if let Some((_, first)) = seen.iter().find(|(s, _)| s == k) {
                 let p = pos(&first.referenced);
-                self.problem(key, format!("duplicate key {k:?} in {what} (first at line {}, column {})", p.line, p.column));
+                self.problem(
+                    key,
+                    format!(
+                        "duplicate key {k:?} in {what} (first at line {}, column {})",
+                        p.line, p.column
+                    ),
+                );
                 continue;
             }
             seen.push((k.as_str(), value));
@@ -330,7 +414,10 @@ impl Checker {
         match &node.value {
             Node::Str(s) => self.no_nul(node, key, s),
             other => {
-                self.problem(node, format!("{key:?} must be a string, found {}", other.kind()));
+                self.problem(
+                    node,
+                    format!("{key:?} must be a string, found {}", other.kind()),
+                );
                 None
             }
         }
@@ -338,17 +425,33 @@ impl Checker {
 
     fn no_nul(&mut self, node: &SNode, key: &str, s: &str) -> Option<String> {
         if s.contains('\0') {
-            self.problem(node, format!("{key:?} contains a NUL character, which cannot be passed to a program"));
+            self.problem(
+                node,
+                format!("{key:?} contains a NUL character, which cannot be passed to a program"),
+            );
             return None;
         }
         Some(s.to_owned())
+    }
+
+    /// The source text of a plain scalar, when saphyr knows where it is.
+    fn as_written(&self, node: &SNode) -> Option<&str> {
+        let span = node.referenced.span();
+        let start = usize::try_from(span.byte_offset()?).ok()?;
+        let len = usize::try_from(span.byte_len()?).ok()?;
+        self.text
+            .get(start..start.checked_add(len)?)
+            .filter(|t| !t.is_empty())
     }
 
     fn boolean(&mut self, node: &SNode, key: &str) -> bool {
         match node.value {
             Node::Bool(b) => b,
             ref other => {
-                self.problem(node, format!("{key:?} must be true or false, found {}", other.kind()));
+                self.problem(
+                    node,
+                    format!("{key:?} must be true or false, found {}", other.kind()),
+                );
                 false
             }
         }
@@ -357,13 +460,17 @@ impl Checker {
     /// A list of arguments; numbers are taken as written (`999` is the argument "999").
     fn args(&mut self, node: &SNode, key: &str) -> Vec<String> {
         let Node::Seq(items) = &node.value else {
-            self.problem(node, format!("{key:?} must be a list, found {}", node.value.kind()));
+            self.problem(
+                node,
+                format!("{key:?} must be a list, found {}", node.value.kind()),
+            );
             return vec![];
         };
         let mut out = Vec::new();
         for item in items {
             match &item.value {
-                Node::Str(s) | Node::Number(s) => out.extend(self.no_nul(item, key, s)),
+                Node::Str(s) => out.extend(self.no_nul(item, key, s)),
+                Node::Number(n) => out.push(self.as_written(item).unwrap_or(n).to_owned()),
                 Node::Bool(b) => self.problem(
                     item,
                     format!("items of {key:?} must be strings, found a boolean (write \"{b}\" in quotes)"),
@@ -375,19 +482,31 @@ impl Checker {
     }
 }
 
-fn validate_entry(node: &SNode) -> Item {
-    let mut c = Checker { problems: vec![] };
+fn validate_entry(text: &str, node: &SNode) -> Item {
+    let mut c = Checker {
+        text,
+        problems: vec![],
+    };
     let entry_pos = pos(&node.referenced);
     if !matches!(node.value, Node::Map(_)) {
-        c.problem(node, format!("an entry must be a mapping, found {}", node.value.kind()));
-        return Item::Invalid(InvalidEntry { name: None, position: entry_pos, problems: c.problems });
+        c.problem(
+            node,
+            format!("an entry must be a mapping, found {}", node.value.kind()),
+        );
+        return Item::Invalid(InvalidEntry {
+            name: None,
+            position: entry_pos,
+            problems: c.problems,
+        });
     }
     let pairs = c.mapping(node, "an entry", ENTRY_KEYS);
     let get = |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
 
     let mut name = None;
     match get("name") {
-        None => c.problems.push(Problem::new(entry_pos, "entry has no \"name\"")),
+        None => c
+            .problems
+            .push(Problem::new(entry_pos, "entry has no \"name\"")),
         Some(n) => {
             if let Some(s) = c.string(n, "name") {
                 if is_valid_name(&s) {
@@ -403,7 +522,9 @@ fn validate_entry(node: &SNode) -> Item {
     }
     let mut image = None;
     match get("image") {
-        None => c.problems.push(Problem::new(entry_pos, "entry has no \"image\"")),
+        None => c
+            .problems
+            .push(Problem::new(entry_pos, "entry has no \"image\"")),
         Some(n) => {
             if let Some(s) = c.string(n, "image") {
                 match image_problem(&s) {
@@ -413,7 +534,9 @@ fn validate_entry(node: &SNode) -> Item {
             }
         }
     }
-    let archives = get("archive").map(|n| archives(&mut c, n)).unwrap_or_default();
+    let archives = get("archive")
+        .map(|n| archives(&mut c, n))
+        .unwrap_or_default();
     let install = get("install").map(|n| install(&mut c, n));
     let run = get("run").map(|n| run(&mut c, n));
 
@@ -425,11 +548,15 @@ fn validate_entry(node: &SNode) -> Item {
             install,
             run,
         }),
-        _ => Item::Invalid(InvalidEntry { name, position: entry_pos, problems: c.problems }),
+        _ => Item::Invalid(InvalidEntry {
+            name,
+            position: entry_pos,
+            problems: c.problems,
+        }),
     }
 }
 
-fn archives(c: &mut Checker, node: &SNode) -> Vec<String> {
+fn archives(c: &mut Checker<'_>, node: &SNode) -> Vec<String> {
     let items: Vec<&SNode> = match &node.value {
         Node::Seq(items) => items.iter().collect(),
         _ => vec![node],
@@ -446,7 +573,7 @@ fn archives(c: &mut Checker, node: &SNode) -> Vec<String> {
     out
 }
 
-fn install(c: &mut Checker, node: &SNode) -> Install {
+fn install(c: &mut Checker<'_>, node: &SNode) -> Install {
     let mut install = Install::default();
     // `install:` with nothing after it means "install with defaults".
     if node.value == Node::Null {
@@ -460,11 +587,16 @@ fn install(c: &mut Checker, node: &SNode) -> Install {
             "extra_args" => install.extra_args = c.args(value, "extra_args"),
             "setvalues" => {
                 let Node::Seq(items) = &value.value else {
-                    c.problem(value, format!("\"setvalues\" must be a list, found {}", value.value.kind()));
+                    c.problem(
+                        value,
+                        format!("\"setvalues\" must be a list, found {}", value.value.kind()),
+                    );
                     continue;
                 };
                 for item in items {
-                    let Some(s) = c.string(item, "setvalues") else { continue };
+                    let Some(s) = c.string(item, "setvalues") else {
+                        continue;
+                    };
                     match s.split_once('=') {
                         Some((k, _)) if is_env_name(k) => install.setvalues.push(s),
                         _ => c.problem(item, format!("\"setvalues\" items must look like KEY=VALUE with KEY a variable name, found {s:?}")),
@@ -487,7 +619,7 @@ fn install(c: &mut Checker, node: &SNode) -> Install {
     install
 }
 
-fn run(c: &mut Checker, node: &SNode) -> Run {
+fn run(c: &mut Checker<'_>, node: &SNode) -> Run {
     let mut run = Run::default();
     if node.value == Node::Null {
         return run;

@@ -6,7 +6,11 @@ fn effective(text: &str) -> Effective {
 
 /// Every problem as the user sees it.
 fn problems(text: &str) -> Vec<String> {
-    effective(text).all_problems().iter().map(|p| p.display("c.yaml").to_string()).collect()
+    effective(text)
+        .all_problems()
+        .iter()
+        .map(|p| p.display("c.yaml").to_string())
+        .collect()
 }
 
 fn valid(text: &str) -> Vec<Entry> {
@@ -41,11 +45,16 @@ fn original_readme_example() {
 ";
     let eff = effective(text);
     assert_eq!(eff.items.len(), 2);
-    let Named::Valid(busybox) = &eff.items[0] else { panic!("{:?}", eff.items[0]) };
+    let Named::Valid(busybox) = &eff.items[0] else {
+        panic!("{:?}", eff.items[0])
+    };
     assert_eq!(busybox.run.as_ref().unwrap().extra_args, ["sleep", "999"]);
     assert_eq!(busybox.install, None);
     // system containers are the next milestone: reported at the `system` value.
-    assert_eq!(problems(text), ["c.yaml:11:13: install.system (system containers) is not supported yet"]);
+    assert_eq!(
+        problems(text),
+        ["c.yaml:11:13: install.system (system containers) is not supported yet"]
+    );
 }
 
 #[test]
@@ -62,7 +71,7 @@ fn every_key() {
     extra_args: [--force, 2]
   run:
     spc: true
-    extra_args: [--flag=a b, 999, 1.5]
+    extra_args: [--flag=a b, 999, 1.5, 0x10, 1e3, -0, 007]
 - name: single-archive
   image: x
   archive: one.tar.zst
@@ -81,7 +90,12 @@ fn every_key() {
                 setvalues: vec!["A=1".into(), "B_2=x=y".into(), "C=".into()],
                 extra_args: vec!["--force".into(), "2".into()],
             }),
-            run: Some(Run { spc: true, extra_args: vec!["--flag=a b".into(), "999".into(), "1.5".into()] }),
+            run: Some(Run {
+                spc: true,
+                extra_args: ["--flag=a b", "999", "1.5", "0x10", "1e3", "-0", "007"]
+                    .map(String::from)
+                    .into()
+            }),
         }
     );
     assert_eq!(entries[1].archives, ["one.tar.zst"]);
@@ -89,7 +103,9 @@ fn every_key() {
 
 #[test]
 fn run_and_install_presence() {
-    let e = valid("- {name: ab, image: x}\n- {name: cd, image: x, run: {}}\n- {name: ef, image: x, run: , install: }\n");
+    let e = valid(
+        "- {name: ab, image: x}\n- {name: cd, image: x, run: {}}\n- {name: ef, image: x, run: , install: }\n",
+    );
     assert_eq!((e[0].run.is_some(), e[0].install.is_some()), (false, false));
     assert_eq!(e[1].run, Some(Run::default()));
     assert_eq!((e[2].run.is_some(), e[2].install.is_some()), (true, true));
@@ -101,18 +117,31 @@ fn later_entry_replaces_earlier_entirely() {
         "- name: app\n  image: x\n  run: {extra_args: [a]}\n  install: {}\n- name: other\n  image: y\n- name: app\n  image: z\n",
     );
     assert_eq!(e.len(), 2);
-    assert_eq!(e[0], Entry { name: "app".into(), image: "z".into(), archives: vec![], install: None, run: None });
+    assert_eq!(
+        e[0],
+        Entry {
+            name: "app".into(),
+            image: "z".into(),
+            archives: vec![],
+            install: None,
+            run: None
+        }
+    );
 }
 
 #[test]
 fn invalid_override_replaces_valid_entry_and_keeps_others() {
-    let eff = effective("- {name: app, image: x}\n- {name: app, image: x, typo: 1}\n- {name: ok, image: y}\n");
+    let eff = effective(
+        "- {name: app, image: x}\n- {name: app, image: x, typo: 1}\n- {name: ok, image: y}\n",
+    );
     assert_eq!(eff.items.len(), 2);
     assert!(matches!(&eff.items[0], Named::Invalid { name, .. } if name == "app"));
     assert!(matches!(&eff.items[1], Named::Valid(e) if e.name == "ok"));
     assert_eq!(
         problems("- {name: app, image: x}\n- {name: app, image: x, typo: 1}\n"),
-        ["c.yaml:2:25: unknown key \"typo\" in an entry (known keys: name, image, archive, install, run)"]
+        [
+            "c.yaml:2:25: unknown key \"typo\" in an entry (known keys: name, image, archive, install, run)"
+        ]
     );
 }
 
@@ -126,42 +155,115 @@ fn empty_and_comment_only_configs_have_no_entries() {
 #[test]
 fn messages_point_at_line_and_column() {
     let cases: &[(&str, &str)] = &[
-        ("foo: bar\n", "c.yaml:1:1: the config must be a list of entries (\"- name: ...\"), found a mapping"),
-        ("- name: a\n  image: [\n", "c.yaml:2:10: invalid YAML: unclosed bracket '['"),
-        ("- just a string\n", "c.yaml:1:3: an entry must be a mapping, found a string"),
+        (
+            "foo: bar\n",
+            "c.yaml:1:1: the config must be a list of entries (\"- name: ...\"), found a mapping",
+        ),
+        (
+            "- name: a\n  image: [\n",
+            "c.yaml:2:10: invalid YAML: unclosed bracket '['",
+        ),
+        (
+            "- just a string\n",
+            "c.yaml:1:3: an entry must be a mapping, found a string",
+        ),
         ("- image: x\n", "c.yaml:1:3: entry has no \"name\""),
         ("- name: ab\n", "c.yaml:1:3: entry has no \"image\""),
-        ("- name: a b\n  image: x\n", "c.yaml:1:9: \"name\" must match [a-zA-Z0-9][a-zA-Z0-9_.-]+ (Docker's container-name rule, at most 200 characters), found \"a b\""),
-        ("- name: ../x\n  image: x\n", "c.yaml:1:9: \"name\" must match [a-zA-Z0-9][a-zA-Z0-9_.-]+ (Docker's container-name rule, at most 200 characters), found \"../x\""),
-        ("- name: [a]\n  image: x\n", "c.yaml:1:9: \"name\" must be a string, found a list"),
-        ("- name: ab\n  image: -x\n", "c.yaml:2:10: \"image\" must not start with '-', found \"-x\""),
-        ("- name: ab\n  image: \"a b\"\n", "c.yaml:2:10: \"image\" must be an image reference like registry/repo:tag, found \"a b\" (character ' ' is not allowed)"),
-        ("- name: ab\n  image: x\n  name: cd\n", "c.yaml:3:3: duplicate key \"name\" in an entry (first at line 1, column 9)"),
-        ("- name: ab\n  image: x\n  run: {spc: yes}\n", "c.yaml:3:14: \"spc\" must be true or false, found a string"),
-        ("- name: ab\n  image: x\n  run: {extra_args: sleep}\n", "c.yaml:3:21: \"extra_args\" must be a list, found a string"),
-        ("- name: ab\n  image: x\n  run: {extra_args: [true]}\n", "c.yaml:3:22: items of \"extra_args\" must be strings, found a boolean (write \"true\" in quotes)"),
-        ("- name: ab\n  image: x\n  run: {extra_args: [\"a\\0b\"]}\n", "c.yaml:3:22: \"extra_args\" contains a NUL character, which cannot be passed to a program"),
-        ("- name: ab\n  image: x\n  run: [a]\n", "c.yaml:3:8: \"run\" must be a mapping, found a list"),
-        ("- name: ab\n  image: x\n  run: {spc: true, net: host}\n", "c.yaml:3:20: unknown key \"net\" in \"run\" (known keys: spc, extra_args)"),
-        ("- name: ab\n  image: x\n  install: {setvalues: [FOO]}\n", "c.yaml:3:25: \"setvalues\" items must look like KEY=VALUE with KEY a variable name, found \"FOO\""),
-        ("- name: ab\n  image: x\n  install: {setvalues: [1X=a]}\n", "c.yaml:3:25: \"setvalues\" items must look like KEY=VALUE with KEY a variable name, found \"1X=a\""),
-        ("- name: ab\n  image: x\n  install: {user: true}\n", "c.yaml:3:19: install.user (user containers) is not supported yet"),
-        ("- name: ab\n  image: x\n  install: {remote: /srv/rootfs}\n", "c.yaml:3:21: install.remote (remote rootfs) is not supported yet"),
-        ("- name: ab\n  image: x\n  archive: ../etc/shadow.tar\n", "c.yaml:3:12: \"archive\" must be a file name inside the docker/ directory, not a path: \"../etc/shadow.tar\""),
-        ("- name: ab\n  image: x\n  archive: app.zip\n", "c.yaml:3:12: \"archive\" \"app.zip\" does not end in one of .tar, .tar.gz, .tgz, .tar.xz, .tar.zst, .tar.bz2"),
-        ("- name: ab\n  image: x\n  1: x\n", "c.yaml:3:3: keys in an entry must be strings, found a number"),
+        (
+            "- name: a b\n  image: x\n",
+            "c.yaml:1:9: \"name\" must match [a-zA-Z0-9][a-zA-Z0-9_.-]+ (Docker's container-name rule, at most 200 characters), found \"a b\"",
+        ),
+        (
+            "- name: ../x\n  image: x\n",
+            "c.yaml:1:9: \"name\" must match [a-zA-Z0-9][a-zA-Z0-9_.-]+ (Docker's container-name rule, at most 200 characters), found \"../x\"",
+        ),
+        (
+            "- name: [a]\n  image: x\n",
+            "c.yaml:1:9: \"name\" must be a string, found a list",
+        ),
+        (
+            "- name: ab\n  image: -x\n",
+            "c.yaml:2:10: \"image\" must not start with '-', found \"-x\"",
+        ),
+        (
+            "- name: ab\n  image: \"a b\"\n",
+            "c.yaml:2:10: \"image\" must be an image reference like registry/repo:tag, found \"a b\" (character ' ' is not allowed)",
+        ),
+        (
+            "- name: ab\n  image: x\n  name: cd\n",
+            "c.yaml:3:3: duplicate key \"name\" in an entry (first at line 1, column 9)",
+        ),
+        (
+            "- name: ab\n  image: x\n  run: {spc: yes}\n",
+            "c.yaml:3:14: \"spc\" must be true or false, found a string",
+        ),
+        (
+            "- name: ab\n  image: x\n  run: {extra_args: sleep}\n",
+            "c.yaml:3:21: \"extra_args\" must be a list, found a string",
+        ),
+        (
+            "- name: ab\n  image: x\n  run: {extra_args: [true]}\n",
+            "c.yaml:3:22: items of \"extra_args\" must be strings, found a boolean (write \"true\" in quotes)",
+        ),
+        (
+            "- name: ab\n  image: x\n  run: {extra_args: [\"a\\0b\"]}\n",
+            "c.yaml:3:22: \"extra_args\" contains a NUL character, which cannot be passed to a program",
+        ),
+        (
+            "- name: ab\n  image: x\n  run: [a]\n",
+            "c.yaml:3:8: \"run\" must be a mapping, found a list",
+        ),
+        (
+            "- name: ab\n  image: x\n  run: {spc: true, net: host}\n",
+            "c.yaml:3:20: unknown key \"net\" in \"run\" (known keys: spc, extra_args)",
+        ),
+        (
+            "- name: ab\n  image: x\n  install: {setvalues: [FOO]}\n",
+            "c.yaml:3:25: \"setvalues\" items must look like KEY=VALUE with KEY a variable name, found \"FOO\"",
+        ),
+        (
+            "- name: ab\n  image: x\n  install: {setvalues: [1X=a]}\n",
+            "c.yaml:3:25: \"setvalues\" items must look like KEY=VALUE with KEY a variable name, found \"1X=a\"",
+        ),
+        (
+            "- name: ab\n  image: x\n  install: {user: true}\n",
+            "c.yaml:3:19: install.user (user containers) is not supported yet",
+        ),
+        (
+            "- name: ab\n  image: x\n  install: {remote: /srv/rootfs}\n",
+            "c.yaml:3:21: install.remote (remote rootfs) is not supported yet",
+        ),
+        (
+            "- name: ab\n  image: x\n  archive: ../etc/shadow.tar\n",
+            "c.yaml:3:12: \"archive\" must be a file name inside the docker/ directory, not a path: \"../etc/shadow.tar\"",
+        ),
+        (
+            "- name: ab\n  image: x\n  archive: app.zip\n",
+            "c.yaml:3:12: \"archive\" \"app.zip\" does not end in one of .tar, .tar.gz, .tgz, .tar.xz, .tar.zst, .tar.bz2",
+        ),
+        (
+            "- name: ab\n  image: x\n  1: x\n",
+            "c.yaml:3:3: keys in an entry must be strings, found a number",
+        ),
     ];
     let wrong: Vec<String> = cases
         .iter()
         .filter(|(text, expected)| problems(text) != [*expected])
-        .map(|(text, expected)| format!("{text:?}\n  expected {expected}\n  got      {:?}", problems(text)))
+        .map(|(text, expected)| {
+            format!(
+                "{text:?}\n  expected {expected}\n  got      {:?}",
+                problems(text)
+            )
+        })
         .collect();
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 #[test]
 fn a_broken_entry_does_not_hide_the_others() {
-    let eff = effective("- {name: good1, image: a}\n- {image: b}\n- {name: bad, image: [c]}\n- {name: good2, image: d}\n");
+    let eff = effective(
+        "- {name: good1, image: a}\n- {image: b}\n- {name: bad, image: [c]}\n- {name: good2, image: d}\n",
+    );
     let names: Vec<(&str, bool)> = eff
         .items
         .iter()
@@ -181,7 +283,19 @@ fn names_follow_dockers_rule() {
     for ok in ["ab", "a1", "A.b_c-d", "0x", &"a".repeat(NAME_MAX)] {
         assert!(is_valid_name(ok), "{ok}");
     }
-    for bad in ["", "a", "-ab", ".ab", "_ab", "a/b", "a b", "a:b", "a@b", "ü-x", &"a".repeat(NAME_MAX + 1)] {
+    for bad in [
+        "",
+        "a",
+        "-ab",
+        ".ab",
+        "_ab",
+        "a/b",
+        "a b",
+        "a:b",
+        "a@b",
+        "ü-x",
+        &"a".repeat(NAME_MAX + 1),
+    ] {
         assert!(!is_valid_name(bad), "{bad}");
     }
 }
@@ -189,7 +303,10 @@ fn names_follow_dockers_rule() {
 #[test]
 fn non_utf8_is_reported_with_its_position() {
     let c = parse(b"- name: ab\n  image: \xff\n");
-    assert_eq!(c.problems[0].display("c.yaml").to_string(), "c.yaml:2:10: the file is not valid UTF-8");
+    assert_eq!(
+        c.problems[0].display("c.yaml").to_string(),
+        "c.yaml:2:10: the file is not valid UTF-8"
+    );
 }
 
 #[test]
@@ -199,7 +316,10 @@ fn aliases_are_followed_and_bounded() {
     // A billion-laughs document fails cleanly instead of exhausting memory.
     let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 1..12 {
-        bomb.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n", p = i - 1));
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n",
+            p = i - 1
+        ));
     }
     let c = parse(bomb.as_bytes());
     assert!(c.items.is_empty());

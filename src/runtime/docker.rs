@@ -18,12 +18,19 @@ pub struct ImageInfo {
 }
 
 fn first_line(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim().lines().last().unwrap_or("").to_owned()
+    String::from_utf8_lossy(bytes)
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_owned()
 }
 
 impl Engine {
     pub fn new(docker: &Path) -> Self {
-        Engine { docker: docker.to_owned() }
+        Engine {
+            docker: docker.to_owned(),
+        }
     }
 
     pub fn docker(&self) -> &Path {
@@ -35,7 +42,10 @@ impl Engine {
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| RuntimeError::Spawn { program: self.docker.display().to_string(), source: e })
+            .map_err(|e| RuntimeError::Spawn {
+                program: self.docker.display().to_string(),
+                source: e,
+            })
     }
 
     /// The engine's ID: marks are per engine, so a new or wiped engine loads again.
@@ -58,16 +68,25 @@ impl Engine {
             if err.to_ascii_lowercase().contains("no such image") {
                 return Ok(None);
             }
-            return Err(RuntimeError::Docker { what: format!("inspect image {image}"), message: err });
+            return Err(RuntimeError::Docker {
+                what: format!("inspect image {image}"),
+                message: err,
+            });
         }
         let text = String::from_utf8_lossy(&out.stdout);
         let (id, label) = text.split_once('\n').unwrap_or((&text, ""));
-        Ok(Some(ImageInfo { id: id.trim().to_owned(), install_label: label.trim_end_matches('\n').to_owned() }))
+        Ok(Some(ImageInfo {
+            id: id.trim().to_owned(),
+            install_label: label.trim_end_matches('\n').to_owned(),
+        }))
     }
 
     /// Stream an image archive into `docker load`; returns what it printed ("Loaded image: …").
     pub fn load(&self, archive: &mut dyn Read) -> Result<String, RuntimeError> {
-        let spawn_err = |e| RuntimeError::Spawn { program: self.docker.display().to_string(), source: e };
+        let spawn_err = |e| RuntimeError::Spawn {
+            program: self.docker.display().to_string(),
+            source: e,
+        };
         let mut child = Command::new(&self.docker)
             .args(["load", "--quiet"])
             .stdin(Stdio::piped())
@@ -85,7 +104,10 @@ impl Engine {
         };
         let out = child.wait_with_output().map_err(spawn_err)?;
         if !out.status.success() {
-            return Err(RuntimeError::Docker { what: "docker load".into(), message: first_line(&out.stderr) });
+            return Err(RuntimeError::Docker {
+                what: "docker load".into(),
+                message: first_line(&out.stderr),
+            });
         }
         // A read error on our side is the archive's fault even if docker took what it got.
         copied.map_err(RuntimeError::ReadArchive)?;

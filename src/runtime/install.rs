@@ -57,7 +57,9 @@ fn expand(word: &str, vars: &[(String, String)]) -> String {
                 continue;
             }
         }
-        let len = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        let len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
         if len == 0 || after.starts_with(|c: char| c.is_ascii_digit()) {
             out.push('$');
             rest = after;
@@ -72,7 +74,9 @@ fn expand(word: &str, vars: &[(String, String)]) -> String {
 
 /// `-t`, `--tty`, and the `t` in `-it`, before the image in a `docker run`.
 fn drop_tty(argv: Vec<String>, image: &str) -> Vec<String> {
-    let is_docker_run = argv.first().is_some_and(|p| p == "docker" || p.ends_with("/docker"))
+    let is_docker_run = argv
+        .first()
+        .is_some_and(|p| p == "docker" || p.ends_with("/docker"))
         && argv.get(1).is_some_and(|a| a == "run");
     if !is_docker_run {
         return argv;
@@ -86,7 +90,12 @@ fn drop_tty(argv: Vec<String>, image: &str) -> Vec<String> {
         if options && (word == "-t" || word == "--tty" || word == "--tty=true") {
             continue;
         }
-        if options && word.starts_with('-') && !word.starts_with("--") && word.len() > 2 && word.contains('t') {
+        if options
+            && word.starts_with('-')
+            && !word.starts_with("--")
+            && word.len() > 2
+            && word.contains('t')
+        {
             let flags: String = word[1..].chars().filter(|&c| c != 't').collect();
             // `-t` inside a group of single-letter flags only when all are letters.
             if word[1..].chars().all(|c| c.is_ascii_alphabetic()) {
@@ -100,9 +109,17 @@ fn drop_tty(argv: Vec<String>, image: &str) -> Vec<String> {
 }
 
 /// The command to run for an INSTALL label, as argv.
-pub fn install_command(label: &str, args: &InstallArgs, docker: &Path) -> Result<Vec<String>, RuntimeError> {
-    let words = shell_words::split(label)
-        .map_err(|e| RuntimeError::Label(format!("INSTALL label of {} cannot be split into words: {e}", args.image)))?;
+pub fn install_command(
+    label: &str,
+    args: &InstallArgs,
+    docker: &Path,
+) -> Result<Vec<String>, RuntimeError> {
+    let words = shell_words::split(label).map_err(|e| {
+        RuntimeError::Label(format!(
+            "INSTALL label of {} cannot be split into words: {e}",
+            args.image
+        ))
+    })?;
     let vars = variables(args);
     let mut argv: Vec<String> = Vec::with_capacity(words.len() + args.extra_args.len());
     for word in words {
@@ -125,7 +142,10 @@ pub fn install_command(label: &str, args: &InstallArgs, docker: &Path) -> Result
         argv[0] = docker.display().to_string();
     }
     if argv.is_empty() {
-        return Err(RuntimeError::Label(format!("INSTALL label of {} is empty", args.image)));
+        return Err(RuntimeError::Label(format!(
+            "INSTALL label of {} is empty",
+            args.image
+        )));
     }
     Ok(argv)
 }
@@ -133,7 +153,11 @@ pub fn install_command(label: &str, args: &InstallArgs, docker: &Path) -> Result
 /// What must change for the install to run again: the image and every setting.
 fn settings_digest(args: &InstallArgs) -> String {
     let mut h = Sha256::new();
-    for part in [&args.name, &args.image].into_iter().chain(&args.setvalues).chain(&args.extra_args) {
+    for part in [&args.name, &args.image]
+        .into_iter()
+        .chain(&args.setvalues)
+        .chain(&args.extra_args)
+    {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -151,7 +175,9 @@ pub fn run(args: &InstallArgs) -> Result<(), RuntimeError> {
     let marks = Marks::new(&args.engine.state_dir, "installed").map_err(RuntimeError::State)?;
     let digest = settings_digest(args);
     if let Some(done) = marks.read(&args.name) {
-        if done.get("image") == Some(info.id.as_str()) && done.get("settings") == Some(digest.as_str()) {
+        if done.get("image") == Some(info.id.as_str())
+            && done.get("settings") == Some(digest.as_str())
+        {
             println!("{}: already installed from image {}", args.name, info.id);
             return Ok(());
         }
@@ -160,24 +186,39 @@ pub fn run(args: &InstallArgs) -> Result<(), RuntimeError> {
     mark.set("image", info.id.clone());
     mark.set("settings", digest);
     if info.install_label.trim().is_empty() {
-        println!("{}: image {} has no INSTALL label, nothing to install", args.name, args.image);
+        println!(
+            "{}: image {} has no INSTALL label, nothing to install",
+            args.name, args.image
+        );
         return marks.write(&args.name, &mark).map_err(RuntimeError::State);
     }
 
     let vars = variables(args);
     for dir in ["CONFDIR", "LOGDIR", "DATADIR"] {
-        let path = args.host_root.join(lookup(&vars, dir).trim_start_matches('/'));
+        let path = args
+            .host_root
+            .join(lookup(&vars, dir).trim_start_matches('/'));
         std::fs::create_dir_all(&path).map_err(|source| RuntimeError::Archive { path, source })?;
     }
     let argv = install_command(&info.install_label, args, engine.docker())?;
-    println!("{}: running INSTALL: {}", args.name, shell_words::join(&argv));
+    println!(
+        "{}: running INSTALL: {}",
+        args.name,
+        shell_words::join(&argv)
+    );
     let status = Command::new(&argv[0])
         .args(&argv[1..])
         .envs(vars.iter().map(|(k, v)| (k, v)))
         .status()
-        .map_err(|source| RuntimeError::Spawn { program: argv[0].clone(), source })?;
+        .map_err(|source| RuntimeError::Spawn {
+            program: argv[0].clone(),
+            source,
+        })?;
     if !status.success() {
-        return Err(RuntimeError::InstallFailed(format!("INSTALL command of {} failed ({status})", args.image)));
+        return Err(RuntimeError::InstallFailed(format!(
+            "INSTALL command of {} failed ({status})",
+            args.image
+        )));
     }
     marks.write(&args.name, &mark).map_err(RuntimeError::State)
 }
@@ -193,7 +234,10 @@ mod tests {
             image: "example/httpd:1".into(),
             setvalues: set.iter().map(|s| s.to_string()).collect(),
             host_root: "/".into(),
-            engine: EngineArgs { docker: "/usr/bin/docker".into(), state_dir: "/nonexistent".into() },
+            engine: EngineArgs {
+                docker: "/usr/bin/docker".into(),
+                state_dir: "/nonexistent".into(),
+            },
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -201,7 +245,12 @@ mod tests {
     #[test]
     fn atomic_httpd_example_label() {
         let label = "docker run --rm --privileged -v /:/host -e HOST=/host -e LOGDIR=${LOGDIR} -e CONFDIR=${CONFDIR} -e DATADIR=${DATADIR} -e IMAGE=IMAGE -e NAME=NAME IMAGE /bin/install.sh";
-        let argv = install_command(label, &args(&[], &["--verbose"]), Path::new("/usr/bin/docker")).unwrap();
+        let argv = install_command(
+            label,
+            &args(&[], &["--verbose"]),
+            Path::new("/usr/bin/docker"),
+        )
+        .unwrap();
         assert_eq!(
             argv.join(" "),
             "/usr/bin/docker run --rm --privileged -v /:/host -e HOST=/host -e LOGDIR=/var/log/web \
@@ -213,10 +262,28 @@ mod tests {
     #[test]
     fn setvalues_substitute_and_override_and_keep_spaces() {
         let label = r#"docker run -it --rm -e "X=$GREETING" -e DIR=${CONFDIR} IMAGE sh -c "echo $UNDEFINED_ATOMIC_PRELOAD_VAR-t""#;
-        let argv = install_command(label, &args(&["GREETING=hello world", "CONFDIR=/srv/conf"], &[]), Path::new("/d")).unwrap();
+        let argv = install_command(
+            label,
+            &args(&["GREETING=hello world", "CONFDIR=/srv/conf"], &[]),
+            Path::new("/d"),
+        )
+        .unwrap();
         assert_eq!(
             argv,
-            ["/d", "run", "-i", "--rm", "-e", "X=hello world", "-e", "DIR=/srv/conf", "example/httpd:1", "sh", "-c", "echo -t"]
+            [
+                "/d",
+                "run",
+                "-i",
+                "--rm",
+                "-e",
+                "X=hello world",
+                "-e",
+                "DIR=/srv/conf",
+                "example/httpd:1",
+                "sh",
+                "-c",
+                "echo -t"
+            ]
         );
     }
 
@@ -230,6 +297,9 @@ mod tests {
 
     #[test]
     fn unsplittable_label_is_an_error() {
-        assert!(matches!(install_command("docker run \"open", &args(&[], &[]), Path::new("/d")), Err(RuntimeError::Label(_))));
+        assert!(matches!(
+            install_command("docker run \"open", &args(&[], &[]), Path::new("/d")),
+            Err(RuntimeError::Label(_))
+        ));
     }
 }

@@ -6,9 +6,9 @@
 //! metadata means "loaded" without reading a byte; changed metadata means hashing it, and
 //! loading only if the content differs. A first load hashes while streaming into Docker.
 
+use super::RuntimeError;
 use super::docker::Engine;
 use super::marks::{self, Mark, Marks};
-use super::RuntimeError;
 use crate::cli::LoadArgs;
 use crate::config::is_archive_name;
 use sha2::{Digest, Sha256};
@@ -22,13 +22,21 @@ fn fingerprint(meta: &fs::Metadata) -> [(&'static str, String); 4] {
     [
         ("inode", meta.ino().to_string()),
         ("size", meta.len().to_string()),
-        ("mtime", format!("{}.{:09}", meta.mtime(), meta.mtime_nsec())),
-        ("ctime", format!("{}.{:09}", meta.ctime(), meta.ctime_nsec())),
+        (
+            "mtime",
+            format!("{}.{:09}", meta.mtime(), meta.mtime_nsec()),
+        ),
+        (
+            "ctime",
+            format!("{}.{:09}", meta.ctime(), meta.ctime_nsec()),
+        ),
     ]
 }
 
 fn same_fingerprint(mark: &Mark, meta: &fs::Metadata) -> bool {
-    fingerprint(meta).iter().all(|(k, v)| mark.get(k) == Some(v.as_str()))
+    fingerprint(meta)
+        .iter()
+        .all(|(k, v)| mark.get(k) == Some(v.as_str()))
 }
 
 /// A reader that hashes what passes through it.
@@ -50,7 +58,10 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn sha256_of(path: &Path) -> io::Result<String> {
-    let mut reader = Hashing { inner: BufReader::new(File::open(path)?), hasher: Sha256::new() };
+    let mut reader = Hashing {
+        inner: BufReader::new(File::open(path)?),
+        hasher: Sha256::new(),
+    };
     io::copy(&mut reader, &mut io::sink())?;
     Ok(hex(&reader.hasher.finalize()))
 }
@@ -62,15 +73,32 @@ enum Loaded {
     Loaded(String),
 }
 
-fn load_one(engine: &Engine, engine_id: &str, marks: &Marks, dir: &Path, name: &str) -> Result<Loaded, RuntimeError> {
+fn load_one(
+    engine: &Engine,
+    engine_id: &str,
+    marks: &Marks,
+    dir: &Path,
+    name: &str,
+) -> Result<Loaded, RuntimeError> {
     let path = dir.join(name);
-    let archive_err = |source: io::Error| RuntimeError::Archive { path: path.clone(), source };
+    let archive_err = |source: io::Error| RuntimeError::Archive {
+        path: path.clone(),
+        source,
+    };
     let meta = fs::metadata(&path).map_err(archive_err)?;
     if !meta.is_file() {
-        return Err(archive_err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
+        return Err(archive_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
     }
-    let previous = marks.read(name).filter(|m| m.get("engine") == Some(engine_id));
-    if previous.as_ref().is_some_and(|m| same_fingerprint(m, &meta)) {
+    let previous = marks
+        .read(name)
+        .filter(|m| m.get("engine") == Some(engine_id));
+    if previous
+        .as_ref()
+        .is_some_and(|m| same_fingerprint(m, &meta))
+    {
         return Ok(Loaded::AlreadyLoaded);
     }
     let mut mark = Mark::default();
@@ -92,11 +120,18 @@ fn load_one(engine: &Engine, engine_id: &str, marks: &Marks, dir: &Path, name: &
     // first, so a load interrupted from here on is retried.
     marks.remove(name).map_err(RuntimeError::State)?;
     let file = BufReader::new(File::open(&path).map_err(archive_err)?);
-    let mut hashing = Hashing { inner: file, hasher: Sha256::new() };
+    let mut hashing = Hashing {
+        inner: file,
+        hasher: Sha256::new(),
+    };
     let loaded = if name.ends_with(".tar.zst") {
         // Docker 20.10 cannot read zstd itself.
-        let mut decoder = ruzstd::decoding::StreamingDecoder::new(&mut hashing)
-            .map_err(|e| archive_err(io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}"))))?;
+        let mut decoder = ruzstd::decoding::StreamingDecoder::new(&mut hashing).map_err(|e| {
+            archive_err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("zstd: {e}"),
+            ))
+        })?;
         let loaded = engine.load(&mut decoder);
         // The decoder stops at the frame's end: hash whatever follows too.
         io::copy(&mut hashing, &mut io::sink()).map_err(archive_err)?;
@@ -104,7 +139,10 @@ fn load_one(engine: &Engine, engine_id: &str, marks: &Marks, dir: &Path, name: &
     } else {
         engine.load(&mut hashing)
     }
-    .map_err(|e| RuntimeError::LoadFailed { path: path.clone(), message: e.to_string() })?;
+    .map_err(|e| RuntimeError::LoadFailed {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
     // Record only what we actually read: if the file changed meanwhile, load it next time.
     let after = fs::metadata(&path).map_err(archive_err)?;
     if same_fingerprint(&mark, &after) {
@@ -120,7 +158,12 @@ fn list_archives(dir: &Path) -> Result<Vec<String>, RuntimeError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(RuntimeError::Archive { path: dir.to_owned(), source: e }),
+        Err(e) => {
+            return Err(RuntimeError::Archive {
+                path: dir.to_owned(),
+                source: e,
+            });
+        }
     };
     let mut names: Vec<String> = entries
         .filter_map(Result::ok)
@@ -142,7 +185,10 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
     let names = if named {
         for name in &args.archive {
             if name.contains('/') || !is_archive_name(name) {
-                return Err(RuntimeError::Usage(format!("--archive takes a file name in {}: {name:?}", dir.display())));
+                return Err(RuntimeError::Usage(format!(
+                    "--archive takes a file name in {}: {name:?}",
+                    dir.display()
+                )));
             }
         }
         args.archive.clone()
@@ -165,8 +211,16 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
 
     if let Some(image) = &args.image {
         if engine.image(image)?.is_none() {
-            let looked = if names.is_empty() { "no archives there".to_owned() } else { names.join(", ") };
-            let failed = if failures.is_empty() { String::new() } else { format!("; failed: {}", failures.join("; ")) };
+            let looked = if names.is_empty() {
+                "no archives there".to_owned()
+            } else {
+                names.join(", ")
+            };
+            let failed = if failures.is_empty() {
+                String::new()
+            } else {
+                format!("; failed: {}", failures.join("; "))
+            };
             return Err(RuntimeError::ImageMissing(format!(
                 "image {image} is not in the Docker engine after loading archives from {}: {looked}{failed}",
                 dir.display()

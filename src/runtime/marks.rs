@@ -17,7 +17,8 @@ impl Mark {
     }
     pub fn set(&mut self, key: &str, value: impl Into<String>) {
         let value: String = value.into();
-        self.0.insert(key.to_owned(), value.replace(['\n', '\r'], " "));
+        self.0
+            .insert(key.to_owned(), value.replace(['\n', '\r'], " "));
     }
     fn parse(text: &str) -> Self {
         Mark(
@@ -47,7 +48,9 @@ impl Marks {
 
     /// A missing or unreadable record reads as none: the work is then done again.
     pub fn read(&self, name: &str) -> Option<Mark> {
-        fs::read_to_string(self.path(name)).ok().map(|t| Mark::parse(&t))
+        fs::read_to_string(self.path(name))
+            .ok()
+            .map(|t| Mark::parse(&t))
     }
 
     pub fn write(&self, name: &str, mark: &Mark) -> io::Result<()> {
@@ -73,7 +76,11 @@ impl Marks {
 /// take turns instead of loading the same archive twice.
 pub fn lock(state_dir: &Path) -> io::Result<File> {
     fs::create_dir_all(state_dir)?;
-    let file = File::options().create(true).truncate(false).write(true).open(state_dir.join("lock"))?;
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(state_dir.join("lock"))?;
     file.lock()?;
     Ok(file)
 }

@@ -24,7 +24,9 @@ pub enum RuntimeError {
     ReadArchive(io::Error),
     #[error("cannot load {}: {message}", path.display())]
     LoadFailed { path: PathBuf, message: String },
-    #[error("{0} archive(s) could not be loaded (see above); nothing was deleted, they are tried again at the next start")]
+    #[error(
+        "{0} archive(s) could not be loaded (see above); nothing was deleted, they are tried again at the next start"
+    )]
     LoadFailures(usize),
     #[error("{0}")]
     ImageMissing(String),
