@@ -1,0 +1,467 @@
+//! The runtime stages against a real Docker engine (see `support`): load once per
+//! content, reload on change, compressed archives, corrupt archives, missing images,
+//! INSTALL labels, and a generated unit's command lines run as systemd would run them.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use support::{Engine, docker_available, helper, label};
+
+struct Setup {
+    engine: Engine,
+    preload: PathBuf,
+    state: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let engine = Engine::start();
+        let preload = engine.dir.path().join("preload");
+        let state = engine.dir.path().join("state");
+        fs::create_dir_all(preload.join("docker")).unwrap();
+        Setup {
+            engine,
+            preload,
+            state,
+        }
+    }
+
+    fn archive(&self, name: &str) -> PathBuf {
+        self.preload.join("docker").join(name)
+    }
+
+    /// `atomic-preload SUBCOMMAND …` with this engine and state dir.
+    fn helper(&self, subcommand: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new(helper());
+        cmd.arg(subcommand);
+        if subcommand == "load" {
+            cmd.arg("--preload-dir").arg(&self.preload);
+        }
+        cmd.arg("--state-dir")
+            .arg(&self.state)
+            .arg("--docker")
+            .arg("docker")
+            .args(args);
+        cmd.env("DOCKER_HOST", &self.engine.host).output().unwrap()
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn sha(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn load_once_then_reload_only_when_content_changes() {
+    if !docker_available() {
+        return;
+    }
+    let s = Setup::new();
+    let e = &s.engine;
+    e.build_archive("test/app:1", "v1", &[], &s.archive("app.tar"));
+
+    let t0 = e.now();
+    let out = s.helper("load", &["--image", "test/app:1"]);
+    assert!(out.status.success(), "first load: {}", text(&out));
+    assert!(text(&out).contains("app.tar: loaded"), "{}", text(&out));
+    assert_eq!(e.load_events(&t0), 1, "first start loads the archive once");
+    let first_id = e.image_id("test/app:1").expect("image present after load");
+
+    // Unchanged archive: the engine sees no load at all.
+    let t1 = e.now();
+    let out = s.helper("load", &["--image", "test/app:1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("app.tar: already loaded"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        e.load_events(&t1),
+        0,
+        "an unchanged archive must not be loaded again"
+    );
+
+    // Same bytes, new file (copied over): hashed, not loaded.
+    let copy = s.engine.dir.path().join("copy.tar");
+    fs::copy(s.archive("app.tar"), &copy).unwrap();
+    fs::rename(&copy, s.archive("app.tar")).unwrap();
+    let t2 = e.now();
+    let out = s.helper("load", &["--image", "test/app:1"]);
+    assert!(
+        text(&out).contains("app.tar: same content"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        e.load_events(&t2),
+        0,
+        "same content must not be loaded again"
+    );
+
+    // Different content under the same name and tag: loaded, new image ID.
+    e.build_archive("test/app:1", "v2", &[], &s.archive("app.tar"));
+    let t3 = e.now();
+    let out = s.helper("load", &["--image", "test/app:1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(e.load_events(&t3), 1, "changed content must be loaded");
+    assert_ne!(
+        e.image_id("test/app:1").unwrap(),
+        first_id,
+        "the new image replaced the old tag"
+    );
+
+    // The engine lost its images (e.g. a new engine): the marks say loaded, the engine
+    // says otherwise; the image check fails loudly rather than running nothing.
+    e.ok(&["rmi", "test/app:1"]);
+    let out = s.helper("load", &["--image", "test/app:1"]);
+    assert!(!out.status.success(), "a missing image must fail the stage");
+}
+
+#[test]
+fn every_archive_format_loads() {
+    if !docker_available() {
+        return;
+    }
+    let s = Setup::new();
+    let names = [
+        "a.tar",
+        "b.tar.gz",
+        "c.tgz",
+        "d.tar.xz",
+        "e.tar.bz2",
+        "f.tar.zst",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        s.engine
+            .build_archive(&format!("test/fmt:{i}"), name, &[], &s.archive(name));
+    }
+    fs::write(s.archive("notes.txt"), "not an archive").unwrap();
+    let before: Vec<String> = names.iter().map(|n| sha(&s.archive(n))).collect();
+    let out = s.helper("load", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    for i in 0..names.len() {
+        assert!(
+            s.engine.image_id(&format!("test/fmt:{i}")).is_some(),
+            "{} not loaded: {}",
+            names[i],
+            text(&out)
+        );
+    }
+    let after: Vec<String> = names.iter().map(|n| sha(&s.archive(n))).collect();
+    assert_eq!(before, after, "archives must never be modified");
+    assert!(s.archive("notes.txt").exists());
+}
+
+#[test]
+fn corrupt_archive_fails_its_unit_only_and_is_kept() {
+    if !docker_available() {
+        return;
+    }
+    let s = Setup::new();
+    s.engine
+        .build_archive("test/good:1", "good", &[], &s.archive("good.tar"));
+    fs::write(s.archive("bad.tar.gz"), b"\x1f\x8bthis is not gzip at all").unwrap();
+    let bad_sha = sha(&s.archive("bad.tar.gz"));
+
+    // The unit for all archives (no --image) fails and names the archive.
+    let out = s.helper("load", &[]);
+    assert!(
+        !out.status.success(),
+        "a corrupt archive must fail the load-all stage"
+    );
+    assert!(
+        text(&out).contains("bad.tar.gz"),
+        "the message must name the archive: {}",
+        text(&out)
+    );
+
+    // An entry whose image came from another archive still starts (with a warning).
+    let out = s.helper("load", &["--image", "test/good:1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("cannot load"), "{}", text(&out));
+
+    // An entry that names the corrupt archive fails.
+    let out = s.helper(
+        "load",
+        &["--image", "test/good:1", "--archive", "bad.tar.gz"],
+    );
+    assert!(!out.status.success());
+
+    assert_eq!(
+        sha(&s.archive("bad.tar.gz")),
+        bad_sha,
+        "nothing is deleted or modified"
+    );
+    let marks = fs::read_dir(s.state.join("loaded/docker")).unwrap().count();
+    assert_eq!(marks, 1, "only the good archive is marked loaded");
+}
+
+#[test]
+fn missing_image_names_image_and_where_it_looked() {
+    if !docker_available() {
+        return;
+    }
+    let s = Setup::new();
+    s.engine
+        .build_archive("test/other:1", "o", &[], &s.archive("other.tar"));
+    let out = s.helper("load", &["--image", "docker.io/example/missing:1"]);
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(
+        msg.contains("image docker.io/example/missing:1 is not in the Docker engine"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("{}", s.preload.join("docker").display())),
+        "{msg}"
+    );
+    assert!(msg.contains("other.tar"), "{msg}");
+}
+
+#[test]
+fn engine_not_answering_is_reported() {
+    // No daemon needed: a socket nobody listens on.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(helper())
+        .args(["load", "--preload-dir"])
+        .arg(dir.path())
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--docker", "docker", "--image", "x"])
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}/nothing.sock", dir.path().display()),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("the Docker engine does not answer"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !dir.path().join("state/loaded").exists(),
+        "no mark without an engine"
+    );
+}
+
+#[test]
+fn install_label_runs_once_per_image_and_settings() {
+    if !docker_available() {
+        return;
+    }
+    let s = Setup::new();
+    let out_dir = s.engine.dir.path().join("install-out");
+    fs::create_dir_all(&out_dir).unwrap();
+    let install = format!(
+        "docker run --rm -t -v {}:/out -e CONFDIR=${{CONFDIR}} IMAGE /bin/sh -c 'echo \"$0|$1|$CONFDIR|$2\" >> /out/result' NAME ${{MYVAR}}",
+        out_dir.display()
+    );
+    s.engine.build_archive(
+        "test/inst:1",
+        "i",
+        &[label("INSTALL", &install)],
+        &s.archive("inst.tar"),
+    );
+    s.engine
+        .build_archive("test/plain:1", "p", &[], &s.archive("plain.tar"));
+    assert!(s.helper("load", &[]).status.success());
+    let host = s.engine.dir.path().join("host");
+    let host_arg = host.display().to_string();
+    let install_args = [
+        "--name",
+        "web",
+        "--image",
+        "test/inst:1",
+        "--set",
+        "MYVAR=hello world",
+        "--host-root",
+        &host_arg,
+        "--",
+        "extra arg",
+    ];
+
+    let out = s.helper("install", &install_args);
+    assert!(out.status.success(), "{}", text(&out));
+    let result = fs::read_to_string(out_dir.join("result")).unwrap();
+    assert_eq!(result, "web|hello world|/etc/web|extra arg\n");
+    for dir in ["etc/web", "var/log/web", "var/lib/web"] {
+        assert!(host.join(dir).is_dir(), "{dir} not created");
+    }
+
+    // Once per image ID and settings.
+    let out = s.helper("install", &install_args);
+    assert!(text(&out).contains("already installed"), "{}", text(&out));
+    assert_eq!(
+        fs::read_to_string(out_dir.join("result"))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+
+    // Changed settings install again.
+    let mut changed = install_args;
+    changed[5] = "MYVAR=changed";
+    assert!(s.helper("install", &changed).status.success());
+    assert_eq!(
+        fs::read_to_string(out_dir.join("result"))
+            .unwrap()
+            .lines()
+            .last(),
+        Some("web|changed|/etc/web|extra arg")
+    );
+
+    // No label: nothing to install, success.
+    let out = s.helper(
+        "install",
+        &[
+            "--name",
+            "plain",
+            "--image",
+            "test/plain:1",
+            "--host-root",
+            &host_arg,
+        ],
+    );
+    assert!(
+        out.status.success() && text(&out).contains("no INSTALL label"),
+        "{}",
+        text(&out)
+    );
+
+    // A failing INSTALL command fails the stage and leaves no mark.
+    let failing = label("INSTALL", "docker run --rm IMAGE /bin/sh -c 'exit 3'");
+    s.engine
+        .build_archive("test/fail:1", "f", &[failing], &s.archive("fail.tar"));
+    assert!(s.helper("load", &[]).status.success());
+    let out = s.helper(
+        "install",
+        &[
+            "--name",
+            "failing",
+            "--image",
+            "test/fail:1",
+            "--host-root",
+            &host_arg,
+        ],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!s.state.join("installed/failing").exists());
+}
+
+/// The generated unit's command lines, read back with our systemd-syntax reader and run
+/// in order (ExecStartPre, then ExecStart) against the engine: the container receives
+/// exactly the config's arguments, hostile ones included.
+#[test]
+fn generated_unit_commands_deliver_exact_argv() {
+    if !docker_available() {
+        return;
+    }
+    let s = Setup::new();
+    s.engine.build_archive(
+        "docker.io/test/echo:1",
+        "e",
+        &[],
+        &s.archive("echo.tar.zst"),
+    );
+    let hostile = [
+        "$HOME",
+        "${HOME}",
+        "%n",
+        "100%",
+        "say \"hi\"",
+        "it's",
+        "back\\slash",
+        "two words",
+        "--flag=a b",
+        ";",
+        "ünïcødé ✓",
+        "line\nbreak",
+    ];
+    let mut config = String::from(
+        "- name: echo-test\n  image: docker.io/test/echo:1\n  run:\n    extra_args:\n      - sh\n      - -c\n      - 'for a in \"$@\"; do printf \"<%s>\\n\" \"$a\"; done'\n      - sh\n",
+    );
+    for arg in hostile {
+        config.push_str(&format!("      - {}\n", serde_json_like(arg)));
+    }
+    let root = s.engine.dir.path().join("root");
+    let cfg = root.join("var/lib/atomic/preload/config.yaml");
+    fs::create_dir_all(cfg.parent().unwrap()).unwrap();
+    fs::write(&cfg, &config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_atomic-preload-generator"))
+        .arg("--dry-run")
+        .arg("--root")
+        .arg(&root)
+        .arg("--preload-dir")
+        .arg(&s.preload)
+        .output()
+        .unwrap();
+    let unit = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        unit.contains("ExecStart="),
+        "{unit}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut last = String::new();
+    for line in unit
+        .lines()
+        .filter(|l| l.starts_with("ExecStartPre=") || l.starts_with("ExecStart="))
+    {
+        let value = line.split_once('=').unwrap().1;
+        let ignore = value.starts_with('-');
+        let mut argv = atomic_preload::escape::parse_command_line(value).expect(line);
+        if argv[0].ends_with("/atomic-preload") {
+            argv[0] = helper().display().to_string();
+            argv.extend([
+                "--state-dir".into(),
+                s.state.display().to_string(),
+                "--docker".into(),
+                "docker".into(),
+            ]);
+        } else {
+            argv[0] = "docker".into();
+        }
+        let out = Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("DOCKER_HOST", &s.engine.host)
+            .output()
+            .unwrap();
+        assert!(ignore || out.status.success(), "{line}: {}", text(&out));
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+    }
+    let expected: String = hostile.iter().map(|a| format!("<{a}>\n")).collect();
+    assert_eq!(last, expected);
+}
+
+/// A YAML double-quoted scalar for any string.
+fn serde_json_like(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

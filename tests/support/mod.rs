@@ -1,0 +1,254 @@
+//! Test support: a private Docker engine and locally built images.
+//!
+//! Each `Engine` is its own `dockerd` (own data root, exec root, socket, containerd
+//! namespace; `--bridge=none --iptables=false`, so containers get loopback only), stopped
+//! by PID when dropped. Images are built from the busybox-static binary with
+//! `docker import`, never pulled.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// Docker tests need root, dockerd and busybox-static. CI has them (.ci/run installs
+/// them); elsewhere, set ATOMIC_PRELOAD_SKIP_DOCKER_TESTS=1 to skip them on purpose.
+pub fn docker_available() -> bool {
+    if std::env::var_os("ATOMIC_PRELOAD_SKIP_DOCKER_TESTS").is_some() {
+        eprintln!("skipped: ATOMIC_PRELOAD_SKIP_DOCKER_TESTS is set");
+        return false;
+    }
+    let missing: Vec<&str> = [
+        ("/usr/sbin/dockerd", "dockerd (docker.io)"),
+        (BUSYBOX, "busybox-static"),
+    ]
+    .into_iter()
+    .filter(|(p, _)| !Path::new(p).exists())
+    .map(|(_, what)| what)
+    .collect();
+    let root = is_root();
+    assert!(
+        missing.is_empty() && root,
+        "Docker tests need root and {missing:?}; run .ci/run's install step, or set ATOMIC_PRELOAD_SKIP_DOCKER_TESTS=1"
+    );
+    true
+}
+
+fn is_root() -> bool {
+    // No libc dependency for one call: ask the shell.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+pub struct Engine {
+    pub dir: tempfile::TempDir,
+    pub host: String,
+    daemon: Child,
+}
+
+impl Engine {
+    pub fn start() -> Engine {
+        // Short path: unix socket paths are limited to 108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("apd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        let host = format!("unix://{}/docker.sock", d.display());
+        let ns = format!(
+            "atomic-preload-test-{}",
+            d.file_name().unwrap().to_string_lossy()
+        );
+        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
+        let daemon = Command::new("/usr/sbin/dockerd")
+            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
+            .arg(format!("--data-root={}/data", d.display()))
+            .arg(format!("--exec-root={}/exec", d.display()))
+            .arg(format!("--pidfile={}/dockerd.pid", d.display()))
+            .arg(format!("--host={host}"))
+            .arg(format!("--containerd-namespace={ns}"))
+            .arg(format!("--containerd-plugins-namespace={ns}-plugins"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        let engine = Engine { dir, host, daemon };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !engine
+            .docker(&["info", "--format", "{{.ID}}"])
+            .status
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not answer within 60 s:\n{}",
+                std::fs::read_to_string(engine.dir.path().join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        engine
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .args(args)
+            .env("DOCKER_HOST", &self.host)
+            .output()
+            .expect("run docker")
+    }
+
+    /// `docker …` that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    pub fn image_id(&self, image: &str) -> Option<String> {
+        let out = self.docker(&["image", "inspect", "--format", "{{.Id}}", image]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Image load events since `since` (a `date +%s.%N` value): the engine's own record of
+    /// every archive it read, independent of anything our tool prints.
+    pub fn load_events(&self, since: &str) -> usize {
+        let until = self.now();
+        let out = self.ok(&[
+            "events",
+            "--since",
+            since,
+            "--until",
+            &until,
+            "--filter",
+            "type=image",
+            "--filter",
+            "event=load",
+            "--format",
+            "{{.Action}}",
+        ]);
+        out.lines().filter(|l| !l.is_empty()).count()
+    }
+
+    /// The engine's clock, for `docker events --since`.
+    pub fn now(&self) -> String {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        format!("{}.{:09}", t.as_secs(), t.subsec_nanos())
+    }
+
+    /// Build an image from busybox with Dockerfile `changes` (LABEL, CMD) and a marker
+    /// file whose content makes the image ID differ per `marker`; save it to `archive`.
+    pub fn build_archive(&self, tag: &str, marker: &str, changes: &[String], archive: &Path) {
+        let ctx = self
+            .dir
+            .path()
+            .join(format!("rootfs-{}", tag.replace(['/', ':'], "_")));
+        let _ = std::fs::remove_dir_all(&ctx);
+        std::fs::create_dir_all(ctx.join("bin")).unwrap();
+        std::fs::copy(BUSYBOX, ctx.join("bin/busybox")).unwrap();
+        for applet in ["sh", "echo", "sleep", "cat", "printf", "true"] {
+            std::os::unix::fs::symlink("busybox", ctx.join("bin").join(applet)).unwrap();
+        }
+        std::fs::write(ctx.join("marker"), marker).unwrap();
+        let tar = self.dir.path().join("rootfs.tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(&ctx)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut args = vec!["import".to_owned()];
+        for c in changes {
+            args.extend(["-c".to_owned(), c.clone()]);
+        }
+        args.extend([tar.display().to_string(), tag.to_owned()]);
+        self.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let plain = archive.with_extension("").with_extension("tar.tmp");
+        self.ok(&["save", "-o", plain.to_str().unwrap(), tag]);
+        self.ok(&["rmi", tag]);
+        compress(&plain, archive);
+    }
+}
+
+/// `plain` (a tar) → `archive`, compressed as its name says.
+fn compress(plain: &Path, archive: &Path) {
+    let name = archive.file_name().unwrap().to_string_lossy().into_owned();
+    let tool: Option<&[&str]> = [
+        (".tar.gz", &["gzip", "-c"][..]),
+        (".tgz", &["gzip", "-c"][..]),
+        (".tar.xz", &["xz", "-c"][..]),
+        (".tar.bz2", &["bzip2", "-c"][..]),
+        (".tar.zst", &["zstd", "-q", "-c"][..]),
+    ]
+    .into_iter()
+    .find(|(suffix, _)| name.ends_with(suffix))
+    .map(|(_, tool)| tool);
+    match tool {
+        None => std::fs::rename(plain, archive).unwrap(),
+        Some(tool) => {
+            let out = Command::new(tool[0])
+                .args(&tool[1..])
+                .arg(plain)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{tool:?}");
+            std::fs::write(archive, out.stdout).unwrap();
+            std::fs::remove_file(plain).unwrap();
+        }
+    }
+}
+
+/// A Dockerfile `LABEL` instruction whose value reaches the image verbatim (Dockerfile
+/// syntax would otherwise expand `$VAR` at build time).
+pub fn label(key: &str, value: &str) -> String {
+    format!(
+        "LABEL {key}=\"{}\"",
+        value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('$', "\\$")
+    )
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Stop what the tests left, then the daemon, by PID.
+        let ids = self.docker(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.daemon.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.daemon.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+/// The helper binary under test.
+pub fn helper() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_atomic-preload"))
+}
