@@ -5,13 +5,26 @@ use crate::paths;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+const GENERATOR_NOTES: &str = "\
+The config, /var/lib/atomic/preload/config.yaml, is a list of entries: name, image, archive, \
+install (setvalues, extra_args) and run (spc, extra_args). Image archives (.tar, .tar.gz, .tgz, \
+.tar.xz, .tar.zst, .tar.bz2) are read from /var/lib/atomic/preload/docker/; load-once and \
+install-once marks are kept in /var/lib/atomic-preload/.
+
+It writes preload-<name>.service per entry (load, install, run) and, when the config has \
+problems no entry's unit can show, atomic-preload-config.service; all are wanted by \
+atomic-preload.target. Inspect them with systemctl status, systemctl cat and journalctl -u.
+
+Exit status: 0 when every unit was written, config problems included (failing units show \
+them); 1 when a unit could not be written.";
+
 /// systemd generator: one preload-<name>.service per container in config.yaml.
 ///
 /// systemd runs it at boot and on every daemon-reload with three output directories;
 /// units are written into the first. Problems in the config are logged and turned into
 /// failing units, so they show in `systemctl --failed`.
 #[derive(Debug, Parser)]
-#[command(name = "atomic-preload-generator", version)]
+#[command(name = "atomic-preload-generator", version, after_long_help = GENERATOR_NOTES)]
 pub struct GeneratorCli {
     /// Output directory for units (systemd's "normal" directory).
     #[arg(required_unless_present = "dry_run")]

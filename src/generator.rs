@@ -158,10 +158,12 @@ pub fn run(options: &Options, log: &mut Logger, stdout: &mut dyn io::Write) -> O
         outcome.failures += 1;
         return outcome;
     }
-    let mut written = Vec::new();
+    let mut written = std::collections::HashSet::new();
     for file in &files {
         match write::write_unit(dir, file) {
-            Ok(()) => written.push(file.name.as_str()),
+            Ok(()) => {
+                written.insert(file.name.as_str());
+            }
             Err(err) => {
                 log.log(Level::Error, &format!("cannot write {err}"));
                 outcome.failures += 1;
@@ -170,15 +172,15 @@ pub fn run(options: &Options, log: &mut Logger, stdout: &mut dyn io::Write) -> O
     }
     outcome.units = written.len();
     // Link only what exists: a dangling wants/ link would hide the failure.
-    for link in &plan.symlinks {
+    let links = plan.symlinks.iter().filter(|link| {
         let generated = link.target.strip_prefix("../");
-        if generated.is_some_and(|name| !written.contains(&name)) {
-            continue;
-        }
-        if let Err(err) = write::write_symlink(dir, link) {
+        generated.is_none_or(|name| written.contains(name))
+    });
+    if let Err(errors) = write::write_symlinks(dir, links) {
+        for err in &errors {
             log.log(Level::Error, &format!("cannot write {err}"));
-            outcome.failures += 1;
         }
+        outcome.failures += errors.len();
     }
     outcome
 }

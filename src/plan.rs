@@ -247,25 +247,32 @@ pub fn plan(config: &Effective, settings: &Settings) -> Plan {
         }));
     }
 
+    let target = format!("{}/{}", paths::SYSTEM_UNIT_DIR, paths::TARGET);
+    let enable = [
+        // Started at boot...
+        Symlink {
+            dir: "multi-user.target.wants".into(),
+            link: paths::TARGET.into(),
+            target: target.clone(),
+        },
+        // ...and again whenever Docker starts: starting the (possibly active) target
+        // starts every wanted unit that is not running, so containers whose start failed
+        // while the engine was down recover when it comes back, without a reboot.
+        Symlink {
+            dir: "docker.service.wants".into(),
+            link: paths::TARGET.into(),
+            target,
+        },
+    ];
     let target_wants = format!("{}.wants", paths::TARGET);
-    let mut symlinks = vec![Symlink {
-        dir: "multi-user.target.wants".into(),
-        link: paths::TARGET.into(),
-        target: format!("{}/{}", paths::SYSTEM_UNIT_DIR, paths::TARGET),
-    }];
-    for unit in &units {
-        let link = |dir: &str| Symlink {
-            dir: dir.into(),
+    let symlinks = enable
+        .into_iter()
+        .chain(units.iter().map(|unit| Symlink {
+            dir: target_wants.clone(),
             link: unit.name().into(),
             target: format!("../{}", unit.name()),
-        };
-        symlinks.push(link(&target_wants));
-        // Started again whenever Docker starts: a container whose start failed because
-        // the engine was down recovers when the engine comes back, without a reboot.
-        if let Unit::Container(_) = unit {
-            symlinks.push(link("docker.service.wants"));
-        }
-    }
+        }))
+        .collect();
     Plan {
         source,
         units,

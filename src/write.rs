@@ -47,22 +47,42 @@ fn clear(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Create `path` exclusively (O_EXCL never follows a symlink). The directory is normally
+/// empty; if something is in the way, it is unlinked and the creation tried once more.
+fn create_new(path: &Path, create: impl Fn(&Path) -> io::Result<()>) -> io::Result<()> {
+    match create(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            clear(path)?;
+            create(path)
+        }
+        other => other,
+    }
+}
+
 pub fn write_unit(dir: &Path, unit: &UnitFile) -> Result<(), WriteError> {
     let path = dir.join(&unit.name);
     check_component(&unit.name).map_err(at(&path))?;
-    clear(&path).map_err(at(&path))?;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(at(&path))?;
-    file.write_all(unit.text.as_bytes()).map_err(at(&path))
+    create_new(&path, |p| {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p)?
+            .write_all(unit.text.as_bytes())
+    })
+    .map_err(at(&path))
 }
 
 /// A real directory `dir/name`, created if missing; a symlink there is refused.
 fn subdir(dir: &Path, name: &str) -> Result<PathBuf, WriteError> {
     let path = dir.join(name);
     check_component(name).map_err(at(&path))?;
+    match fs::create_dir(&path) {
+        Ok(()) => return Ok(path),
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            return Err(WriteError { path, source: e });
+        }
+        Err(_) => {}
+    }
     match fs::symlink_metadata(&path) {
         Ok(meta) if meta.is_dir() => Ok(path),
         Ok(_) => Err(WriteError {
@@ -72,18 +92,37 @@ fn subdir(dir: &Path, name: &str) -> Result<PathBuf, WriteError> {
                 "exists and is not a directory",
             ),
         }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir(&path).map_err(at(&path))?;
-            Ok(path)
-        }
         Err(e) => Err(WriteError { path, source: e }),
     }
 }
 
-pub fn write_symlink(dir: &Path, link: &Symlink) -> Result<(), WriteError> {
-    let sub = subdir(dir, &link.dir)?;
-    let path = sub.join(&link.link);
-    check_component(&link.link).map_err(at(&path))?;
-    clear(&path).map_err(at(&path))?;
-    std::os::unix::fs::symlink(&link.target, &path).map_err(at(&path))
+/// Write every symlink, each `.wants` directory made once; returns all failures.
+pub fn write_symlinks<'a>(
+    dir: &Path,
+    links: impl IntoIterator<Item = &'a Symlink>,
+) -> Result<(), Vec<WriteError>> {
+    let mut dirs: Vec<(&str, Result<PathBuf, ()>)> = Vec::new();
+    let mut errors = Vec::new();
+    for link in links {
+        let sub = match dirs.iter().find(|(name, _)| *name == link.dir) {
+            Some((_, made)) => made.clone(),
+            None => {
+                let made = subdir(dir, &link.dir).map_err(|e| errors.push(e));
+                dirs.push((&link.dir, made.clone()));
+                made
+            }
+        };
+        let Ok(sub) = sub else { continue };
+        let path = sub.join(&link.link);
+        let result = check_component(&link.link)
+            .and_then(|()| create_new(&path, |p| std::os::unix::fs::symlink(&link.target, p)));
+        if let Err(source) = result {
+            errors.push(WriteError { path, source });
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }

@@ -1,0 +1,64 @@
+# Build and install atomic-preload. Paths are baked into the binaries at build time, so
+# the generated units name the installed helper: `make PREFIX=/usr/local` builds for that.
+PREFIX ?= /usr
+BINDIR ?= $(PREFIX)/bin
+# systemd's own directories live under /usr/lib whatever PREFIX is, unless overridden.
+SYSTEMD_DIR ?= $(if $(filter /usr,$(PREFIX)),/usr/lib/systemd,$(PREFIX)/lib/systemd)
+SYSTEM_UNIT_DIR ?= $(SYSTEMD_DIR)/system
+SYSTEM_GENERATOR_DIR ?= $(SYSTEMD_DIR)/system-generators
+MANDIR ?= $(PREFIX)/share/man
+BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
+ZSH_COMPLETION_DIR ?= $(PREFIX)/share/zsh/vendor-completions
+FISH_COMPLETION_DIR ?= $(PREFIX)/share/fish/vendor_completions.d
+DOCKER ?= /usr/bin/docker
+CARGO ?= cargo
+DESTDIR ?=
+
+BUILD_ENV = ATOMIC_PRELOAD_BINDIR=$(BINDIR) ATOMIC_PRELOAD_UNITDIR=$(SYSTEM_UNIT_DIR) \
+	ATOMIC_PRELOAD_DOCKER=$(DOCKER)
+RELEASE = target/release
+UNITS = atomic-preload.target atomic-preload-load.service
+
+.PHONY: all build units docs install uninstall check clean
+
+all: build units docs
+
+build:
+	$(BUILD_ENV) $(CARGO) build --release --locked
+
+# Static units with the helper's installed path filled in.
+units: $(addprefix build/units/,$(UNITS))
+build/units/%: units/% Makefile
+	@mkdir -p build/units
+	sed -e 's|@BINDIR@|$(BINDIR)|g' $< > $@
+
+docs:
+	$(CARGO) run --quiet --locked --example gen-docs -- build/docs
+
+install: all
+	install -Dm755 $(RELEASE)/atomic-preload $(DESTDIR)$(BINDIR)/atomic-preload
+	install -Dm755 $(RELEASE)/atomic-preload-generator \
+		$(DESTDIR)$(SYSTEM_GENERATOR_DIR)/atomic-preload-generator
+	for u in $(UNITS); do install -Dm644 build/units/$$u $(DESTDIR)$(SYSTEM_UNIT_DIR)/$$u; done
+	install -Dm644 -t $(DESTDIR)$(MANDIR)/man8 build/docs/man8/*.8
+	install -Dm644 -t $(DESTDIR)$(MANDIR)/man1 build/docs/man1/*.1
+	install -Dm644 build/docs/completions/atomic-preload.bash $(DESTDIR)$(BASH_COMPLETION_DIR)/atomic-preload
+	install -Dm644 build/docs/completions/_atomic-preload $(DESTDIR)$(ZSH_COMPLETION_DIR)/_atomic-preload
+	install -Dm644 build/docs/completions/atomic-preload.fish $(DESTDIR)$(FISH_COMPLETION_DIR)/atomic-preload.fish
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/atomic-preload
+	rm -f $(DESTDIR)$(SYSTEM_GENERATOR_DIR)/atomic-preload-generator
+	for u in $(UNITS); do rm -f $(DESTDIR)$(SYSTEM_UNIT_DIR)/$$u; done
+	rm -f $(DESTDIR)$(MANDIR)/man8/atomic-preload-generator.8
+	rm -f $(DESTDIR)$(MANDIR)/man1/atomic-preload.1 $(DESTDIR)$(MANDIR)/man1/atomic-preload-*.1
+	rm -f $(DESTDIR)$(BASH_COMPLETION_DIR)/atomic-preload
+	rm -f $(DESTDIR)$(ZSH_COMPLETION_DIR)/_atomic-preload
+	rm -f $(DESTDIR)$(FISH_COMPLETION_DIR)/atomic-preload.fish
+
+check:
+	$(CARGO) test --locked
+
+clean:
+	rm -rf build
+	$(CARGO) clean
