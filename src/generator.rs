@@ -131,38 +131,45 @@ pub fn run(options: &Options, log: &mut Logger, stdout: &mut dyn io::Write) -> O
     }
 
     let plan = plan::plan(&effective, &settings);
-    let (files, errors) = render::render(&plan);
-    for err in &errors {
-        log.log(Level::Error, &format!("cannot generate {err}"));
-    }
-    outcome.failures += errors.len();
-
-    if options.dry_run {
-        for file in &files {
-            let _ = write!(stdout, "# {}\n{}", file.name, file.text);
+    drop(effective);
+    let dir = match (&options.output_dir, options.dry_run) {
+        (_, true) => None,
+        (Some(dir), false) => {
+            // systemd creates it; a person running the generator by hand may not have.
+            if let Err(err) = std::fs::create_dir_all(dir) {
+                log.log(
+                    Level::Error,
+                    &format!("cannot create {}: {err}", dir.display()),
+                );
+                outcome.failures += 1;
+                return outcome;
+            }
+            Some(dir)
         }
-        outcome.units = files.len();
-        return outcome;
-    }
-    let Some(dir) = &options.output_dir else {
-        log.log(Level::Error, "no output directory given");
-        outcome.failures += 1;
-        return outcome;
+        (None, false) => {
+            log.log(Level::Error, "no output directory given");
+            outcome.failures += 1;
+            return outcome;
+        }
     };
-    // systemd creates it; a person running the generator by hand may not have.
-    if let Err(err) = std::fs::create_dir_all(dir) {
-        log.log(
-            Level::Error,
-            &format!("cannot create {}: {err}", dir.display()),
-        );
-        outcome.failures += 1;
-        return outcome;
-    }
+    // Render and write one unit at a time: memory stays flat however long the config.
     let mut written = std::collections::HashSet::new();
-    for file in &files {
-        match write::write_unit(dir, file) {
+    for unit in &plan.units {
+        let file = match render::render_unit(&plan.source, unit) {
+            Ok(file) => file,
+            Err(err) => {
+                log.log(Level::Error, &format!("cannot generate {err}"));
+                outcome.failures += 1;
+                continue;
+            }
+        };
+        let result = match dir {
+            Some(dir) => write::write_unit(dir, &file).map_err(|err| err.to_string()),
+            None => write!(stdout, "# {}\n{}", file.name, file.text).map_err(|err| err.to_string()),
+        };
+        match result {
             Ok(()) => {
-                written.insert(file.name.as_str());
+                written.insert(unit.name());
             }
             Err(err) => {
                 log.log(Level::Error, &format!("cannot write {err}"));
@@ -171,6 +178,7 @@ pub fn run(options: &Options, log: &mut Logger, stdout: &mut dyn io::Write) -> O
         }
     }
     outcome.units = written.len();
+    let Some(dir) = dir else { return outcome };
     // Link only what exists: a dangling wants/ link would hide the failure.
     let links = plan.symlinks.iter().filter(|link| {
         let generated = link.target.strip_prefix("../");

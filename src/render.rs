@@ -4,7 +4,7 @@
 //! template sees it (see `escape`), so a template can only place text, never shape it.
 
 use crate::escape::{self, EscapeError};
-use crate::plan::{Command, ContainerUnit, FailingUnit, Plan, Unit};
+use crate::plan::{Command, ContainerUnit, FailingUnit, Unit};
 use serde::Serialize;
 use std::sync::OnceLock;
 
@@ -123,18 +123,4 @@ pub fn render_unit(source: &str, unit: &Unit) -> Result<UnitFile, RenderError> {
         text.push('\n');
     }
     Ok(UnitFile { name, text })
-}
-
-/// Render every unit of a plan; a unit that cannot be rendered is reported and left out,
-/// the others are still rendered.
-pub fn render(plan: &Plan) -> (Vec<UnitFile>, Vec<RenderError>) {
-    let mut files = Vec::new();
-    let mut errors = Vec::new();
-    for unit in &plan.units {
-        match render_unit(&plan.source, unit) {
-            Ok(file) => files.push(file),
-            Err(err) => errors.push(err),
-        }
-    }
-    (files, errors)
 }
