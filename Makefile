@@ -17,7 +17,8 @@ DESTDIR ?=
 BUILD_ENV = ATOMIC_PRELOAD_BINDIR=$(BINDIR) ATOMIC_PRELOAD_UNITDIR=$(SYSTEM_UNIT_DIR) \
 	ATOMIC_PRELOAD_DOCKER=$(DOCKER)
 RELEASE = target/release
-UNITS = atomic-preload.target atomic-preload-load.service
+UNITS = atomic-preload.target atomic-preload-load.service atomic-preload-refresh.service \
+	atomic-preload-refresh.path
 
 .PHONY: all build units docs install uninstall check clean
 

@@ -70,6 +70,9 @@ pub enum HelperCommand {
     Load(LoadArgs),
     /// Run an image's INSTALL label, once per image ID and settings.
     Install(InstallArgs),
+    /// Apply a config.yaml changed after the generator ran: reload systemd, start new
+    /// units, restart changed ones, stop removed ones.
+    Refresh(RefreshArgs),
     /// Print config problems to stderr and fail (used by units that report them).
     ConfigError {
         /// The problems, one line each.
@@ -122,4 +125,20 @@ pub struct InstallArgs {
     /// Arguments appended to the INSTALL command.
     #[arg(last = true)]
     pub extra_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RefreshArgs {
+    /// The config file the generator reads.
+    #[arg(long, value_name = "FILE", default_value = paths::CONFIG_FILE)]
+    pub config: String,
+    /// The preload directory the generator names in units.
+    #[arg(long, value_name = "DIR", default_value = paths::PRELOAD_DIR)]
+    pub preload_dir: String,
+    /// Where systemd's generators wrote their units.
+    #[arg(long, value_name = "DIR", default_value = paths::GENERATOR_DIR)]
+    pub generator_dir: PathBuf,
+    /// The systemctl to call.
+    #[arg(long, value_name = "PATH", default_value = "systemctl")]
+    pub systemctl: PathBuf,
 }

@@ -3,7 +3,7 @@
 
 use crate::config::{self, Position, Problem};
 use crate::log::{Level, Logger};
-use crate::plan::{self, Settings};
+use crate::plan::{self, Plan, Settings};
 use crate::{paths, render, write};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -94,7 +94,10 @@ fn check_host_path(what: &str, path: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub fn run(options: &Options, log: &mut Logger, stdout: &mut dyn io::Write) -> Outcome {
+/// What the generator decides for these options: the plan (config problems included, as
+/// failing units) and the problems as `FILE:LINE:COL: message` lines, for logging.
+/// `Err` when an option is unusable.
+pub fn plan_for(options: &Options) -> Result<(Plan, Vec<String>), String> {
     let settings = Settings {
         config_file: options
             .config_file
@@ -106,32 +109,35 @@ pub fn run(options: &Options, log: &mut Logger, stdout: &mut dyn io::Write) -> O
             .unwrap_or_else(|| paths::PRELOAD_DIR.into()),
         selinux: in_root(&options.root, "/sys/fs/selinux").is_dir(),
     };
-    for (what, path) in [
-        ("--config", &settings.config_file),
-        ("--preload-dir", &settings.preload_dir),
-    ] {
-        if let Err(message) = check_host_path(what, path) {
+    check_host_path("--config", &settings.config_file)?;
+    check_host_path("--preload-dir", &settings.preload_dir)?;
+    let effective = load_effective(&in_root(&options.root, &settings.config_file));
+    let problems = effective
+        .all_problems()
+        .iter()
+        .map(|p| p.display(&settings.config_file).to_string())
+        .collect();
+    Ok((plan::plan(&effective, &settings), problems))
+}
+
+pub fn run(options: &Options, log: &mut Logger, stdout: &mut dyn io::Write) -> Outcome {
+    let (plan, problems) = match plan_for(options) {
+        Ok(planned) => planned,
+        Err(message) => {
             log.log(Level::Error, &message);
             return Outcome {
                 failures: 1,
                 ..Outcome::default()
             };
         }
-    }
-    let effective = load_effective(&in_root(&options.root, &settings.config_file));
+    };
     let mut outcome = Outcome {
-        config_problems: effective.all_problems().len(),
+        config_problems: problems.len(),
         ..Outcome::default()
     };
-    for problem in effective.all_problems() {
-        log.log(
-            Level::Warning,
-            &problem.display(&settings.config_file).to_string(),
-        );
+    for problem in &problems {
+        log.log(Level::Warning, problem);
     }
-
-    let plan = plan::plan(&effective, &settings);
-    drop(effective);
     let dir = match (&options.output_dir, options.dry_run) {
         (_, true) => None,
         (Some(dir), false) => {

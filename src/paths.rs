@@ -24,6 +24,9 @@ pub const CONFIG_FILE: &str = "/var/lib/atomic/preload/config.yaml";
 /// Our own state (load-once and install-once marks); `StateDirectory=atomic-preload`.
 pub const STATE_DIR: &str = "/var/lib/atomic-preload";
 
+/// systemd's output directory for system generators (the "normal" one).
+pub const GENERATOR_DIR: &str = "/run/systemd/generator";
+
 /// Static units shipped in `units/`.
 pub const TARGET: &str = "atomic-preload.target";
 /// The unit that shows config problems no entry's own unit can show.

@@ -5,7 +5,10 @@ use std::fs;
 use std::process::{Command, Output};
 
 fn helper(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_atomic-preload")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_atomic-preload"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn generator(args: &[&str]) -> Output {
@@ -30,7 +33,11 @@ fn validate_accepts_the_examples_config_syntax_and_reports_problems() {
     assert_eq!(stdout(&out), "");
 
     let bad = dir.path().join("bad.yaml");
-    fs::write(&bad, "- name: web\n  image: docker.io/nginx\n  rnu: {}\n- name: x y\n  image: z\n").unwrap();
+    fs::write(
+        &bad,
+        "- name: web\n  image: docker.io/nginx\n  rnu: {}\n- name: x y\n  image: z\n",
+    )
+    .unwrap();
     let out = helper(&["validate", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let path = bad.display();
@@ -50,7 +57,11 @@ fn validate_treats_a_missing_file_as_empty_and_a_directory_as_an_error() {
     assert_eq!(out.status.code(), Some(0));
     let out = helper(&["validate", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("not a regular file"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("not a regular file"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -59,8 +70,14 @@ fn examples_config_dry_run_prints_each_unit_after_its_name() {
     let out = generator(&["--dry-run", "--config", example]);
     assert_eq!(out.status.code(), Some(0));
     let text = stdout(&out);
-    let names: Vec<&str> = text.lines().filter(|l| l.starts_with("# preload-")).collect();
-    assert_eq!(names, ["# preload-busybox_sleep.service", "# preload-etcd.service"]);
+    let names: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("# preload-"))
+        .collect();
+    assert_eq!(
+        names,
+        ["# preload-busybox_sleep.service", "# preload-etcd.service"]
+    );
     assert!(text.contains("ExecStart=/usr/bin/docker run --rm --pull=never --name busybox_sleep docker.io/busybox sleep 999\n"));
     // The problem is logged to stderr (not kmsg: systemd is not running it).
     assert!(String::from_utf8_lossy(&out.stderr).contains("config.yaml:12:13: install.system"));
@@ -76,18 +93,41 @@ fn generator_needs_an_output_dir_unless_dry_run() {
 #[test]
 fn generator_accepts_systemds_three_directories() {
     let dir = tempfile::tempdir().unwrap();
-    let (n, e, l) = (dir.path().join("n"), dir.path().join("e"), dir.path().join("l"));
-    let out = generator(&["--root", dir.path().to_str().unwrap(), n.to_str().unwrap(), e.to_str().unwrap(), l.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(n.join("multi-user.target.wants/atomic-preload.target").is_symlink());
-    assert!(!e.exists() && !l.exists(), "only the normal directory is written");
+    let (n, e, l) = (
+        dir.path().join("n"),
+        dir.path().join("e"),
+        dir.path().join("l"),
+    );
+    let out = generator(&[
+        "--root",
+        dir.path().to_str().unwrap(),
+        n.to_str().unwrap(),
+        e.to_str().unwrap(),
+        l.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        n.join("multi-user.target.wants/atomic-preload.target")
+            .is_symlink()
+    );
+    assert!(
+        !e.exists() && !l.exists(),
+        "only the normal directory is written"
+    );
 }
 
 #[test]
 fn generator_refuses_paths_units_cannot_carry() {
     let out = generator(&["--dry-run", "--preload-dir", "/srv/pre load"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--preload-dir must be an absolute path"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--preload-dir must be an absolute path")
+    );
 }
 
 #[test]
@@ -103,23 +143,46 @@ fn output_dir_entries_in_the_way_are_replaced_never_followed() {
     fs::write(&victim, "keep me").unwrap();
     std::os::unix::fs::symlink(&victim, out_dir.join("preload-web.service")).unwrap();
     let out = generator(&["--root", root.to_str().unwrap(), out_dir.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(fs::read_to_string(&victim).unwrap(), "keep me");
     assert!(!out_dir.join("preload-web.service").is_symlink());
-    assert!(fs::read_to_string(out_dir.join("preload-web.service")).unwrap().contains("[Service]"));
+    assert!(
+        fs::read_to_string(out_dir.join("preload-web.service"))
+            .unwrap()
+            .contains("[Service]")
+    );
 }
 
 #[test]
 fn config_error_prints_every_problem_and_fails() {
-    let out = helper(&["config-error", "--", "c.yaml:1:2: first", "c.yaml:3:4: second"]);
+    let out = helper(&[
+        "config-error",
+        "--",
+        "c.yaml:1:2: first",
+        "c.yaml:3:4: second",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("c.yaml:1:2: first\nc.yaml:3:4: second\n"), "{err}");
+    assert!(
+        err.starts_with("c.yaml:1:2: first\nc.yaml:3:4: second\n"),
+        "{err}"
+    );
 }
 
 #[test]
 fn every_command_has_help() {
-    for args in [&["--help"][..], &["load", "--help"], &["install", "--help"], &["validate", "--help"], &["config-error", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["load", "--help"],
+        &["install", "--help"],
+        &["validate", "--help"],
+        &["config-error", "--help"],
+    ] {
         let out = helper(args);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         assert!(stdout(&out).contains("Usage:"), "{args:?}");

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         }
         HelperCommand::Load(args) => runtime::load::run(&args),
         HelperCommand::Install(args) => runtime::install::run(&args),
+        HelperCommand::Refresh(args) => runtime::refresh::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

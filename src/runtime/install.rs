@@ -198,7 +198,7 @@ pub fn run(args: &InstallArgs) -> Result<(), RuntimeError> {
         let path = args
             .host_root
             .join(lookup(&vars, dir).trim_start_matches('/'));
-        std::fs::create_dir_all(&path).map_err(|source| RuntimeError::Archive { path, source })?;
+        std::fs::create_dir_all(&path).map_err(|source| RuntimeError::Io { path, source })?;
     }
     let argv = install_command(&info.install_label, args, engine.docker())?;
     println!(

@@ -81,7 +81,7 @@ fn load_one(
     name: &str,
 ) -> Result<Loaded, RuntimeError> {
     let path = dir.join(name);
-    let archive_err = |source: io::Error| RuntimeError::Archive {
+    let archive_err = |source: io::Error| RuntimeError::Io {
         path: path.clone(),
         source,
     };
@@ -159,7 +159,7 @@ fn list_archives(dir: &Path) -> Result<Vec<String>, RuntimeError> {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => {
-            return Err(RuntimeError::Archive {
+            return Err(RuntimeError::Io {
                 path: dir.to_owned(),
                 source: e,
             });

@@ -6,6 +6,7 @@ pub mod docker;
 pub mod install;
 pub mod load;
 pub mod marks;
+pub mod refresh;
 
 use std::io;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ pub enum RuntimeError {
     #[error("{what}: {message}")]
     Docker { what: String, message: String },
     #[error("{}: {source}", path.display())]
-    Archive { path: PathBuf, source: io::Error },
+    Io { path: PathBuf, source: io::Error },
     #[error("reading the archive: {0}")]
     ReadArchive(io::Error),
     #[error("cannot load {}: {message}", path.display())]
@@ -38,4 +39,6 @@ pub enum RuntimeError {
     State(io::Error),
     #[error("{0}")]
     Usage(String),
+    #[error("{0} failed ({1})")]
+    Systemctl(String, String),
 }
