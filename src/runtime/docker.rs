@@ -48,15 +48,14 @@ impl Engine {
             })
     }
 
-    /// The engine's ID: marks are per engine, so a new or wiped engine loads again.
-    /// Also the first contact, so an engine that does not answer is reported here.
-    pub fn id(&self) -> Result<String, RuntimeError> {
-        let out = self.output(&["info", "--format", "{{.ID}}"])?;
-        let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if !out.status.success() || id.is_empty() {
+    /// The first contact: an engine that does not answer is reported as such, rather
+    /// than as a failed load or a missing image.
+    pub fn ping(&self) -> Result<(), RuntimeError> {
+        let out = self.output(&["version", "--format", "{{.Server.Version}}"])?;
+        if !out.status.success() || out.stdout.trim_ascii().is_empty() {
             return Err(RuntimeError::EngineUnreachable(first_line(&out.stderr)));
         }
-        Ok(id)
+        Ok(())
     }
 
     /// `None` when the engine does not have the image.
@@ -81,8 +80,19 @@ impl Engine {
         }))
     }
 
-    /// Stream an image archive into `docker load`; returns what it printed ("Loaded image: …").
-    pub fn load(&self, archive: &mut dyn Read) -> Result<String, RuntimeError> {
+    /// Whether the engine has every one of these images (names or IDs).
+    pub fn has_images(&self, images: &[&str]) -> Result<bool, RuntimeError> {
+        if images.is_empty() {
+            return Ok(true);
+        }
+        let mut args = vec!["image", "inspect", "--format", "{{.Id}}", "--"];
+        args.extend(images);
+        Ok(self.output(&args)?.status.success())
+    }
+
+    /// Stream an image archive into `docker load`; returns the images it loaded (the
+    /// references, or IDs of untagged images, from its "Loaded image: …" lines).
+    pub fn load(&self, archive: &mut dyn Read) -> Result<Vec<String>, RuntimeError> {
         let spawn_err = |e| RuntimeError::Spawn {
             program: self.docker.display().to_string(),
             source: e,
@@ -111,6 +121,13 @@ impl Engine {
         }
         // A read error on our side is the archive's fault even if docker took what it got.
         copied.map_err(RuntimeError::ReadArchive)?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("Loaded image: ")
+                    .or_else(|| l.strip_prefix("Loaded image ID: "))
+            })
+            .map(|image| image.trim().to_owned())
+            .collect())
     }
 }

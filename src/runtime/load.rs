@@ -1,10 +1,11 @@
 //! The load stage: archives in `<preload-dir>/docker/` into the Docker engine, once per
 //! archive content and engine. Archives are only ever read, never changed or deleted.
 //!
-//! An archive counts as loaded when a mark in `<state-dir>/loaded/` records the engine's ID,
-//! the archive's SHA-256, and its inode, size, mtime and ctime. At the next start, unchanged
-//! metadata means "loaded" without reading a byte; changed metadata means hashing it, and
-//! loading only if the content differs. A first load hashes while streaming into Docker.
+//! An archive counts as loaded when a mark in `<state-dir>/loaded/docker/` records its
+//! SHA-256, its inode, size, mtime and ctime, and the images it loaded, and the engine still
+//! has those images. At the next start, unchanged metadata means "loaded" without reading a
+//! byte; changed metadata means hashing it, and loading only if the content differs. A
+//! first load hashes while streaming into Docker.
 
 use super::RuntimeError;
 use super::docker::Engine;
@@ -70,12 +71,19 @@ fn sha256_of(path: &Path) -> io::Result<String> {
 enum Loaded {
     AlreadyLoaded,
     SameContent,
-    Loaded(String),
+    Loaded(Vec<String>),
+}
+
+/// The images a mark says its archive loaded.
+fn recorded_images(mark: &Mark) -> Vec<&str> {
+    mark.get("images")
+        .unwrap_or("")
+        .split_whitespace()
+        .collect()
 }
 
 fn load_one(
     engine: &Engine,
-    engine_id: &str,
     marks: &Marks,
     dir: &Path,
     name: &str,
@@ -92,9 +100,12 @@ fn load_one(
             "not a regular file",
         )));
     }
-    let previous = marks
-        .read(name)
-        .filter(|m| m.get("engine") == Some(engine_id));
+    // A mark counts only while the engine still has what the archive loaded: a wiped
+    // or replaced engine (same ID: it lives in /etc/docker) loads everything again.
+    let previous = match marks.read(name) {
+        Some(mark) if engine.has_images(&recorded_images(&mark))? => Some(mark),
+        _ => None,
+    };
     if previous
         .as_ref()
         .is_some_and(|m| same_fingerprint(m, &meta))
@@ -102,7 +113,6 @@ fn load_one(
         return Ok(Loaded::AlreadyLoaded);
     }
     let mut mark = Mark::default();
-    mark.set("engine", engine_id);
     for (k, v) in fingerprint(&meta) {
         mark.set(k, v);
     }
@@ -147,7 +157,7 @@ fn load_one(
     let after = fs::metadata(&path).map_err(archive_err)?;
     if same_fingerprint(&mark, &after) {
         mark.set("sha256", hex(&hashing.hasher.finalize()));
-        mark.set("images", loaded.replace('\n', " "));
+        mark.set("images", loaded.join(" "));
         marks.write(name, &mark).map_err(RuntimeError::State)?;
     }
     Ok(Loaded::Loaded(loaded))
@@ -177,7 +187,7 @@ fn list_archives(dir: &Path) -> Result<Vec<String>, RuntimeError> {
 pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
     let dir: PathBuf = args.preload_dir.join("docker");
     let engine = Engine::new(&args.engine.docker);
-    let engine_id = engine.id()?;
+    engine.ping()?;
     let _lock = marks::lock(&args.engine.state_dir).map_err(RuntimeError::State)?;
     let marks = Marks::new(&args.engine.state_dir, "loaded/docker").map_err(RuntimeError::State)?;
 
@@ -198,10 +208,10 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
 
     let mut failures = Vec::new();
     for name in &names {
-        match load_one(&engine, &engine_id, &marks, &dir, name) {
+        match load_one(&engine, &marks, &dir, name) {
             Ok(Loaded::AlreadyLoaded) => println!("{name}: already loaded"),
             Ok(Loaded::SameContent) => println!("{name}: same content as already loaded"),
-            Ok(Loaded::Loaded(images)) => println!("{name}: loaded {}", images.replace('\n', ", ")),
+            Ok(Loaded::Loaded(images)) => println!("{name}: loaded {}", images.join(", ")),
             Err(err) => {
                 eprintln!("{err}");
                 failures.push(format!("{name} ({err})"));
