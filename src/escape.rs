@@ -5,9 +5,12 @@
 //!
 //! * command lines (`ExecStart=`, `ExecStartPre=`, `ExecStop=`): systemd splits them into
 //!   words, removes quotes, resolves C escapes (`\n`, `\x1b`, …), then expands specifiers
-//!   (`%n`) in each word, and at exec time expands `$VAR`/`${VAR}`. [`exec_arg`] quotes one
-//!   argument so that all of this gives back the original bytes: `%`→`%%`, `$`→`$$`,
-//!   `\`→`\\`, `"`→`\"`, control characters as C escapes, the whole word in double quotes
+//!   (`%n`) in each word. [`command_line`] always writes the `:` prefix, which turns off
+//!   `$VAR` expansion at exec time (systemd ≥ 249): `$` needs no escaping, and the argv
+//!   systemd stores (`systemctl show -p ExecStart`) is exactly the argv the program gets.
+//!   [`exec_arg`] quotes one argument so that all of this gives back the original bytes:
+//!   `%`→`%%`, `\`→`\\`, `"`→`\"`, control characters as C escapes, the whole word in
+//!   double quotes
 //!   (words made only of letters, digits and `_-./:=+,@` are left bare, for readability).
 //!   A newline in an argument therefore becomes the two characters `\n` and can never start
 //!   a new unit line.
@@ -41,7 +44,6 @@ pub fn exec_arg(arg: &str) -> Result<String, EscapeError> {
         match c {
             '\0' => return Err(EscapeError::Nul),
             '%' => out.push_str("%%"),
-            '$' => out.push_str("$$"),
             '\\' => out.push_str("\\\\"),
             '"' => out.push_str("\\\""),
             '\n' => out.push_str("\\n"),
@@ -57,17 +59,18 @@ pub fn exec_arg(arg: &str) -> Result<String, EscapeError> {
     Ok(out)
 }
 
-/// Characters that mean nothing to systemd's command-line parser, anywhere in a word.
+/// Characters that mean nothing to systemd's command-line parser, anywhere in a word
+/// (`$` included: our command lines turn variable expansion off).
 fn is_plain(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "_-./:=+,@".contains(c)
+    c.is_ascii_alphanumeric() || "_-./:=+,@$".contains(c)
 }
 
-/// A whole command line: `prefix` (such as `-` to ignore failure) and the executable path
-/// unquoted, every further argument through [`exec_arg`]. The executable is always one of
+/// A whole command line: `prefix` (such as `-` to ignore failure) plus `:` (no variable
+/// expansion), the executable path unquoted, every further argument through [`exec_arg`]. The executable is always one of
 /// our own absolute paths (see `paths`), checked here so that a bad build setting cannot
 /// produce a broken unit.
 pub fn command_line(prefix: &str, argv: &[String]) -> Result<String, EscapeError> {
-    let mut line = String::from(prefix);
+    let mut line = format!("{prefix}:");
     let mut args = argv.iter();
     if let Some(exe) = args.next() {
         line.push_str(&setting_value(exe)?);
@@ -95,21 +98,23 @@ pub fn setting_value(value: &str) -> Result<String, EscapeError> {
     Ok(out)
 }
 
-/// Split an `Exec*=` value the way systemd does (after the `-@:+!` prefixes): words
-/// separated by whitespace, double or single quotes, C escapes, then `%%`→`%` and
-/// `$$`→`$`. Returns `None` for input systemd would reject. Only the specifier `%%` and
-/// plain `$$` are understood: other specifiers and variables are kept as written, since
-/// we never produce them.
+/// Split an `Exec*=` value the way systemd does: the `-@:+!` prefixes, then words
+/// separated by whitespace, double or single quotes, C escapes, `%%`→`%`, and — unless the
+/// `:` prefix is there — `$$`→`$`. Returns `None` for input systemd would reject. Only the
+/// specifier `%%` and `$$` are understood: other specifiers and variables are kept as
+/// written, since we never produce them.
 pub fn parse_command_line(line: &str) -> Option<Vec<String>> {
     let mut words = Vec::new();
-    let mut rest = line.trim_start_matches(['-', '@', ':', '+', '!']);
+    let body = line.trim_start_matches(['-', '@', ':', '+', '!']);
+    let expand_variables = !line[..line.len() - body.len()].contains(':');
+    let mut rest = body;
     loop {
         rest = rest.trim_start_matches([' ', '\t', '\n', '\r']);
         if rest.is_empty() {
             return Some(words);
         }
         let (word, after) = extract_word(rest)?;
-        words.push(unescape_specifiers_and_dollars(&word)?);
+        words.push(unescape(&word, expand_variables)?);
         rest = after;
     }
 }
@@ -164,13 +169,14 @@ fn cunescape_one(s: &[u8]) -> Option<(Vec<u8>, usize)> {
     }
 }
 
-fn unescape_specifiers_and_dollars(word: &[u8]) -> Option<String> {
+/// `%%`→`%` always; `$$`→`$` only where systemd expands variables.
+fn unescape(word: &[u8], expand_variables: bool) -> Option<String> {
     let text = String::from_utf8(word.to_vec()).ok()?;
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '%' | '$' => {
+            '%' | '$' if c == '%' || expand_variables => {
                 if chars.peek() == Some(&c) {
                     chars.next();
                 }
@@ -244,13 +250,14 @@ mod tests {
         );
         assert_eq!(exec_arg(";").unwrap(), r#"";""#);
         assert_eq!(exec_arg("").unwrap(), r#""""#);
-        assert_eq!(exec_arg("%n$X").unwrap(), r#""%%n$$X""#);
+        assert_eq!(exec_arg("%n $X").unwrap(), r#""%%n $X""#);
+        assert_eq!(exec_arg("$HOME").unwrap(), "$HOME");
         assert_eq!(exec_arg("a\"b\\c").unwrap(), r#""a\"b\\c""#);
         assert_eq!(exec_arg("x\ny").unwrap(), r#""x\ny""#);
         assert_eq!(exec_arg("\x01").unwrap(), r#""\x01""#);
         assert_eq!(
             command_line("-", &["/bin/x".into(), "y z".into()]).unwrap(),
-            r#"-/bin/x "y z""#
+            r#"-:/bin/x "y z""#
         );
     }
 
@@ -259,6 +266,18 @@ mod tests {
         assert_eq!(exec_arg("a\0b"), Err(EscapeError::Nul));
         assert_eq!(setting_value("a\nb"), Err(EscapeError::Control(0x0a)));
         assert_eq!(setting_value("50%").unwrap(), "50%%");
+    }
+
+    #[test]
+    fn reader_expands_dollars_only_without_the_colon_prefix() {
+        assert_eq!(
+            parse_command_line(r#"/bin/x "$$A" %%"#).unwrap(),
+            ["/bin/x", "$A", "%"]
+        );
+        assert_eq!(
+            parse_command_line(r#":/bin/x "$$A" %%"#).unwrap(),
+            ["/bin/x", "$$A", "%"]
+        );
     }
 
     #[test]

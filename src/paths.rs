@@ -29,6 +29,8 @@ pub const GENERATOR_DIR: &str = "/run/systemd/generator";
 
 /// Static units shipped in `units/`.
 pub const TARGET: &str = "atomic-preload.target";
+pub const REFRESH_SERVICE: &str = "atomic-preload-refresh.service";
+pub const REFRESH_PATH: &str = "atomic-preload-refresh.path";
 /// The unit that shows config problems no entry's own unit can show.
 pub const CONFIG_ERROR_UNIT: &str = "atomic-preload-config.service";
 

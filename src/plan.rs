@@ -247,22 +247,21 @@ pub fn plan(config: &Effective, settings: &Settings) -> Plan {
         }));
     }
 
-    let target = format!("{}/{}", paths::SYSTEM_UNIT_DIR, paths::TARGET);
+    let static_unit = |dir: &str, unit: &str| Symlink {
+        dir: dir.into(),
+        link: unit.into(),
+        target: format!("{}/{unit}", paths::SYSTEM_UNIT_DIR),
+    };
     let enable = [
         // Started at boot...
-        Symlink {
-            dir: "multi-user.target.wants".into(),
-            link: paths::TARGET.into(),
-            target: target.clone(),
-        },
+        static_unit("multi-user.target.wants", paths::TARGET),
         // ...and again whenever Docker starts: starting the (possibly active) target
         // starts every wanted unit that is not running, so containers whose start failed
         // while the engine was down recover when it comes back, without a reboot.
-        Symlink {
-            dir: "docker.service.wants".into(),
-            link: paths::TARGET.into(),
-            target,
-        },
+        static_unit("docker.service.wants", paths::TARGET),
+        // Late config, once per boot and on every change (not on every Docker start).
+        static_unit("multi-user.target.wants", paths::REFRESH_SERVICE),
+        static_unit("multi-user.target.wants", paths::REFRESH_PATH),
     ];
     let target_wants = format!("{}.wants", paths::TARGET);
     let symlinks = enable

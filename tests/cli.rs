@@ -78,7 +78,7 @@ fn examples_config_dry_run_prints_each_unit_after_its_name() {
         names,
         ["# preload-busybox_sleep.service", "# preload-etcd.service"]
     );
-    assert!(text.contains("ExecStart=/usr/bin/docker run --rm --pull=never --name busybox_sleep docker.io/busybox sleep 999\n"));
+    assert!(text.contains("ExecStart=:/usr/bin/docker run --rm --pull=never --name busybox_sleep docker.io/busybox sleep 999\n"));
     // The problem is logged to stderr (not kmsg: systemd is not running it).
     assert!(String::from_utf8_lossy(&out.stderr).contains("config.yaml:12:13: install.system"));
 }

@@ -37,7 +37,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("atomic-preload: {err}");
-            ExitCode::FAILURE
+            runtime::notify::status(&err.to_string());
+            ExitCode::from(err.exit_code())
         }
     }
 }

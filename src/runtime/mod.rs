@@ -6,6 +6,7 @@ pub mod docker;
 pub mod install;
 pub mod load;
 pub mod marks;
+pub mod notify;
 pub mod refresh;
 
 use std::io;
@@ -41,4 +42,24 @@ pub enum RuntimeError {
     Usage(String),
     #[error("{0} failed ({1})")]
     Systemctl(String, String),
+}
+
+/// Exit status for problems a retry cannot fix (a corrupt archive, an image no archive
+/// holds, an INSTALL label that cannot be split). Units whose main process runs the stage
+/// (oneshots) set `RestartPreventExitStatus=` to it, so they fail at once instead of
+/// retrying; for a container's unit it would apply to the container's own exit status.
+pub const EXIT_PERMANENT: u8 = 65; // EX_DATAERR
+
+impl RuntimeError {
+    /// [`EXIT_PERMANENT`] or 1 (worth retrying: the engine may come back).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RuntimeError::LoadFailed { .. }
+            | RuntimeError::LoadFailures(_)
+            | RuntimeError::ImageMissing(_)
+            | RuntimeError::Label(_)
+            | RuntimeError::Usage(_) => EXIT_PERMANENT,
+            _ => 1,
+        }
+    }
 }

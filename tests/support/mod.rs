@@ -47,29 +47,55 @@ fn is_root() -> bool {
 pub struct Engine {
     pub dir: tempfile::TempDir,
     pub host: String,
-    daemon: Child,
+    daemon: Option<Child>,
 }
 
 impl Engine {
     pub fn start() -> Engine {
+        let mut engine = Engine::stopped();
+        engine.start_daemon();
+        engine
+    }
+
+    /// The directory and socket address, no daemon yet (see `start_daemon`).
+    pub fn stopped() -> Engine {
         // Short path: unix socket paths are limited to 108 bytes.
         let dir = tempfile::Builder::new()
             .prefix("apd")
             .tempdir_in("/tmp")
             .unwrap();
-        let d = dir.path();
-        let host = format!("unix://{}/docker.sock", d.display());
+        std::fs::create_dir_all(dir.path().join("sock")).unwrap();
+        let host = format!("unix://{}/sock/docker.sock", dir.path().display());
+        Engine {
+            dir,
+            host,
+            daemon: None,
+        }
+    }
+
+    /// The directory holding only the socket, to bind into a machine.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+
+    pub fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none(), "dockerd already running");
+        let d = self.dir.path();
         let ns = format!(
             "atomic-preload-test-{}",
             d.file_name().unwrap().to_string_lossy()
         );
-        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("dockerd.log"))
+            .unwrap();
         let daemon = Command::new("/usr/sbin/dockerd")
             .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
             .arg(format!("--data-root={}/data", d.display()))
             .arg(format!("--exec-root={}/exec", d.display()))
             .arg(format!("--pidfile={}/dockerd.pid", d.display()))
-            .arg(format!("--host={host}"))
+            .arg(format!("--host={}", self.host))
             .arg(format!("--containerd-namespace={ns}"))
             .arg(format!("--containerd-plugins-namespace={ns}-plugins"))
             .stdin(Stdio::null())
@@ -77,9 +103,9 @@ impl Engine {
             .stderr(log)
             .spawn()
             .expect("start dockerd");
-        let engine = Engine { dir, host, daemon };
+        self.daemon = Some(daemon);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !engine
+        while !self
             .docker(&["info", "--format", "{{.ID}}"])
             .status
             .success()
@@ -87,11 +113,34 @@ impl Engine {
             assert!(
                 Instant::now() < deadline,
                 "dockerd did not answer within 60 s:\n{}",
-                std::fs::read_to_string(engine.dir.path().join("dockerd.log")).unwrap_or_default()
+                std::fs::read_to_string(d.join("dockerd.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        engine
+    }
+
+    /// Remove every container, then stop the daemon by PID.
+    pub fn stop_daemon(&mut self) {
+        let Some(mut daemon) = self.daemon.take() else {
+            return;
+        };
+        let ids = self.docker(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(daemon.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = daemon.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = daemon.kill();
+        let _ = daemon.wait();
     }
 
     pub fn docker(&self, args: &[&str]) -> Output {
@@ -227,24 +276,7 @@ pub fn label(key: &str, value: &str) -> String {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        // Stop what the tests left, then the daemon, by PID.
-        let ids = self.docker(&["ps", "-aq"]);
-        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
-            let _ = self.docker(&["rm", "-f", id]);
-        }
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.daemon.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.daemon.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
+        self.stop_daemon();
     }
 }
 

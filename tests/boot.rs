@@ -1,0 +1,725 @@
+//! Boot truth: a real systemd boots a Debian root (systemd-nspawn) with atomic-preload
+//! installed exactly as `make install DESTDIR=ROOT` does, talking to a real Docker engine
+//! on this machine through its socket. Each test is one scenario an operator cares about.
+//!
+//! Harness: `debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus bookworm`
+//! cached in /var/cache/atomic-preload-tests (made on first use, ~40 s); per scenario a copy
+//! of it, our release build installed into it, Debian's docker client, a `docker.service`
+//! stand-in that is up only while the engine answers, and the engine's socket directory
+//! bound at /run/dockerhost (/run/docker.sock points there). The engine is started with
+//! `--bridge=none --iptables=false`; everything started is stopped by PID at the end.
+//! Scenarios run one at a time. Needs root, debootstrap, systemd-container and the Docker
+//! test dependencies (.ci/install-deps); ATOMIC_PRELOAD_SKIP_BOOT_TESTS=1 skips them.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use support::Engine;
+
+const CACHE: &str = "/var/cache/atomic-preload-tests";
+const BASE: &str = "bookworm-minbase";
+const PRELOAD: &str = "var/lib/atomic/preload";
+
+/// One scenario at a time: each boots a machine and runs an engine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn boot_tests_enabled() -> bool {
+    if std::env::var_os("ATOMIC_PRELOAD_SKIP_BOOT_TESTS").is_some() {
+        eprintln!("skipped: ATOMIC_PRELOAD_SKIP_BOOT_TESTS is set");
+        return false;
+    }
+    let missing: Vec<&str> = [
+        "/usr/bin/systemd-nspawn",
+        "/usr/sbin/debootstrap",
+        "/usr/bin/nsenter",
+    ]
+    .into_iter()
+    .filter(|p| !Path::new(p).exists())
+    .collect();
+    assert!(
+        missing.is_empty(),
+        "boot tests need {missing:?}: run .ci/install-deps, or set ATOMIC_PRELOAD_SKIP_BOOT_TESTS=1"
+    );
+    support::docker_available()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The cached minimal Debian root, made once.
+fn base_root() -> PathBuf {
+    let base = Path::new(CACHE).join(BASE);
+    if base.join("usr/lib/systemd/systemd").exists() {
+        return base;
+    }
+    fs::create_dir_all(CACHE).unwrap();
+    let tmp = Path::new(CACHE).join(format!("{BASE}.tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    eprintln!("debootstrap into {} (cached for later runs)", tmp.display());
+    run(Command::new("debootstrap")
+        .args([
+            "--variant=minbase",
+            "--include=systemd,systemd-sysv,dbus",
+            "bookworm",
+        ])
+        .arg(&tmp)
+        .arg("http://deb.debian.org/debian"));
+    fs::rename(&tmp, &base).unwrap();
+    base
+}
+
+/// A fresh root for one scenario: the base, our install, a docker client and stand-ins.
+fn prepare_root() -> tempfile::TempDir {
+    let root = tempfile::Builder::new()
+        .prefix("ap-boot")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let r = root.path();
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", base_root().display()))
+        .arg(r));
+    run(Command::new("make")
+        .arg("install")
+        .arg(format!("DESTDIR={}", r.display()))
+        .current_dir(env!("CARGO_MANIFEST_DIR")));
+    fs::copy("/usr/bin/docker", r.join("usr/bin/docker")).unwrap();
+    fs::write(
+        r.join("etc/systemd/system/docker.service"),
+        "[Unit]\nDescription=Docker stand-in: up while the engine answers\nStartLimitIntervalSec=0\n\
+         [Service]\nType=exec\nExecStartPre=/usr/bin/docker version --format {{.Server.Version}}\n\
+         ExecStart=/bin/sh -c 'while /usr/bin/docker version >/dev/null 2>&1; do sleep 1; done; exit 1'\n\
+         Restart=always\nRestartSec=1s\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/docker.service",
+        r.join("etc/systemd/system/multi-user.target.wants/docker.service"),
+    )
+    .unwrap();
+    fs::write(
+        r.join("etc/tmpfiles.d/dockerhost.conf"),
+        "L /run/docker.sock - - - - /run/dockerhost/docker.sock\n",
+    )
+    .unwrap();
+    fs::create_dir_all(r.join(PRELOAD).join("docker")).unwrap();
+    root
+}
+
+/// A booted machine; powered off (or killed) when dropped.
+struct Machine {
+    nspawn: Child,
+    init: u32,
+}
+
+impl Machine {
+    fn boot(root: &Path, engine: &Engine) -> Machine {
+        let log = fs::File::create(engine.dir.path().join("console.log")).unwrap();
+        let name = format!("ap-{}", std::process::id());
+        let nspawn = Command::new("systemd-nspawn")
+            .args(["--register=no", "--keep-unit", "--boot", "--quiet"])
+            .arg(format!("--machine={name}"))
+            .arg("-D")
+            .arg(root)
+            .arg(format!(
+                "--bind={}:/run/dockerhost",
+                engine.socket_dir().display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("systemd-nspawn");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let init = loop {
+            let out = Command::new("pgrep")
+                .arg("-P")
+                .arg(nspawn.id().to_string())
+                .output()
+                .unwrap();
+            if let Some(pid) = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+            {
+                break pid.parse().unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no init process under systemd-nspawn"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let machine = Machine { nspawn, init };
+        // Up to the point where systemd answers; scenarios wait for their own units (a
+        // boot with the engine down never finishes while docker.service keeps restarting).
+        machine.wait_for("systemd to answer", 60, |m| {
+            let state = m.sh(&["systemctl", "is-system-running"]);
+            ["starting", "running", "degraded"].contains(&state.trim())
+        });
+        machine
+    }
+
+    /// Run a command inside the machine; stdout and stderr together.
+    fn sh(&self, args: &[&str]) -> String {
+        let out = Command::new("nsenter")
+            .arg("-t")
+            .arg(self.init.to_string())
+            .arg("-a")
+            .arg("--")
+            .args(args)
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    fn prop(&self, unit: &str, property: &str) -> String {
+        self.sh(&["systemctl", "show", "--value", "-p", property, unit])
+            .trim()
+            .to_owned()
+    }
+
+    /// `ActiveState/SubState`, e.g. `active/running`, `active/exited`, `failed/failed`.
+    fn state(&self, unit: &str) -> String {
+        format!(
+            "{}/{}",
+            self.prop(unit, "ActiveState"),
+            self.prop(unit, "SubState")
+        )
+    }
+
+    fn diagnostics(&self) -> String {
+        format!(
+            "--- units\n{}\n--- journal\n{}",
+            self.sh(&[
+                "systemctl",
+                "list-units",
+                "--all",
+                "--no-pager",
+                "preload-*",
+                "atomic-preload*",
+                "docker.service"
+            ]),
+            self.sh(&[
+                "journalctl",
+                "--no-pager",
+                "-n",
+                "60",
+                "-u",
+                "preload-*",
+                "-u",
+                "atomic-preload*",
+                "-u",
+                "docker.service"
+            ])
+        )
+    }
+
+    fn wait_for(&self, what: &str, seconds: u64, done: impl Fn(&Machine) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        while !done(self) {
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {seconds} s waiting for {what}\n{}",
+                    self.diagnostics()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn wait_state(&self, unit: &str, state: &str) {
+        self.wait_for(&format!("{unit} to be {state}"), 90, |m| {
+            m.state(unit) == state
+        });
+    }
+
+    fn poweroff(mut self) {
+        self.sh(&["systemctl", "poweroff", "--no-block"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.nspawn.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("the machine did not power off within 60 s");
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if let Ok(None) = self.nspawn.try_wait() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(self.nspawn.id().to_string())
+                .status();
+            let _ = self.nspawn.wait();
+        }
+    }
+}
+
+/// A Dockerfile CMD that runs until SIGTERM (busybox `sleep` as PID 1 would ignore it and
+/// make every stop take Docker's 10 s timeout).
+fn serve_cmd() -> String {
+    r#"CMD ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]"#.into()
+}
+
+struct Scenario {
+    engine: Engine,
+    root: tempfile::TempDir,
+}
+
+impl Scenario {
+    fn new() -> Scenario {
+        Scenario {
+            engine: Engine::start(),
+            root: prepare_root(),
+        }
+    }
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.path().join(rel)
+    }
+    fn archive(&self, name: &str) -> PathBuf {
+        self.path(PRELOAD).join("docker").join(name)
+    }
+    fn config(&self, text: &str) {
+        fs::write(self.path(PRELOAD).join("config.yaml"), text).unwrap();
+    }
+    /// An image that serves until stopped, saved to `docker/<archive>`.
+    fn image(&self, tag: &str, marker: &str, archive: &str) {
+        self.engine
+            .build_archive(tag, marker, &[serve_cmd()], &self.archive(archive));
+    }
+    fn boot(&self) -> Machine {
+        Machine::boot(self.root.path(), &self.engine)
+    }
+    /// Wait (Type=exec units are active as soon as `docker run` started) until the engine
+    /// runs exactly these containers.
+    fn wait_containers(&self, expected: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut running = self.running_containers();
+        while running != expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(300));
+            running = self.running_containers();
+        }
+        assert_eq!(
+            running, expected,
+            "containers running on the engine (docker ps)"
+        );
+    }
+
+    fn running_containers(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .engine
+            .ok(&["ps", "--format", "{{.Names}}"])
+            .lines()
+            .map(String::from)
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn sha(path: &Path) -> String {
+    let out = run(Command::new("sha256sum").arg(path));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+macro_rules! scenario {
+    () => {{
+        let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        if !boot_tests_enabled() {
+            return;
+        }
+        guard
+    }};
+}
+
+#[test]
+fn s1_readme_example_boots_to_running_containers() {
+    let _serial = scenario!();
+    let s = Scenario::new();
+    s.image("docker.io/busybox", "busybox", "busybox.tar.gz");
+    s.image("docker.io/example/tools:2", "tools", "tools.tar.xz");
+    // The original README example, plus a load-only entry.
+    let readme =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/config.yaml")).unwrap();
+    s.config(&format!(
+        "{readme}\n- name: tools\n  image: docker.io/example/tools:2\n"
+    ));
+    let m = s.boot();
+    m.wait_state("preload-busybox_sleep.service", "active/running");
+    m.wait_state("preload-tools.service", "active/exited");
+    assert_eq!(
+        m.state("preload-etcd.service"),
+        "failed/failed",
+        "system containers are not supported yet"
+    );
+    assert!(
+        m.sh(&["systemctl", "status", "preload-etcd.service"])
+            .contains("install.system (system containers) is not supported yet")
+    );
+    s.wait_containers(&["busybox_sleep"]);
+    let args = s
+        .engine
+        .ok(&["inspect", "--format", "{{json .Args}}", "busybox_sleep"]);
+    assert_eq!(args, r#"["999"]"#, "the container runs `sleep 999`");
+    m.poweroff();
+}
+
+#[test]
+fn s2_execstart_argv_is_exactly_the_configs_arguments() {
+    let _serial = scenario!();
+    let s = Scenario::new();
+    s.image("docker.io/test/echo:1", "echo", "echo.tar");
+    let hostile = [
+        "$HOME",
+        "${HOME}",
+        "%n",
+        "100%",
+        "say \"hi\"",
+        "it's",
+        "back\\slash",
+        "trailing\\",
+        "two words",
+        "--flag=a b",
+        ";",
+        "ünïcødé ✓",
+        "tab\there",
+        "line\nbreak",
+    ];
+    let mut yaml =
+        String::from("- name: argv\n  image: docker.io/test/echo:1\n  run:\n    extra_args:\n");
+    let script = r#"for a in "$@"; do printf '<%s>\n' "$a"; done; trap 'exit 0' TERM; while :; do sleep 1; done"#;
+    for arg in ["sh", "-c", script, "sh"].iter().chain(hostile.iter()) {
+        yaml.push_str(&format!("      - {}\n", yaml_quote(arg)));
+    }
+    s.config(&yaml);
+    let m = s.boot();
+    m.wait_state("preload-argv.service", "active/running");
+
+    // systemd's own parse, over D-Bus as JSON (systemctl show joins argv with spaces).
+    let json = m.sh(&[
+        "busctl",
+        "--json=short",
+        "get-property",
+        "org.freedesktop.systemd1",
+        "/org/freedesktop/systemd1/unit/preload_2dargv_2eservice",
+        "org.freedesktop.systemd1.Service",
+        "ExecStart",
+    ]);
+    let argv = json_exec_argv(&json);
+    let image_at = argv
+        .iter()
+        .position(|a| a == "docker.io/test/echo:1")
+        .expect("image in argv");
+    let config_args: Vec<&str> = ["sh", "-c", script, "sh"]
+        .iter()
+        .chain(hostile.iter())
+        .copied()
+        .collect();
+    assert_eq!(
+        argv[image_at + 1..],
+        config_args[..],
+        "ExecStart argv as systemd parsed it"
+    );
+    // And the human view lists the same.
+    assert!(
+        m.sh(&[
+            "systemctl",
+            "show",
+            "-p",
+            "ExecStart",
+            "preload-argv.service"
+        ])
+        .contains("argv[]=/usr/bin/docker run --rm --pull=never --name argv")
+    );
+
+    // What the container received, byte for byte.
+    let expected: String = hostile.iter().map(|a| format!("<{a}>\n")).collect();
+    let start = Instant::now();
+    let mut logs = String::new();
+    while start.elapsed() < Duration::from_secs(30) && logs != expected {
+        logs = s.engine.ok(&["logs", "argv"]) + "\n";
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(logs, expected, "arguments as the container received them");
+    m.poweroff();
+}
+
+#[test]
+fn s3_second_boot_brings_containers_back_without_reading_archives() {
+    let _serial = scenario!();
+    let s = Scenario::new();
+    s.image("docker.io/example/app:1", "app", "app.tar.zst");
+    s.config("- name: app\n  image: docker.io/example/app:1\n  run: {}\n");
+    let t0 = s.engine.now();
+    let m = s.boot();
+    m.wait_state("preload-app.service", "active/running");
+    assert_eq!(
+        s.engine.load_events(&t0),
+        1,
+        "first boot loads the archive once"
+    );
+    m.poweroff();
+    s.wait_containers(&[]);
+
+    let t1 = s.engine.now();
+    let m = s.boot();
+    m.wait_state("preload-app.service", "active/running");
+    s.wait_containers(&["app"]);
+    assert_eq!(
+        s.engine.load_events(&t1),
+        0,
+        "the engine saw no load at the second boot"
+    );
+    assert!(
+        m.sh(&["journalctl", "-b", "-u", "preload-app"])
+            .contains("app.tar.zst: already loaded")
+    );
+    m.poweroff();
+}
+
+#[test]
+fn s4_replaced_archive_reloads_and_corrupt_archive_fails_only_its_unit() {
+    let _serial = scenario!();
+    let s = Scenario::new();
+    s.image("docker.io/example/app:1", "v1", "app.tar");
+    s.config("- name: app\n  image: docker.io/example/app:1\n  run: {}\n");
+    let m = s.boot();
+    m.wait_state("preload-app.service", "active/running");
+    let v1 = s.engine.image_id("docker.io/example/app:1").unwrap();
+    m.poweroff();
+
+    // Replace the archive with a different image under the same tag; add a corrupt one
+    // that a second entry names.
+    s.image("docker.io/example/app:1", "v2", "app.tar");
+    fs::write(s.archive("broken.tar.gz"), b"\x1f\x8b\x08 not really gzip").unwrap();
+    let (app_sha, broken_sha) = (sha(&s.archive("app.tar")), sha(&s.archive("broken.tar.gz")));
+    s.config("- name: app\n  image: docker.io/example/app:1\n  run: {}\n- name: broken\n  image: docker.io/example/broken:1\n  archive: broken.tar.gz\n  run: {}\n");
+    let t = s.engine.now();
+    let m = s.boot();
+    m.wait_state("preload-app.service", "active/running");
+    assert_ne!(
+        s.engine.image_id("docker.io/example/app:1").unwrap(),
+        v1,
+        "the new archive was loaded"
+    );
+    assert!(s.engine.load_events(&t) >= 1);
+    // It fails, with the reason in `systemctl status` (the status line, also while it
+    // waits to retry within its start limit).
+    m.wait_for("the reason in systemctl status preload-broken", 60, |m| {
+        let status = m.sh(&["systemctl", "status", "-n", "20", "preload-broken.service"]);
+        status.contains("(Result: exit-code)")
+            && status.contains("cannot load /var/lib/atomic/preload/docker/broken.tar.gz")
+    });
+    let failed = m.sh(&["systemctl", "--failed", "--no-legend", "--plain"]);
+    assert!(
+        !failed.contains("preload-app"),
+        "only the corrupt archive's unit fails:\n{failed}"
+    );
+    assert_eq!(sha(&s.archive("app.tar")), app_sha, "nothing modified");
+    assert_eq!(
+        sha(&s.archive("broken.tar.gz")),
+        broken_sha,
+        "the corrupt archive is kept as it was"
+    );
+    m.poweroff();
+}
+
+#[test]
+fn s5_broken_entry_is_failed_with_position_and_others_run() {
+    let _serial = scenario!();
+    let s = Scenario::new();
+    s.image("docker.io/example/app:1", "app", "app.tar");
+    s.config("- name: good\n  image: docker.io/example/app:1\n  run: {}\n- name: typo\n  image: docker.io/example/app:1\n  rnu: {}\n- name: bad name\n  image: x\n");
+    let m = s.boot();
+    m.wait_state("preload-good.service", "active/running");
+    let failed = m.sh(&["systemctl", "--failed", "--no-legend", "--plain"]);
+    assert!(failed.contains("preload-typo.service"), "{failed}");
+    assert!(
+        failed.contains("atomic-preload-config.service"),
+        "nameless problems have their own failed unit:\n{failed}"
+    );
+    let status = m.sh(&["systemctl", "status", "preload-typo.service"]);
+    assert!(
+        status.contains("/var/lib/atomic/preload/config.yaml:6:3: unknown key \"rnu\""),
+        "{status}"
+    );
+    let status = m.sh(&["systemctl", "status", "atomic-preload-config.service"]);
+    assert!(
+        status.contains("/var/lib/atomic/preload/config.yaml:7:9: \"name\" must match"),
+        "{status}"
+    );
+    m.poweroff();
+}
+
+#[test]
+fn s6_engine_down_at_boot_recovers_when_it_returns() {
+    let _serial = scenario!();
+    let mut s = Scenario::new();
+    s.image("docker.io/example/app:1", "app", "app.tar.gz");
+    s.image("docker.io/example/once:1", "once", "once.tar");
+    s.config("- name: app\n  image: docker.io/example/app:1\n  run: {}\n- name: once\n  image: docker.io/example/once:1\n");
+    s.engine.stop_daemon();
+    let m = s.boot();
+    // The engine does not answer: nothing is loaded, nothing is marked.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_ne!(m.state("preload-app.service"), "active/running");
+    assert_eq!(
+        m.sh(&["ls", "/var/lib/atomic-preload/loaded/docker"])
+            .lines()
+            .filter(|l| l.ends_with(".tar") || l.ends_with(".gz"))
+            .count(),
+        0,
+        "no load mark without an engine"
+    );
+
+    s.engine.start_daemon();
+    m.wait_state("preload-app.service", "active/running");
+    m.wait_state("preload-once.service", "active/exited");
+    s.wait_containers(&["app"]);
+    let marks = m.sh(&["ls", "/var/lib/atomic-preload/loaded/docker"]);
+    assert_eq!(
+        marks.split_whitespace().collect::<Vec<_>>(),
+        ["app.tar.gz", "once.tar"],
+        "every archive loaded and marked once"
+    );
+    m.poweroff();
+}
+
+#[test]
+fn s7_config_rewritten_by_cloud_init_applies_in_the_same_boot() {
+    let _serial = scenario!();
+    let s = Scenario::new();
+    s.image("docker.io/example/app:1", "app", "app.tar");
+    s.image("docker.io/example/extra:1", "extra", "extra.tar");
+    s.config("- name: app\n  image: docker.io/example/app:1\n  run:\n    extra_args: [sh, -c, 'trap \"exit 0\" TERM; while :; do sleep 1; done', baked-in]\n");
+    // cloud-init's write_files stand-in, ordered like cloud-init.service, rewrites the
+    // config after the generator ran: one container added, one changed.
+    let late = "- name: app\n  image: docker.io/example/app:1\n  run:\n    extra_args: [sh, -c, 'trap \"exit 0\" TERM; while :; do sleep 1; done', from-cloud-init]\n- name: extra\n  image: docker.io/example/extra:1\n  run: {}\n";
+    fs::write(s.path("root/late-config.yaml"), late).unwrap();
+    fs::write(
+        s.path("etc/systemd/system/cloud-init.service"),
+        "[Unit]\nDescription=cloud-init write_files stand-in\nAfter=local-fs.target\nBefore=network-online.target\n\
+         [Service]\nType=oneshot\nExecStart=/bin/sh -c 'sleep 2; cp /root/late-config.yaml /var/lib/atomic/preload/config.yaml'\n\
+         [Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/cloud-init.service",
+        s.path("etc/systemd/system/multi-user.target.wants/cloud-init.service"),
+    )
+    .unwrap();
+    let m = s.boot();
+    m.wait_state("preload-extra.service", "active/running");
+    m.wait_state("preload-app.service", "active/running");
+    s.wait_containers(&["app", "extra"]);
+    let args = s
+        .engine
+        .ok(&["inspect", "--format", "{{json .Args}}", "app"]);
+    assert!(
+        args.ends_with(r#""from-cloud-init"]"#),
+        "the changed container runs with the new args: {args}"
+    );
+
+    // Later changes are applied too (atomic-preload-refresh.path): remove extra.
+    m.sh(&[
+        "sh",
+        "-c",
+        "head -n 4 /root/late-config.yaml > /var/lib/atomic/preload/config.yaml",
+    ]);
+    m.wait_for("preload-extra to be stopped", 60, |m| {
+        m.prop("preload-extra.service", "ActiveState") == "inactive"
+    });
+    s.wait_containers(&["app"]);
+    m.poweroff();
+}
+
+#[test]
+fn s8_preload_dir_on_a_late_mounted_file_system_still_starts() {
+    let _serial = scenario!();
+    let s = Scenario::new();
+    // The real preload dir lives on another "file system", bind-mounted by a mount unit:
+    // when the generators run, /var/lib/atomic/preload is an empty mount point.
+    let fs_dir = s.path("srv/preload-fs");
+    fs::create_dir_all(fs_dir.join("docker")).unwrap();
+    s.engine.build_archive(
+        "docker.io/example/app:1",
+        "app",
+        &[serve_cmd()],
+        &fs_dir.join("docker/app.tar"),
+    );
+    fs::write(
+        fs_dir.join("config.yaml"),
+        "- name: app\n  image: docker.io/example/app:1\n  run: {}\n",
+    )
+    .unwrap();
+    fs::write(
+        s.path("etc/systemd/system/var-lib-atomic-preload.mount"),
+        "[Unit]\nDescription=Late preload file system\n[Mount]\nWhat=/srv/preload-fs\nWhere=/var/lib/atomic/preload\nType=none\nOptions=bind\n[Install]\nWantedBy=local-fs.target\n",
+    )
+    .unwrap();
+    fs::create_dir_all(s.path("etc/systemd/system/local-fs.target.wants")).unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/var-lib-atomic-preload.mount",
+        s.path("etc/systemd/system/local-fs.target.wants/var-lib-atomic-preload.mount"),
+    )
+    .unwrap();
+    let m = s.boot();
+    m.wait_state("preload-app.service", "active/running");
+    s.wait_containers(&["app"]);
+    assert!(
+        m.sh(&["journalctl", "-b", "-u", "atomic-preload-refresh"])
+            .contains("changed since the generator ran")
+    );
+    m.poweroff();
+}
+
+/// A YAML double-quoted scalar.
+fn yaml_quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// argv of the first command in busctl's JSON for an ExecStart property.
+fn json_exec_argv(json: &str) -> Vec<String> {
+    let value: serde_json::Value =
+        serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("{e}: {json}"));
+    value["data"][0][1]
+        .as_array()
+        .expect("argv array")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
