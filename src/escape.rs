@@ -29,6 +29,8 @@ pub enum EscapeError {
     Nul,
     #[error("control character U+{0:04X} cannot be written into this unit setting")]
     Control(u32),
+    #[error("a value ending in a backslash would continue onto the next unit line")]
+    TrailingBackslash,
 }
 
 /// Quote one command-line argument for an `Exec*=` setting (never the executable itself:
@@ -94,6 +96,9 @@ pub fn setting_value(value: &str) -> Result<String, EscapeError> {
             }
             c => out.push(c),
         }
+    }
+    if out.ends_with('\\') {
+        return Err(EscapeError::TrailingBackslash);
     }
     Ok(out)
 }
@@ -266,6 +271,10 @@ mod tests {
         assert_eq!(exec_arg("a\0b"), Err(EscapeError::Nul));
         assert_eq!(setting_value("a\nb"), Err(EscapeError::Control(0x0a)));
         assert_eq!(setting_value("50%").unwrap(), "50%%");
+        assert_eq!(
+            setting_value("/srv/x\\"),
+            Err(EscapeError::TrailingBackslash)
+        );
     }
 
     #[test]

@@ -83,12 +83,13 @@ pub fn load_effective(path: &Path) -> config::Effective {
     }
 }
 
-/// Paths we write into units must be absolute and free of whitespace and control
-/// characters, which the path settings (`RequiresMountsFor=`) cannot carry.
+/// Paths we write into units must be absolute and free of whitespace, control characters
+/// and backslashes, which the path settings (`RequiresMountsFor=`) cannot carry.
 fn check_host_path(what: &str, path: &str) -> Result<(), String> {
-    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    let bad = |c: char| c.is_whitespace() || c.is_control() || c == '\\';
+    if !path.starts_with('/') || path.chars().any(bad) {
         return Err(format!(
-            "{what} must be an absolute path without spaces or control characters: {path:?}"
+            "{what} must be an absolute path without spaces, backslashes or control characters: {path:?}"
         ));
     }
     Ok(())

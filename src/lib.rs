@@ -15,4 +15,5 @@ pub mod paths;
 pub mod plan;
 pub mod render;
 pub mod runtime;
+pub mod unit_check;
 pub mod write;

@@ -126,7 +126,8 @@ fn generator_refuses_paths_units_cannot_carry() {
     let out = generator(&["--dry-run", "--preload-dir", "/srv/pre load"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--preload-dir must be an absolute path")
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--preload-dir must be an absolute path without spaces, backslashes")
     );
 }
 
@@ -188,4 +189,25 @@ fn every_command_has_help() {
         assert!(stdout(&out).contains("Usage:"), "{args:?}");
     }
     assert_eq!(generator(&["--help"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_symlinked_wants_dir_pointing_outside_is_refused_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let cfg = root.join("var/lib/atomic/preload/config.yaml");
+    fs::create_dir_all(cfg.parent().unwrap()).unwrap();
+    fs::write(&cfg, "- {name: web, image: x, run: {}}\n").unwrap();
+    let out_dir = dir.path().join("out");
+    let outside = dir.path().join("outside");
+    fs::create_dir_all(&out_dir).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, out_dir.join("atomic-preload.target.wants")).unwrap();
+    let out = generator(&["--root", root.to_str().unwrap(), out_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "a write it could not do is a failure");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("atomic-preload.target.wants: exists and is not a directory"));
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing written through the symlink");
+    // Everything else was still written.
+    assert!(out_dir.join("preload-web.service").is_file());
+    assert!(out_dir.join("multi-user.target.wants/atomic-preload.target").is_symlink());
 }

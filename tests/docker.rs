@@ -479,3 +479,97 @@ fn serde_json_like(s: &str) -> String {
     out.push('"');
     out
 }
+
+/// Units starting together load under one lock: both succeed, the archive is loaded once,
+/// and the mark is whole.
+#[test]
+fn concurrent_loads_take_turns() {
+    if !docker_available() {
+        return;
+    }
+    let s = Setup::new();
+    s.engine
+        .build_archive("test/c:1", "c", &[], &s.archive("c.tar.gz"));
+    let t0 = s.engine.now();
+    let spawn = || {
+        Command::new(helper())
+            .args(["load", "--preload-dir"])
+            .arg(&s.preload)
+            .arg("--state-dir")
+            .arg(&s.state)
+            .args(["--docker", "docker", "--image", "test/c:1"])
+            .env("DOCKER_HOST", &s.engine.host)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}\n{}",
+        text(&a),
+        text(&b)
+    );
+    assert_eq!(
+        s.engine.load_events(&t0),
+        1,
+        "loaded once, not once per unit"
+    );
+    let mark = fs::read_to_string(s.state.join("loaded/docker/c.tar.gz")).unwrap();
+    assert!(
+        mark.contains("sha256=") && mark.contains("images=test/c:1"),
+        "{mark}"
+    );
+}
+
+/// A load killed at any moment leaves no mark claiming it finished; the next start loads
+/// the archive and ends with the image present.
+#[test]
+fn killed_load_is_repaired_by_the_next_start() {
+    if !docker_available() {
+        return;
+    }
+    let s = Setup::new();
+    // A large, incompressible layer so the load takes long enough to be interrupted.
+    let noise = s.engine.dir.path().join("noise");
+    let out = Command::new("head")
+        .args(["-c", "40000000", "/dev/urandom"])
+        .output()
+        .unwrap();
+    fs::write(&noise, out.stdout).unwrap();
+    s.engine
+        .build_archive_with_file("test/big:1", &noise, &s.archive("big.tar"));
+    for delay_ms in [30, 150, 400] {
+        let _ = s.engine.docker(&["rmi", "test/big:1"]);
+        let _ = fs::remove_file(s.state.join("loaded/docker/big.tar"));
+        let mut child = Command::new(helper())
+            .args(["load", "--preload-dir"])
+            .arg(&s.preload)
+            .arg("--state-dir")
+            .arg(&s.state)
+            .args(["--docker", "docker", "--image", "test/big:1"])
+            .env("DOCKER_HOST", &s.engine.host)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let finished = child.wait().unwrap().success();
+        let marked = s.state.join("loaded/docker/big.tar").exists();
+        assert!(
+            !marked || finished || s.engine.image_id("test/big:1").is_some(),
+            "a mark without the image after a kill at {delay_ms} ms"
+        );
+        let out = s.helper("load", &["--image", "test/big:1"]);
+        assert!(
+            out.status.success(),
+            "after a kill at {delay_ms} ms: {}",
+            text(&out)
+        );
+        assert!(s.engine.image_id("test/big:1").is_some());
+        assert!(s.state.join("loaded/docker/big.tar").exists());
+    }
+}

@@ -234,6 +234,30 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Like `build_archive`, with `file` added to the image as /payload.
+    pub fn build_archive_with_file(&self, tag: &str, file: &Path, archive: &Path) {
+        let ctx = self.dir.path().join("rootfs-payload");
+        let _ = std::fs::remove_dir_all(&ctx);
+        std::fs::create_dir_all(ctx.join("bin")).unwrap();
+        std::fs::copy(BUSYBOX, ctx.join("bin/busybox")).unwrap();
+        std::fs::copy(file, ctx.join("payload")).unwrap();
+        let tar = self.dir.path().join("rootfs.tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(&ctx)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.ok(&["import", tar.to_str().unwrap(), tag]);
+        self.ok(&["save", "-o", archive.to_str().unwrap(), tag]);
+        self.ok(&["rmi", tag]);
+    }
+}
+
 /// `plain` (a tar) → `archive`, compressed as its name says.
 fn compress(plain: &Path, archive: &Path) {
     let name = archive.file_name().unwrap().to_string_lossy().into_owned();
