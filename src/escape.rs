@@ -31,6 +31,8 @@ pub enum EscapeError {
     Control(u32),
     #[error("a value ending in a backslash would continue onto the next unit line")]
     TrailingBackslash,
+    #[error("a command line of {0} bytes is longer than systemd reads")]
+    TooLong(usize),
 }
 
 /// Quote one command-line argument for an `Exec*=` setting (never the executable itself:
@@ -67,6 +69,9 @@ fn is_plain(c: char) -> bool {
     c.is_ascii_alphanumeric() || "_-./:=+,@$".contains(c)
 }
 
+/// Longest command line we write (systemd's LONG_LINE_MAX is 1 MiB, key included).
+pub const LINE_MAX: usize = (1 << 20) - 4096;
+
 /// A whole command line: `prefix` (such as `-` to ignore failure) plus `:` (no variable
 /// expansion), the executable path unquoted, every further argument through [`exec_arg`]. The executable is always one of
 /// our own absolute paths (see `paths`), checked here so that a bad build setting cannot
@@ -80,6 +85,10 @@ pub fn command_line(prefix: &str, argv: &[String]) -> Result<String, EscapeError
     for arg in args {
         line.push(' ');
         line.push_str(&exec_arg(arg)?);
+    }
+    // systemd refuses unit lines of 1 MiB and more; validation keeps arguments far below.
+    if line.len() >= LINE_MAX {
+        return Err(EscapeError::TooLong(line.len()));
     }
     Ok(line)
 }

@@ -211,9 +211,30 @@ fn container_unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
     }
 }
 
+/// At most this many problems are written into a unit or logged at boot; a config with
+/// thousands of broken entries must not make a unit line longer than systemd reads
+/// (1 MiB) nor flood the kernel log. `atomic-preload validate` lists them all.
+pub const REPORTED_PROBLEMS: usize = 20;
+
+/// The first [`REPORTED_PROBLEMS`] lines, then how many more there are.
+pub fn capped(lines: impl ExactSizeIterator<Item = String>, source: &str) -> Vec<String> {
+    let total = lines.len();
+    let mut out: Vec<String> = lines.take(REPORTED_PROBLEMS).collect();
+    if total > REPORTED_PROBLEMS {
+        out.push(format!(
+            "... and {} more problems: run atomic-preload validate {source}",
+            total - REPORTED_PROBLEMS
+        ));
+    }
+    out
+}
+
 fn report_command(source: &str, problems: &[Problem]) -> Command {
     let mut argv = vec![paths::helper(), "config-error".into(), "--".into()];
-    argv.extend(problems.iter().map(|p| p.display(source).to_string()));
+    argv.extend(capped(
+        problems.iter().map(|p| p.display(source).to_string()),
+        source,
+    ));
     Command::new(argv)
 }
 

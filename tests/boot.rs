@@ -460,7 +460,9 @@ fn s2_execstart_argv_is_exactly_the_configs_arguments() {
     let start = Instant::now();
     let mut logs = String::new();
     while start.elapsed() < Duration::from_secs(30) && logs != expected {
-        logs = s.engine.ok(&["logs", "argv"]) + "\n";
+        // The container may not exist yet: Type=exec is active once `docker run` started.
+        let out = s.engine.docker(&["logs", "argv"]);
+        logs = String::from_utf8_lossy(&out.stdout).trim().to_owned() + "\n";
         std::thread::sleep(Duration::from_millis(300));
     }
     assert_eq!(logs, expected, "arguments as the container received them");

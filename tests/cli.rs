@@ -204,10 +204,25 @@ fn a_symlinked_wants_dir_pointing_outside_is_refused_not_followed() {
     fs::create_dir_all(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, out_dir.join("atomic-preload.target.wants")).unwrap();
     let out = generator(&["--root", root.to_str().unwrap(), out_dir.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "a write it could not do is a failure");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("atomic-preload.target.wants: exists and is not a directory"));
-    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing written through the symlink");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a write it could not do is a failure"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("atomic-preload.target.wants: exists and is not a directory")
+    );
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written through the symlink"
+    );
     // Everything else was still written.
     assert!(out_dir.join("preload-web.service").is_file());
-    assert!(out_dir.join("multi-user.target.wants/atomic-preload.target").is_symlink());
+    assert!(
+        out_dir
+            .join("multi-user.target.wants/atomic-preload.target")
+            .is_symlink()
+    );
 }

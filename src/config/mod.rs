@@ -348,11 +348,18 @@ const ENTRY_KEYS: &[&str] = &["name", "image", "archive", "install", "run"];
 const INSTALL_KEYS: &[&str] = &["system", "user", "remote", "setvalues", "extra_args"];
 const RUN_KEYS: &[&str] = &["spc", "extra_args"];
 
+/// What all of an entry's arguments (setvalues and extra_args) may add up to, in bytes.
+/// Escaped, even the worst case (every byte as `\xNN`) stays far below the 1 MiB line
+/// systemd reads.
+pub const ARGUMENT_BYTES_MAX: usize = 128 << 10;
+
 /// Collects problems while reading one entry.
 struct Checker<'t> {
     /// The config text, to take numbers as written (`0x10` stays "0x10", not "16").
     text: &'t str,
     problems: Vec<Problem>,
+    /// Bytes of arguments so far (see [`ARGUMENT_BYTES_MAX`]).
+    argument_bytes: usize,
 }
 
 impl Checker<'_> {
@@ -423,6 +430,22 @@ impl Checker<'_> {
         }
     }
 
+    /// An argument: no NUL, and the entry's arguments within [`ARGUMENT_BYTES_MAX`].
+    fn argument(&mut self, node: &SNode, key: &str, s: &str) -> Option<String> {
+        let s = self.no_nul(node, key, s)?;
+        self.argument_bytes += s.len();
+        if self.argument_bytes > ARGUMENT_BYTES_MAX {
+            self.problem(
+                node,
+                format!(
+                    "the arguments of this entry add up to more than {ARGUMENT_BYTES_MAX} bytes"
+                ),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
     fn no_nul(&mut self, node: &SNode, key: &str, s: &str) -> Option<String> {
         if s.contains('\0') {
             self.problem(
@@ -469,8 +492,11 @@ impl Checker<'_> {
         let mut out = Vec::new();
         for item in items {
             match &item.value {
-                Node::Str(s) => out.extend(self.no_nul(item, key, s)),
-                Node::Number(n) => out.push(self.as_written(item).unwrap_or(n).to_owned()),
+                Node::Str(s) => out.extend(self.argument(item, key, s)),
+                Node::Number(n) => {
+                    let written = self.as_written(item).unwrap_or(n).to_owned();
+                    out.extend(self.argument(item, key, &written));
+                }
                 Node::Bool(b) => self.problem(
                     item,
                     format!("items of {key:?} must be strings, found a boolean (write \"{b}\" in quotes)"),
@@ -486,6 +512,7 @@ fn validate_entry(text: &str, node: &SNode) -> Item {
     let mut c = Checker {
         text,
         problems: vec![],
+        argument_bytes: 0,
     };
     let entry_pos = pos(&node.referenced);
     if !matches!(node.value, Node::Map(_)) {

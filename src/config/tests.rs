@@ -279,6 +279,19 @@ fn a_broken_entry_does_not_hide_the_others() {
 }
 
 #[test]
+fn an_entrys_arguments_are_bounded() {
+    let big = "x".repeat(ARGUMENT_BYTES_MAX / 2 + 1);
+    let text = format!("- name: ab\n  image: x\n  run:\n    extra_args: [{big}, {big}]\n");
+    let column = 18 + big.len() + 2;
+    assert_eq!(
+        problems(&text),
+        [format!(
+            "c.yaml:4:{column}: the arguments of this entry add up to more than {ARGUMENT_BYTES_MAX} bytes"
+        )]
+    );
+}
+
+#[test]
 fn names_follow_dockers_rule() {
     for ok in ["ab", "a1", "A.b_c-d", "0x", &"a".repeat(NAME_MAX)] {
         assert!(is_valid_name(ok), "{ok}");
