@@ -392,27 +392,12 @@ fn s2_execstart_argv_is_exactly_the_configs_arguments() {
     let _serial = scenario!();
     let s = Scenario::new();
     s.image("docker.io/test/echo:1", "echo", "echo.tar");
-    let hostile = [
-        "$HOME",
-        "${HOME}",
-        "%n",
-        "100%",
-        "say \"hi\"",
-        "it's",
-        "back\\slash",
-        "trailing\\",
-        "two words",
-        "--flag=a b",
-        ";",
-        "ünïcødé ✓",
-        "tab\there",
-        "line\nbreak",
-    ];
+    let hostile = support::HOSTILE_ARGS;
     let mut yaml =
         String::from("- name: argv\n  image: docker.io/test/echo:1\n  run:\n    extra_args:\n");
     let script = r#"for a in "$@"; do printf '<%s>\n' "$a"; done; trap 'exit 0' TERM; while :; do sleep 1; done"#;
     for arg in ["sh", "-c", script, "sh"].iter().chain(hostile.iter()) {
-        yaml.push_str(&format!("      - {}\n", yaml_quote(arg)));
+        yaml.push_str(&format!("      - {}\n", support::yaml_quote(arg)));
     }
     s.config(&yaml);
     let m = s.boot();
@@ -696,22 +681,6 @@ fn s8_preload_dir_on_a_late_mounted_file_system_still_starts() {
             .contains("changed since the generator ran")
     );
     m.poweroff();
-}
-
-/// A YAML double-quoted scalar.
-fn yaml_quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// argv of the first command in busctl's JSON for an ExecStart property.

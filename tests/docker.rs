@@ -395,25 +395,12 @@ fn generated_unit_commands_deliver_exact_argv() {
         &[],
         &s.archive("echo.tar.zst"),
     );
-    let hostile = [
-        "$HOME",
-        "${HOME}",
-        "%n",
-        "100%",
-        "say \"hi\"",
-        "it's",
-        "back\\slash",
-        "two words",
-        "--flag=a b",
-        ";",
-        "ünïcødé ✓",
-        "line\nbreak",
-    ];
+    let hostile = support::HOSTILE_ARGS;
     let mut config = String::from(
         "- name: echo-test\n  image: docker.io/test/echo:1\n  run:\n    extra_args:\n      - sh\n      - -c\n      - 'for a in \"$@\"; do printf \"<%s>\\n\" \"$a\"; done'\n      - sh\n",
     );
     for arg in hostile {
-        config.push_str(&format!("      - {}\n", serde_json_like(arg)));
+        config.push_str(&format!("      - {}\n", support::yaml_quote(arg)));
     }
     let root = s.engine.dir.path().join("root");
     let cfg = root.join("var/lib/atomic/preload/config.yaml");
@@ -463,21 +450,6 @@ fn generated_unit_commands_deliver_exact_argv() {
     }
     let expected: String = hostile.iter().map(|a| format!("<{a}>\n")).collect();
     assert_eq!(last, expected);
-}
-
-/// A YAML double-quoted scalar for any string.
-fn serde_json_like(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Units starting together load under one lock: both succeed, the archive is loaded once,

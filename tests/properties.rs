@@ -3,11 +3,14 @@
 //! (`unit_check`), and every argument in the config reaches the rendered command lines
 //! byte for byte. The same oracle drives the cargo-fuzz target in `fuzz/`.
 
+mod support;
+
 use atomic_preload::config::{self, Named};
 use atomic_preload::plan::{self, Settings, Unit};
 use atomic_preload::{render, unit_check};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngSeed};
+use support::{yaml_list, yaml_quote};
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -44,23 +47,6 @@ fn hostile_string() -> impl Strategy<Value = String> {
         any::<char>().prop_map(String::from),
     ];
     prop::collection::vec(pieces, 0..6).prop_map(|v| v.concat())
-}
-
-/// A YAML double-quoted scalar for any string (NUL included, as `\0`).
-fn yaml_quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' || c == '\u{feff}' => {
-                out.push_str(&format!("\\U{:08x}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[derive(Debug, Clone)]
@@ -105,34 +91,17 @@ fn to_yaml(entries: &[EntrySpec]) -> String {
             y.push_str("  imgae: x\n");
         }
         if let Some((sets, args)) = &e.install {
-            y.push_str("  install:\n    setvalues: [");
-            y.push_str(
-                &sets
-                    .iter()
-                    .map(|s| yaml_quote(s))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            );
-            y.push_str("]\n    extra_args: [");
-            y.push_str(
-                &args
-                    .iter()
-                    .map(|s| yaml_quote(s))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            );
-            y.push_str("]\n");
+            y.push_str(&format!(
+                "  install:\n    setvalues: {}\n    extra_args: {}\n",
+                yaml_list(sets),
+                yaml_list(args)
+            ));
         }
         if let Some((spc, args)) = &e.run {
-            y.push_str(&format!("  run:\n    spc: {spc}\n    extra_args: ["));
-            y.push_str(
-                &args
-                    .iter()
-                    .map(|s| yaml_quote(s))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            );
-            y.push_str("]\n");
+            y.push_str(&format!(
+                "  run:\n    spc: {spc}\n    extra_args: {}\n",
+                yaml_list(args)
+            ));
         }
     }
     y

@@ -200,6 +200,20 @@ impl Engine {
     /// Build an image from busybox with Dockerfile `changes` (LABEL, CMD) and a marker
     /// file whose content makes the image ID differ per `marker`; save it to `archive`.
     pub fn build_archive(&self, tag: &str, marker: &str, changes: &[String], archive: &Path) {
+        self.build(tag, changes, &[("marker", marker.as_bytes())], archive);
+    }
+
+    /// Like `build_archive`, with `file`'s bytes added to the image as /payload.
+    pub fn build_archive_with_file(&self, tag: &str, file: &Path, archive: &Path) {
+        self.build(
+            tag,
+            &[],
+            &[("payload", &std::fs::read(file).unwrap())],
+            archive,
+        );
+    }
+
+    fn build(&self, tag: &str, changes: &[String], files: &[(&str, &[u8])], archive: &Path) {
         let ctx = self
             .dir
             .path()
@@ -210,7 +224,9 @@ impl Engine {
         for applet in ["sh", "echo", "sleep", "cat", "printf", "true"] {
             std::os::unix::fs::symlink("busybox", ctx.join("bin").join(applet)).unwrap();
         }
-        std::fs::write(ctx.join("marker"), marker).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(ctx.join(name), bytes).unwrap();
+        }
         let tar = self.dir.path().join("rootfs.tar");
         let status = Command::new("tar")
             .arg("-C")
@@ -231,30 +247,6 @@ impl Engine {
         self.ok(&["save", "-o", plain.to_str().unwrap(), tag]);
         self.ok(&["rmi", tag]);
         compress(&plain, archive);
-    }
-}
-
-impl Engine {
-    /// Like `build_archive`, with `file` added to the image as /payload.
-    pub fn build_archive_with_file(&self, tag: &str, file: &Path, archive: &Path) {
-        let ctx = self.dir.path().join("rootfs-payload");
-        let _ = std::fs::remove_dir_all(&ctx);
-        std::fs::create_dir_all(ctx.join("bin")).unwrap();
-        std::fs::copy(BUSYBOX, ctx.join("bin/busybox")).unwrap();
-        std::fs::copy(file, ctx.join("payload")).unwrap();
-        let tar = self.dir.path().join("rootfs.tar");
-        let status = Command::new("tar")
-            .arg("-C")
-            .arg(&ctx)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(status.success());
-        self.ok(&["import", tar.to_str().unwrap(), tag]);
-        self.ok(&["save", "-o", archive.to_str().unwrap(), tag]);
-        self.ok(&["rmi", tag]);
     }
 }
 
@@ -307,4 +299,51 @@ impl Drop for Engine {
 /// The helper binary under test.
 pub fn helper() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_atomic-preload"))
+}
+
+/// Arguments systemd would otherwise expand, split or misread.
+pub const HOSTILE_ARGS: &[&str] = &[
+    "$HOME",
+    "${HOME}",
+    "%n",
+    "100%",
+    "say \"hi\"",
+    "it's",
+    "back\\slash",
+    "trailing\\",
+    "two words",
+    "--flag=a b",
+    ";",
+    "ünïcødé ✓",
+    "tab\there",
+    "line\nbreak",
+];
+
+/// A YAML double-quoted scalar for any string (control characters as `\U` escapes).
+pub fn yaml_quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' || c == '\u{feff}' => {
+                out.push_str(&format!("\\U{:08x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A YAML flow list of quoted strings.
+pub fn yaml_list(items: &[String]) -> String {
+    format!(
+        "[{}]",
+        items
+            .iter()
+            .map(|s| yaml_quote(s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
