@@ -10,6 +10,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod support;
+
 #[derive(Debug, PartialEq, Eq)]
 enum Node {
     Dir,
@@ -201,90 +203,18 @@ fn golden_command_lines_parse_back() {
     }
 }
 
-/// The static units with the install-time paths filled in, as `make install` does.
-fn static_units() -> Vec<(String, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("units");
-    let mut units: Vec<(String, String)> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .map(|p| {
-            let text = fs::read_to_string(&p)
-                .unwrap()
-                .replace("@BINDIR@", "/usr/bin");
-            (p.file_name().unwrap().to_string_lossy().into_owned(), text)
-        })
-        .collect();
-    units.sort();
-    units
-}
-
-/// `systemd-analyze verify` in a fake root: the host's unit directory (for targets it
-/// names), our static units, a docker.service stand-in, stub executables, and the
-/// generated tree as generator output. Any message about a unit fails the test, since
-/// verify exits 0 on warnings.
+/// `systemd-analyze verify` (see `support::VerifyRoot`) on every golden tree, with our
+/// static units. Any message about a unit fails the test, since verify exits 0 on warnings.
 #[test]
 fn golden_units_pass_systemd_analyze_verify() {
-    let root = tempfile::tempdir().unwrap();
-    let r = root.path();
-    let unit_dir = r.join("usr/lib/systemd/system");
-    fs::create_dir_all(&unit_dir).unwrap();
-    let host_units = Path::new("/usr/lib/systemd/system");
-    assert!(
-        host_units.is_dir(),
-        "systemd is not installed on this machine"
-    );
-    copy_tree(host_units, &unit_dir);
-    for (name, text) in static_units() {
-        fs::write(unit_dir.join(name), text).unwrap();
-    }
-    fs::create_dir_all(r.join("etc/systemd/system")).unwrap();
-    fs::write(
-        r.join("etc/systemd/system/docker.service"),
-        "[Unit]\nDescription=Docker stand-in\n[Service]\nExecStart=/usr/bin/dockerd\n",
-    )
-    .unwrap();
-    fs::create_dir_all(r.join("usr/bin")).unwrap();
-    for exe in [
-        "usr/bin/atomic-preload",
-        "usr/bin/docker",
-        "usr/bin/dockerd",
-    ] {
-        fs::write(r.join(exe), "#!/bin/sh\n").unwrap();
-        fs::set_permissions(
-            r.join(exe),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
-    }
-
+    let root = support::VerifyRoot::new();
     let mut checked = 0;
     let mut failures = Vec::new();
     for case in cases() {
-        // The runtime unit directory: always searched, also with --generators=no.
-        let gen_dir = r.join("run/systemd/system");
-        let _ = fs::remove_dir_all(&gen_dir);
-        fs::create_dir_all(&gen_dir).unwrap();
-        copy_tree(&case.join("expected"), &gen_dir);
-        let mut units: Vec<String> = fs::read_dir(&gen_dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".service"))
-            .collect();
-        units.sort();
-        units.extend(static_units().into_iter().map(|(n, _)| n));
-        let out = Command::new("systemd-analyze")
-            .args(["verify", "--man=no", "--generators=no"])
-            .arg(format!("--root={}", r.display()))
-            .args(&units)
-            .env("SYSTEMD_LOG_COLOR", "0")
-            .output()
-            .expect("systemd-analyze");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() || !text.trim().is_empty() {
-            failures.push(format!("{}: {units:?}\n{text}", case.display()));
+        match root.verify_tree(&case.join("expected")) {
+            Ok(n) => checked += n,
+            Err(text) => failures.push(format!("{}: {text}", case.display())),
         }
-        checked += units.len();
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(checked > 20, "verified only {checked} units");
