@@ -19,6 +19,16 @@ fn generator(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// A fake root (for `--root`) whose config.yaml is `config`; the root is `<dir>/root`.
+fn root_with_config(config: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let cfg = root.join("var/lib/atomic/preload/config.yaml");
+    fs::create_dir_all(cfg.parent().unwrap()).unwrap();
+    fs::write(&cfg, config).unwrap();
+    (dir, root)
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -133,11 +143,7 @@ fn generator_refuses_paths_units_cannot_carry() {
 
 #[test]
 fn output_dir_entries_in_the_way_are_replaced_never_followed() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    let cfg = root.join("var/lib/atomic/preload/config.yaml");
-    fs::create_dir_all(cfg.parent().unwrap()).unwrap();
-    fs::write(&cfg, "- {name: web, image: x, run: {}}\n").unwrap();
+    let (dir, root) = root_with_config("- {name: web, image: x, run: {}}\n");
     let out_dir = dir.path().join("out");
     fs::create_dir_all(&out_dir).unwrap();
     let victim = dir.path().join("victim");
@@ -193,11 +199,7 @@ fn every_command_has_help() {
 
 #[test]
 fn a_symlinked_wants_dir_pointing_outside_is_refused_not_followed() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    let cfg = root.join("var/lib/atomic/preload/config.yaml");
-    fs::create_dir_all(cfg.parent().unwrap()).unwrap();
-    fs::write(&cfg, "- {name: web, image: x, run: {}}\n").unwrap();
+    let (dir, root) = root_with_config("- {name: web, image: x, run: {}}\n");
     let out_dir = dir.path().join("out");
     let outside = dir.path().join("outside");
     fs::create_dir_all(&out_dir).unwrap();

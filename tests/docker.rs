@@ -32,8 +32,8 @@ impl Setup {
         self.preload.join("docker").join(name)
     }
 
-    /// `atomic-preload SUBCOMMAND …` with this engine and state dir.
-    fn helper(&self, subcommand: &str, args: &[&str]) -> Output {
+    /// `atomic-preload SUBCOMMAND …` with this engine and state dir, not started yet.
+    fn command(&self, subcommand: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(helper());
         cmd.arg(subcommand);
         if subcommand == "load" {
@@ -44,7 +44,13 @@ impl Setup {
             .arg("--docker")
             .arg("docker")
             .args(args);
-        cmd.env("DOCKER_HOST", &self.engine.host).output().unwrap()
+        cmd.env("DOCKER_HOST", &self.engine.host);
+        cmd
+    }
+
+    /// Run `atomic-preload SUBCOMMAND …` to completion.
+    fn helper(&self, subcommand: &str, args: &[&str]) -> Output {
+        self.command(subcommand, args).output().unwrap()
     }
 }
 
@@ -464,13 +470,7 @@ fn concurrent_loads_take_turns() {
         .build_archive("test/c:1", "c", &[], &s.archive("c.tar.gz"));
     let t0 = s.engine.now();
     let spawn = || {
-        Command::new(helper())
-            .args(["load", "--preload-dir"])
-            .arg(&s.preload)
-            .arg("--state-dir")
-            .arg(&s.state)
-            .args(["--docker", "docker", "--image", "test/c:1"])
-            .env("DOCKER_HOST", &s.engine.host)
+        s.command("load", &["--image", "test/c:1"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -516,13 +516,8 @@ fn killed_load_is_repaired_by_the_next_start() {
     for delay_ms in [30, 150, 400] {
         let _ = s.engine.docker(&["rmi", "test/big:1"]);
         let _ = fs::remove_file(s.state.join("loaded/docker/big.tar"));
-        let mut child = Command::new(helper())
-            .args(["load", "--preload-dir"])
-            .arg(&s.preload)
-            .arg("--state-dir")
-            .arg(&s.state)
-            .args(["--docker", "docker", "--image", "test/big:1"])
-            .env("DOCKER_HOST", &s.engine.host)
+        let mut child = s
+            .command("load", &["--image", "test/big:1"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
