@@ -136,8 +136,7 @@ pub fn run(options: &Options, log: &mut Logger, stdout: &mut dyn io::Write) -> O
         config_problems: problems.len(),
         ..Outcome::default()
     };
-    let source = options.config_file.as_deref().unwrap_or(paths::CONFIG_FILE);
-    for problem in plan::capped(problems.into_iter(), source) {
+    for problem in plan::capped(problems.into_iter(), &plan.source) {
         log.log(Level::Warning, &problem);
     }
     let dir = match (&options.output_dir, options.dry_run) {
