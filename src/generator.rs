@@ -4,7 +4,7 @@
 use crate::config::{self, Position, Problem};
 use crate::log::{Level, Logger};
 use crate::plan::{self, Plan, Settings};
-use crate::{paths, render, write};
+use crate::{render, write};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -99,15 +99,10 @@ fn check_host_path(what: &str, path: &str) -> Result<(), String> {
 /// failing units) and the problems as `FILE:LINE:COL: message` lines, for logging.
 /// `Err` when an option is unusable.
 pub fn plan_for(options: &Options) -> Result<(Plan, Vec<String>), String> {
+    let defaults = Settings::default();
     let settings = Settings {
-        config_file: options
-            .config_file
-            .clone()
-            .unwrap_or_else(|| paths::CONFIG_FILE.into()),
-        preload_dir: options
-            .preload_dir
-            .clone()
-            .unwrap_or_else(|| paths::PRELOAD_DIR.into()),
+        config_file: options.config_file.clone().unwrap_or(defaults.config_file),
+        preload_dir: options.preload_dir.clone().unwrap_or(defaults.preload_dir),
         selinux: in_root(&options.root, "/sys/fs/selinux").is_dir(),
     };
     check_host_path("--config", &settings.config_file)?;
@@ -187,10 +182,10 @@ pub fn run(options: &Options, log: &mut Logger, stdout: &mut dyn io::Write) -> O
     outcome.units = written.len();
     let Some(dir) = dir else { return outcome };
     // Link only what exists: a dangling wants/ link would hide the failure.
-    let links = plan.symlinks.iter().filter(|link| {
-        let generated = link.target.strip_prefix("../");
-        generated.is_none_or(|name| written.contains(name))
-    });
+    let links = plan
+        .symlinks
+        .iter()
+        .filter(|link| !link.generated || written.contains(link.link.as_str()));
     if let Err(errors) = write::write_symlinks(dir, links) {
         for err in &errors {
             log.log(Level::Error, &format!("cannot write {err}"));

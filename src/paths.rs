@@ -42,3 +42,9 @@ pub fn helper() -> String {
 pub fn container_unit(name: &str) -> String {
     format!("preload-{name}.service")
 }
+
+/// Whether a unit file name is one the generator writes (it writes nothing else but
+/// symlinks): a container's unit or the config-problems unit.
+pub fn is_generated_unit(name: &str) -> bool {
+    (name.starts_with("preload-") && name.ends_with(".service")) || name == CONFIG_ERROR_UNIT
+}

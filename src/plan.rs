@@ -95,6 +95,9 @@ pub struct Symlink {
     pub dir: String,
     pub link: String,
     pub target: String,
+    /// The link enables a unit this plan generates (`link` is its name), rather than
+    /// one of our static units.
+    pub generated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,6 +275,7 @@ pub fn plan(config: &Effective, settings: &Settings) -> Plan {
         dir: dir.into(),
         link: unit.into(),
         target: format!("{}/{unit}", paths::SYSTEM_UNIT_DIR),
+        generated: false,
     };
     let enable = [
         // Started at boot...
@@ -291,6 +295,7 @@ pub fn plan(config: &Effective, settings: &Settings) -> Plan {
             dir: target_wants.clone(),
             link: unit.name().into(),
             target: format!("../{}", unit.name()),
+            generated: true,
         }))
         .collect();
     Plan {

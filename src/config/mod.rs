@@ -316,7 +316,8 @@ pub fn is_archive_name(name: &str) -> bool {
         .any(|s| name.len() > s.len() && name.ends_with(s))
 }
 
-fn archive_problem(name: &str) -> Option<String> {
+/// Why `name` is not an archive file name we load, if it is not.
+pub fn archive_problem(name: &str) -> Option<String> {
     if name.contains('/') || name == "." || name == ".." {
         return Some(format!(
             "\"archive\" must be a file name inside the docker/ directory, not a path: {name:?}"

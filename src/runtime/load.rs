@@ -11,7 +11,7 @@ use super::RuntimeError;
 use super::docker::Engine;
 use super::marks::{self, Mark, Marks};
 use crate::cli::LoadArgs;
-use crate::config::is_archive_name;
+use crate::config::{archive_problem, is_archive_name};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
@@ -193,12 +193,10 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
 
     let named = !args.archive.is_empty();
     let names = if named {
+        // The config was validated, but the units can be edited by hand.
         for name in &args.archive {
-            if name.contains('/') || !is_archive_name(name) {
-                return Err(RuntimeError::Usage(format!(
-                    "--archive takes a file name in {}: {name:?}",
-                    dir.display()
-                )));
+            if let Some(problem) = archive_problem(name) {
+                return Err(RuntimeError::Usage(format!("--archive: {problem}")));
             }
         }
         args.archive.clone()

@@ -31,11 +31,6 @@ impl Changes {
     }
 }
 
-/// Unit files the generator owns (it writes nothing else but symlinks).
-fn is_generated(name: &str) -> bool {
-    (name.starts_with("preload-") && name.ends_with(".service")) || name == paths::CONFIG_ERROR_UNIT
-}
-
 pub fn diff(wanted: &BTreeMap<String, String>, current: &BTreeMap<String, String>) -> Changes {
     let mut changes = Changes::default();
     for (name, text) in wanted {
@@ -86,7 +81,7 @@ fn current_units(args: &RefreshArgs) -> Result<BTreeMap<String, String>, Runtime
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        if is_generated(&name) {
+        if paths::is_generated_unit(&name) {
             let path = entry.path();
             let text = std::fs::read_to_string(&path)
                 .map_err(|source| RuntimeError::Io { path, source })?;
@@ -175,10 +170,10 @@ mod tests {
 
     #[test]
     fn only_generated_unit_files_count() {
-        assert!(is_generated("preload-web.service"));
-        assert!(is_generated("atomic-preload-config.service"));
-        assert!(!is_generated("atomic-preload.target"));
-        assert!(!is_generated("other-generator.service"));
-        assert!(!is_generated("preload-web.service.d"));
+        assert!(paths::is_generated_unit("preload-web.service"));
+        assert!(paths::is_generated_unit("atomic-preload-config.service"));
+        assert!(!paths::is_generated_unit("atomic-preload.target"));
+        assert!(!paths::is_generated_unit("other-generator.service"));
+        assert!(!paths::is_generated_unit("preload-web.service.d"));
     }
 }
