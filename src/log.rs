@@ -8,7 +8,6 @@ use std::io::Write;
 pub enum Level {
     Error = 3,
     Warning = 4,
-    Info = 6,
 }
 
 pub struct Logger {

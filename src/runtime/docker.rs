@@ -17,7 +17,8 @@ pub struct ImageInfo {
     pub install_label: String,
 }
 
-fn first_line(bytes: &[u8]) -> String {
+/// The last line of what docker printed: its own error message, after any progress.
+fn last_line(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
         .trim()
         .lines()
@@ -53,7 +54,7 @@ impl Engine {
     pub fn ping(&self) -> Result<(), RuntimeError> {
         let out = self.output(&["version", "--format", "{{.Server.Version}}"])?;
         if !out.status.success() || out.stdout.trim_ascii().is_empty() {
-            return Err(RuntimeError::EngineUnreachable(first_line(&out.stderr)));
+            return Err(RuntimeError::EngineUnreachable(last_line(&out.stderr)));
         }
         Ok(())
     }
@@ -63,7 +64,7 @@ impl Engine {
         let format = r#"{{.Id}}{{"\n"}}{{with .Config.Labels}}{{index . "INSTALL"}}{{end}}"#;
         let out = self.output(&["image", "inspect", "--format", format, "--", image])?;
         if !out.status.success() {
-            let err = first_line(&out.stderr);
+            let err = last_line(&out.stderr);
             if err.to_ascii_lowercase().contains("no such image") {
                 return Ok(None);
             }
@@ -116,7 +117,7 @@ impl Engine {
         if !out.status.success() {
             return Err(RuntimeError::Docker {
                 what: "docker load".into(),
-                message: first_line(&out.stderr),
+                message: last_line(&out.stderr),
             });
         }
         // A read error on our side is the archive's fault even if docker took what it got.
