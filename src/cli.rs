@@ -73,6 +73,18 @@ pub enum HelperCommand {
     /// Apply a config.yaml changed after the generator ran: reload systemd, start new
     /// units, restart changed ones, stop removed ones.
     Refresh(RefreshArgs),
+    /// Check a system image out of an archive in ostree/ and install it as atomic
+    /// install --system did: a runc container unit NAME.service, tmpfiles, host files.
+    /// Nothing is redone while the image ID and values are unchanged.
+    InstallSystem(InstallSystemArgs),
+    /// Start a system container's NAME.service; a freshly updated one that fails to start
+    /// is rolled back to its previous deployment.
+    StartSystem(StartSystemArgs),
+    /// Switch a system container back to its other deployment (NAME.0 / NAME.1).
+    Rollback(SystemNameArgs),
+    /// Remove a system container: stop it, remove its unit, tmpfiles, unmodified host
+    /// files and both deployments.
+    Uninstall(SystemNameArgs),
     /// Print config problems to stderr and fail (used by units that report them).
     ConfigError {
         /// The problems, one line each.
@@ -141,4 +153,74 @@ pub struct RefreshArgs {
     /// The systemctl to call.
     #[arg(long, value_name = "PATH", default_value = "systemctl")]
     pub systemctl: PathBuf,
+}
+
+/// Where a system container's pieces go; every one can be moved for tests and image builds.
+#[derive(Debug, Clone, Args)]
+pub struct SystemPaths {
+    /// Deployments NAME.0, NAME.1 and the NAME symlink to the active one.
+    #[arg(long, value_name = "DIR", default_value = paths::CHECKOUT_DIR)]
+    pub checkout_dir: PathBuf,
+    /// Where NAME.service is installed.
+    #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+    pub unit_dir: PathBuf,
+    /// Where NAME.conf (tmpfiles) is installed.
+    #[arg(long, value_name = "DIR", default_value = "/etc/tmpfiles.d")]
+    pub tmpfiles_dir: PathBuf,
+    /// Host files from the image's /exports/hostfs are copied below this directory.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub host_root: PathBuf,
+    /// The OCI runtime the container unit runs (runc or crun).
+    #[arg(long, value_name = "PATH", default_value = paths::RUNTIME)]
+    pub runtime: String,
+    /// The systemctl to call.
+    #[arg(long, value_name = "PATH", default_value = "systemctl")]
+    pub systemctl: PathBuf,
+    /// The systemd-tmpfiles to call.
+    #[arg(long, value_name = "PATH", default_value = "systemd-tmpfiles")]
+    pub systemd_tmpfiles: PathBuf,
+    /// Where archive indexes and locks are kept.
+    #[arg(long, value_name = "DIR", default_value = paths::STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InstallSystemArgs {
+    /// The directory holding the ostree/ archive directory.
+    #[arg(long, value_name = "DIR", default_value = paths::PRELOAD_DIR)]
+    pub preload_dir: PathBuf,
+    /// Container name: NAME.service, /var/lib/containers/atomic/NAME.
+    #[arg(long)]
+    pub name: String,
+    /// The image (a RepoTag in an archive) to install.
+    #[arg(long)]
+    pub image: String,
+    /// Look only in these archives (file names in ostree/). Without it, every archive there.
+    #[arg(long, value_name = "FILE")]
+    pub archive: Vec<String>,
+    /// KEY=VALUE for the image's templates (atomic's --set).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub setvalues: Vec<String>,
+    #[command(flatten)]
+    pub paths: SystemPaths,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StartSystemArgs {
+    /// The system container whose NAME.service is started.
+    #[arg(long)]
+    pub name: String,
+    /// After an update, how long NAME.service must stay up before it counts as started.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    pub settle: u64,
+    #[command(flatten)]
+    pub paths: SystemPaths,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SystemNameArgs {
+    /// The system container's name.
+    pub name: String,
+    #[command(flatten)]
+    pub paths: SystemPaths,
 }

@@ -19,7 +19,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Metadata that changes whenever the file's content can have changed.
-fn fingerprint(meta: &fs::Metadata) -> [(&'static str, String); 4] {
+pub(crate) fn fingerprint(meta: &fs::Metadata) -> [(&'static str, String); 4] {
     [
         ("inode", meta.ino().to_string()),
         ("size", meta.len().to_string()),
@@ -34,7 +34,7 @@ fn fingerprint(meta: &fs::Metadata) -> [(&'static str, String); 4] {
     ]
 }
 
-fn same_fingerprint(mark: &Mark, meta: &fs::Metadata) -> bool {
+pub(crate) fn same_fingerprint(mark: &Mark, meta: &fs::Metadata) -> bool {
     fingerprint(meta)
         .iter()
         .all(|(k, v)| mark.get(k) == Some(v.as_str()))
@@ -164,7 +164,7 @@ fn load_one(
 }
 
 /// Every archive in `dir`, by name; a missing directory has none.
-fn list_archives(dir: &Path) -> Result<Vec<String>, RuntimeError> {
+pub(crate) fn list_archives(dir: &Path) -> Result<Vec<String>, RuntimeError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),

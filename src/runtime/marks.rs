@@ -75,12 +75,17 @@ impl Marks {
 /// An exclusive lock on `state_dir/lock`, held until dropped: units starting together
 /// take turns instead of loading the same archive twice.
 pub fn lock(state_dir: &Path) -> io::Result<File> {
+    lock_file(state_dir, "lock")
+}
+
+/// An exclusive lock on `state_dir/name`, held until dropped.
+pub fn lock_file(state_dir: &Path, name: &str) -> io::Result<File> {
     fs::create_dir_all(state_dir)?;
     let file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(state_dir.join("lock"))?;
+        .open(state_dir.join(name))?;
     file.lock()?;
     Ok(file)
 }

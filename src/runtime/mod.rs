@@ -8,6 +8,7 @@ pub mod load;
 pub mod marks;
 pub mod notify;
 pub mod refresh;
+pub mod system;
 
 use std::io;
 use std::path::PathBuf;
@@ -40,6 +41,12 @@ pub enum RuntimeError {
     State(io::Error),
     #[error("{0}")]
     Usage(String),
+    /// A system image that cannot be installed as it is (bad archive, template, config).
+    #[error("{0}")]
+    SystemImage(String),
+    /// Anything else that went wrong installing a system container (retried).
+    #[error("{0}")]
+    System(String),
     #[error("{0} failed ({1})")]
     Systemctl(String, String),
 }
@@ -58,7 +65,8 @@ impl RuntimeError {
             | RuntimeError::LoadFailures(_)
             | RuntimeError::ImageMissing(_)
             | RuntimeError::Label(_)
-            | RuntimeError::Usage(_) => EXIT_PERMANENT,
+            | RuntimeError::Usage(_)
+            | RuntimeError::SystemImage(_) => EXIT_PERMANENT,
             _ => 1,
         }
     }

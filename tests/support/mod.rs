@@ -6,6 +6,8 @@
 //! `docker import`, never pulled.
 #![allow(dead_code)]
 
+pub mod sysimage;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -251,7 +253,7 @@ impl Engine {
 }
 
 /// `plain` (a tar) → `archive`, compressed as its name says.
-fn compress(plain: &Path, archive: &Path) {
+pub fn compress(plain: &Path, archive: &Path) {
     let name = archive.file_name().unwrap().to_string_lossy().into_owned();
     let tool: Option<&[&str]> = [
         (".tar.gz", &["gzip", "-c"][..]),

@@ -1,0 +1,323 @@
+//! docker-archive files (`docker save`, optionally compressed) read without Docker: which
+//! images one holds, and its layers for a checkout.
+//!
+//! The outer archive is never unpacked by path: its regular files are spooled into a
+//! scratch directory under numbered names and looked up through a table, so member names
+//! cannot place anything anywhere.
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// `manifest.json` at the top of a docker-archive: one item per image.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ManifestItem {
+    #[serde(rename = "Config")]
+    pub config: String,
+    #[serde(rename = "RepoTags", default)]
+    pub repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Layers")]
+    pub layers: Vec<String>,
+}
+
+/// The parts of an image config we use.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImageConfig {
+    pub rootfs: RootFs,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RootFs {
+    pub diff_ids: Vec<String>,
+}
+
+/// One image an archive holds: its tags and its ID (the SHA-256 of its config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedImage {
+    pub tags: Vec<String>,
+    pub id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: not a docker-archive: {message}", path.display())]
+    Format { path: PathBuf, message: String },
+}
+
+/// JSON members larger than this are not image metadata.
+const JSON_MAX: u64 = 16 << 20;
+
+/// The archive's bytes, decompressed according to its suffix.
+pub fn open_decompressed(path: &Path) -> io::Result<Box<dyn Read>> {
+    let file = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    decompress(file, &name)
+}
+
+/// A reader that decompresses `inner` by the name's suffix (.tar is as is).
+pub fn decompress(inner: impl Read + 'static, name: &str) -> io::Result<Box<dyn Read>> {
+    Ok(if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+        Box::new(flate2::read::MultiGzDecoder::new(inner))
+    } else if name.ends_with(".tar.xz") {
+        Box::new(xz2::read::XzDecoder::new_multi_decoder(inner))
+    } else if name.ends_with(".tar.bz2") {
+        Box::new(bzip2::read::MultiBzDecoder::new(inner))
+    } else if name.ends_with(".tar.zst") {
+        Box::new(
+            ruzstd::decoding::StreamingDecoder::new(inner)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))?,
+        )
+    } else {
+        Box::new(inner)
+    })
+}
+
+/// A layer blob, decompressed by its magic bytes (docker save writes plain tars; OCI
+/// layouts and newer tools write gzip or zstd).
+pub fn layer_reader(file: File) -> io::Result<Box<dyn Read>> {
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let magic = io::BufRead::fill_buf(&mut reader)?;
+    Ok(if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(reader))
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(
+            ruzstd::decoding::StreamingDecoder::new(reader)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))?,
+        )
+    } else {
+        Box::new(reader)
+    })
+}
+
+/// Docker's reference normalization, enough to compare `image:` with RepoTags:
+/// `docker.io/library/busybox` = `busybox` = `busybox:latest`.
+pub fn normalize_reference(reference: &str) -> String {
+    let mut r = reference;
+    for prefix in ["docker.io/", "index.docker.io/"] {
+        if let Some(rest) = r.strip_prefix(prefix) {
+            r = rest;
+        }
+    }
+    let r = r.strip_prefix("library/").unwrap_or(r);
+    let last = r.rsplit('/').next().unwrap_or(r);
+    if last.contains(':') || r.contains('@') {
+        r.to_owned()
+    } else {
+        format!("{r}:latest")
+    }
+}
+
+fn format_err(path: &Path, message: impl Into<String>) -> ArchiveError {
+    ArchiveError::Format {
+        path: path.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// A member name as docker writes it, with `./` and leading `/` dropped.
+fn member_key(name: &Path) -> String {
+    let s = name.to_string_lossy();
+    s.trim_start_matches("./").trim_start_matches('/').to_owned()
+}
+
+/// A symlink member's target as a member key (relative to the link's directory).
+fn link_key(link: &str, target: &Path) -> String {
+    let mut parts: Vec<String> = link.split('/').map(String::from).collect();
+    parts.pop();
+    for c in target.to_string_lossy().split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c.to_owned()),
+        }
+    }
+    parts.join("/")
+}
+
+/// One pass over the archive: its images (tags and IDs), without keeping any layer.
+pub fn index(path: &Path) -> Result<Vec<IndexedImage>, ArchiveError> {
+    let io_err = |source| ArchiveError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let reader = open_decompressed(path).map_err(io_err)?;
+    let mut archive = tar::Archive::new(reader);
+    let mut json: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut links: HashMap<String, String> = HashMap::new();
+    for entry in archive.entries().map_err(io_err)? {
+        let mut entry = entry.map_err(io_err)?;
+        let key = member_key(&entry.path().map_err(io_err)?);
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() {
+            if let Some(target) = entry.link_name().map_err(io_err)? {
+                links.insert(key.clone(), link_key(&key, &target));
+            }
+            continue;
+        }
+        // Configs are `<hex>.json` (docker save) or `blobs/sha256/<hex>` (OCI layout).
+        let wanted = key == "manifest.json" || key.ends_with(".json") || key.starts_with("blobs/");
+        if kind.is_file() && wanted && entry.size() <= JSON_MAX {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).map_err(io_err)?;
+            if key == "manifest.json" || bytes.first() == Some(&b'{') {
+                json.insert(key, bytes);
+            }
+        }
+    }
+    // Read to the end: a truncated compressed stream fails here, not at checkout.
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(io_err)?;
+    let manifest = manifest_of(path, json.get("manifest.json"))?;
+    let mut images = Vec::new();
+    for item in manifest {
+        let key = links.get(&item.config).cloned().unwrap_or(item.config.clone());
+        let config = json
+            .get(&key)
+            .ok_or_else(|| format_err(path, format!("config {} is missing", item.config)))?;
+        images.push(IndexedImage {
+            tags: item.repo_tags.unwrap_or_default(),
+            id: format!("sha256:{}", super::layer::hex(&Sha256::digest(config))),
+        });
+    }
+    Ok(images)
+}
+
+fn manifest_of(path: &Path, bytes: Option<&Vec<u8>>) -> Result<Vec<ManifestItem>, ArchiveError> {
+    let bytes = bytes.ok_or_else(|| format_err(path, "it has no manifest.json"))?;
+    serde_json::from_slice(bytes)
+        .map_err(|e| format_err(path, format!("manifest.json: {e}")))
+}
+
+/// An archive's files, spooled for a checkout.
+pub struct Spool {
+    pub dir: PathBuf,
+    files: HashMap<String, PathBuf>,
+    links: HashMap<String, String>,
+    archive: PathBuf,
+}
+
+impl Spool {
+    /// Copy every regular member of `archive` into `dir` (which must exist and be ours).
+    pub fn create(archive: &Path, dir: &Path) -> Result<Spool, ArchiveError> {
+        let io_err = |source| ArchiveError::Io {
+            path: archive.to_owned(),
+            source,
+        };
+        let reader = open_decompressed(archive).map_err(io_err)?;
+        let mut tar = tar::Archive::new(reader);
+        let mut files = HashMap::new();
+        let mut links = HashMap::new();
+        for (n, entry) in tar.entries().map_err(io_err)?.enumerate() {
+            let mut entry = entry.map_err(io_err)?;
+            let key = member_key(&entry.path().map_err(io_err)?);
+            let kind = entry.header().entry_type();
+            if kind.is_symlink() {
+                if let Some(target) = entry.link_name().map_err(io_err)? {
+                    links.insert(key.clone(), link_key(&key, &target));
+                }
+            } else if kind.is_file() {
+                let spooled = dir.join(format!("member-{n}"));
+                let mut out = File::create(&spooled).map_err(|source| ArchiveError::Io {
+                    path: spooled.clone(),
+                    source,
+                })?;
+                io::copy(&mut entry, &mut out).map_err(io_err)?;
+                files.insert(key, spooled);
+            }
+        }
+        io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(io_err)?;
+        Ok(Spool {
+            dir: dir.to_owned(),
+            files,
+            links,
+            archive: archive.to_owned(),
+        })
+    }
+
+    /// The spooled file of a member, following the archive's own symlinks (a few hops).
+    pub fn member(&self, name: &str) -> Result<&Path, ArchiveError> {
+        let mut key = name.trim_start_matches("./").to_owned();
+        for _ in 0..8 {
+            if let Some(path) = self.files.get(&key) {
+                return Ok(path);
+            }
+            match self.links.get(&key) {
+                Some(next) => key = next.clone(),
+                None => break,
+            }
+        }
+        Err(format_err(&self.archive, format!("member {name} is missing")))
+    }
+
+    pub fn manifest(&self) -> Result<Vec<ManifestItem>, ArchiveError> {
+        let path = self.member("manifest.json")?;
+        let bytes = std::fs::read(path).map_err(|source| ArchiveError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        manifest_of(&self.archive, Some(&bytes))
+    }
+
+    /// The manifest item and config of the image tagged `reference`.
+    pub fn image(&self, reference: &str) -> Result<(ManifestItem, ImageConfig, String), ArchiveError> {
+        let wanted = normalize_reference(reference);
+        let item = self
+            .manifest()?
+            .into_iter()
+            .find(|i| {
+                i.repo_tags
+                    .iter()
+                    .flatten()
+                    .any(|t| normalize_reference(t) == wanted)
+            })
+            .ok_or_else(|| format_err(&self.archive, format!("it has no image {reference}")))?;
+        let path = self.member(&item.config)?;
+        let bytes = std::fs::read(path).map_err(|source| ArchiveError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: ImageConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| format_err(&self.archive, format!("image config: {e}")))?;
+        if config.rootfs.diff_ids.len() != item.layers.len() {
+            return Err(format_err(
+                &self.archive,
+                format!(
+                    "the image has {} layers but its config lists {} diff_ids",
+                    item.layers.len(),
+                    config.rootfs.diff_ids.len()
+                ),
+            ));
+        }
+        let id = format!("sha256:{}", super::layer::hex(&Sha256::digest(&bytes)));
+        Ok((item, config, id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_compare_as_docker_does() {
+        for (a, b) in [
+            ("docker.io/busybox", "busybox:latest"),
+            ("docker.io/library/busybox:1", "busybox:1"),
+            ("docker.io/gscrivano/etcd", "gscrivano/etcd:latest"),
+            ("localhost:5000/x", "localhost:5000/x:latest"),
+        ] {
+            assert_eq!(normalize_reference(a), normalize_reference(b), "{a} {b}");
+        }
+        assert_ne!(normalize_reference("a/etcd"), normalize_reference("b/etcd"));
+    }
+
+    #[test]
+    fn link_keys_resolve_relative_to_the_link() {
+        assert_eq!(link_key("abc/layer.tar", Path::new("../def/layer.tar")), "def/layer.tar");
+    }
+}

@@ -1,0 +1,905 @@
+//! Install, start, roll back and uninstall a system container (see the module above).
+
+use super::archive::{self, IndexedImage, Spool, normalize_reference};
+use super::hostfiles::{self, Installed};
+use super::layer::{self, LayerError};
+use super::rootfs::Root;
+use super::template::{self, TemplateError};
+use super::values::{self, Facts, Values};
+use crate::cli::{InstallSystemArgs, StartSystemArgs, SystemNameArgs, SystemPaths};
+use crate::config::{archive_problem, is_valid_name};
+use crate::paths;
+use crate::runtime::RuntimeError;
+use crate::runtime::load::{fingerprint, list_archives, same_fingerprint};
+use crate::runtime::marks::{self, Mark, Marks};
+use crate::runtime::notify;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// atomic's unit template for images that ship none.
+const DEFAULT_SERVICE_TEMPLATE: &str = "
+[Unit]
+Description=$NAME
+
+[Service]
+ExecStartPre=$EXEC_STARTPRE
+ExecStart=$EXEC_START
+ExecStop=$EXEC_STOP
+ExecStopPost=$EXEC_STOPPOST
+Restart=on-failure
+WorkingDirectory=$DESTDIR
+PIDFile=$PIDFILE
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// The deployment's `info` record: atomic's keys, plus what we need to decide "nothing
+/// to do" (`setvalues`) and "was this update seen running" (`verified`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Info {
+    pub image: String,
+    /// The image ID (`sha256:` of its config), atomic's "revision".
+    pub revision: String,
+    pub created: u64,
+    pub values: Values,
+    #[serde(default)]
+    pub setvalues: Vec<String>,
+    #[serde(rename = "has-container-service", default = "yes")]
+    pub has_container_service: bool,
+    #[serde(rename = "installed-files", default)]
+    pub installed_files: Vec<String>,
+    #[serde(rename = "installed-files-checksum", default)]
+    pub installed_files_checksum: Installed,
+    #[serde(rename = "installed-files-template", default)]
+    pub installed_files_template: Vec<String>,
+    #[serde(rename = "rename-installed-files", default)]
+    pub rename_installed_files: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remote: Option<String>,
+    #[serde(default)]
+    pub runtime: String,
+    /// The archive the image came from, for `atomic-preload status` and the journal.
+    #[serde(default)]
+    pub archive: String,
+    /// False for an update until its service was seen running: `start-system` rolls an
+    /// unverified deployment back when it fails.
+    #[serde(default = "yes")]
+    pub verified: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn image_err(message: impl Into<String>) -> RuntimeError {
+    RuntimeError::SystemImage(message.into())
+}
+
+/// Where one container's pieces are.
+struct Layout<'a> {
+    paths: &'a SystemPaths,
+    name: &'a str,
+}
+
+impl Layout<'_> {
+    fn link(&self) -> PathBuf {
+        self.paths.checkout_dir.join(self.name)
+    }
+    fn slot(&self, n: u8) -> PathBuf {
+        self.paths.checkout_dir.join(format!("{}.{n}", self.name))
+    }
+    fn unit_name(&self) -> String {
+        format!("{}.service", self.name)
+    }
+    fn unit_out(&self) -> PathBuf {
+        self.paths.unit_dir.join(self.unit_name())
+    }
+    fn tmpfiles_out(&self) -> PathBuf {
+        self.paths.tmpfiles_dir.join(format!("{}.conf", self.name))
+    }
+    /// The active deployment's slot number, from the symlink.
+    fn active_slot(&self) -> Option<u8> {
+        let target = fs::read_link(self.link()).ok()?;
+        match target.to_string_lossy().rsplit('.').next() {
+            Some("0") => Some(0),
+            Some("1") => Some(1),
+            _ => None,
+        }
+    }
+    fn read_info(&self, dir: &Path) -> Option<Info> {
+        let bytes = fs::read(dir.join("info")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+    fn active(&self) -> Option<(u8, Info)> {
+        let slot = self.active_slot()?;
+        Some((slot, self.read_info(&self.slot(slot))?))
+    }
+    fn systemctl(&self, args: &[&str]) -> Result<std::process::Output, RuntimeError> {
+        println!("systemctl {}", args.join(" "));
+        Command::new(&self.paths.systemctl)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| RuntimeError::Spawn {
+                program: self.paths.systemctl.display().to_string(),
+                source,
+            })
+    }
+    fn systemctl_ok(&self, args: &[&str]) -> Result<(), RuntimeError> {
+        let out = self.systemctl(args)?;
+        if !out.status.success() {
+            return Err(RuntimeError::Systemctl(
+                format!("systemctl {}", args.join(" ")),
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ));
+        }
+        Ok(())
+    }
+    fn is_active(&self) -> bool {
+        self.systemctl(&["is-active", "--quiet", &self.unit_name()])
+            .is_ok_and(|o| o.status.success())
+    }
+    fn tmpfiles(&self, verb: &str, file: &Path) -> Result<(), RuntimeError> {
+        println!("systemd-tmpfiles {verb} {}", file.display());
+        let status = Command::new(&self.paths.systemd_tmpfiles)
+            .arg(verb)
+            .arg(file)
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|source| RuntimeError::Spawn {
+                program: self.paths.systemd_tmpfiles.display().to_string(),
+                source,
+            })?;
+        if !status.success() {
+            return Err(RuntimeError::System(format!(
+                "systemd-tmpfiles {verb} {} failed ({status})",
+                file.display()
+            )));
+        }
+        Ok(())
+    }
+    /// Point `NAME` at `NAME.N` atomically: a new symlink renamed over the old one.
+    fn swap_link(&self, slot: u8) -> Result<(), RuntimeError> {
+        let tmp = self.paths.checkout_dir.join(format!(".{}.link.tmp", self.name));
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(self.slot(slot), &tmp).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, self.link()).map_err(io_err(&tmp))?;
+        sync_dir(&self.paths.checkout_dir);
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Write a file atomically (temp file in the same directory, fsync, rename).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let write = || -> io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(io_err(path))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> Result<(), RuntimeError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+fn parse_setvalues(setvalues: &[String]) -> Result<Vec<(String, String)>, RuntimeError> {
+    setvalues
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| RuntimeError::Usage(format!("--set {s:?}: expected KEY=VALUE")))
+        })
+        .collect()
+}
+
+/// The images an archive holds, from its index mark while the file is unchanged.
+fn indexed(marks: &Marks, dir: &Path, name: &str) -> Result<Vec<IndexedImage>, String> {
+    let path = dir.join(name);
+    let meta = fs::metadata(&path).map_err(|e| e.to_string())?;
+    if let Some(mark) = marks.read(name) {
+        if same_fingerprint(&mark, &meta) {
+            return Ok(mark
+                .0
+                .iter()
+                .filter(|(k, _)| k.starts_with("image."))
+                .map(|(_, v)| {
+                    let mut words = v.split_whitespace().map(String::from);
+                    IndexedImage {
+                        id: words.next().unwrap_or_default(),
+                        tags: words.collect(),
+                    }
+                })
+                .collect());
+        }
+    }
+    let images = archive::index(&path).map_err(|e| e.to_string())?;
+    let mut mark = Mark::default();
+    for (k, v) in fingerprint(&meta) {
+        mark.set(k, v);
+    }
+    for (i, image) in images.iter().enumerate() {
+        mark.set(&format!("image.{i}"), format!("{} {}", image.id, image.tags.join(" ")));
+    }
+    // Only what was read from an unchanged file is remembered.
+    if fs::metadata(&path).is_ok_and(|after| same_fingerprint(&mark, &after)) {
+        let _ = marks.write(name, &mark);
+    }
+    Ok(images)
+}
+
+/// The archive in ostree/ holding `image`, and the image's ID.
+fn find_image(args: &InstallSystemArgs) -> Result<(PathBuf, String), RuntimeError> {
+    let dir = args.preload_dir.join("ostree");
+    let marks =
+        Marks::new(&args.paths.state_dir, "loaded/ostree").map_err(RuntimeError::State)?;
+    let names = if args.archive.is_empty() {
+        list_archives(&dir)?
+    } else {
+        for name in &args.archive {
+            if let Some(problem) = archive_problem(name) {
+                return Err(RuntimeError::Usage(format!("--archive: {problem}")));
+            }
+        }
+        args.archive.clone()
+    };
+    let wanted = normalize_reference(&args.image);
+    let mut looked = Vec::new();
+    for name in &names {
+        match indexed(&marks, &dir, name) {
+            Ok(images) => {
+                if let Some(image) = images
+                    .iter()
+                    .find(|i| i.tags.iter().any(|t| normalize_reference(t) == wanted))
+                {
+                    return Ok((dir.join(name), image.id.clone()));
+                }
+                let tags: Vec<&str> = images.iter().flat_map(|i| &i.tags).map(String::as_str).collect();
+                looked.push(format!("{name} (holds {})", if tags.is_empty() { "no tagged image".into() } else { tags.join(", ") }));
+            }
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                looked.push(format!("{name} (unreadable: {e})"));
+            }
+        }
+    }
+    let looked = if looked.is_empty() {
+        "no archives there".to_owned()
+    } else {
+        looked.join("; ")
+    };
+    Err(RuntimeError::ImageMissing(format!(
+        "image {} is in no archive in {}: {looked}",
+        args.image,
+        dir.display()
+    )))
+}
+
+/// What a checkout produced, before anything on the host changed.
+struct Prepared {
+    image_id: String,
+    values: Values,
+    has_container_service: bool,
+    unit: Option<String>,
+    tmpfiles: Option<String>,
+    renames: BTreeMap<String, String>,
+    templates: Vec<String>,
+}
+
+fn template_err(e: TemplateError) -> RuntimeError {
+    image_err(e.to_string())
+}
+
+/// `runc spec --rootless`, made read-only and set to run `run.sh`: atomic's default.
+fn default_config(runtime: &str, dir: &Path) -> Result<Vec<u8>, RuntimeError> {
+    let out = Command::new(runtime)
+        .args(["spec", "--rootless", "--bundle"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| RuntimeError::Spawn {
+            program: runtime.to_owned(),
+            source,
+        })?;
+    let spec_path = dir.join("config.json");
+    if !out.status.success() {
+        return Err(RuntimeError::System(format!(
+            "the image has no config.json(.template) in /exports and `{runtime} spec --rootless` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let bytes = fs::read(&spec_path).map_err(io_err(&spec_path))?;
+    let mut spec: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| RuntimeError::System(format!("{runtime} spec: {e}")))?;
+    spec["root"]["readonly"] = true.into();
+    spec["root"]["path"] = "rootfs".into();
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!(["run.sh"]);
+    Ok(serde_json::to_vec_pretty(&spec).unwrap_or_default())
+}
+
+/// atomic's `_check_oci_configuration_file`: JSON, read-only `rootfs`; returns the bind
+/// mount sources missing on the host (they get tmpfiles `d` lines).
+fn check_config(bytes: &[u8], host_root: &Path) -> Result<Vec<String>, RuntimeError> {
+    let config: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| image_err(format!("config.json is not valid JSON: {e}")))?;
+    if config.as_object().is_some_and(|o| o.is_empty()) {
+        return Ok(vec![]);
+    }
+    if config["root"]["readonly"] != serde_json::Value::Bool(true) {
+        return Err(image_err(
+            "config.json: only read-only images are supported (root.readonly must be true)",
+        ));
+    }
+    if config["root"]["path"] != "rootfs" {
+        return Err(image_err("config.json: root.path must be \"rootfs\""));
+    }
+    let mut missing = Vec::new();
+    for mount in config["mounts"].as_array().into_iter().flatten() {
+        let (Some(kind), Some(source)) = (mount["type"].as_str(), mount["source"].as_str()) else {
+            continue;
+        };
+        if kind.contains("bind") && !host_root.join(source.trim_start_matches('/')).exists() {
+            missing.push(source.to_owned());
+        }
+    }
+    Ok(missing)
+}
+
+fn layer_err(i: usize, name: &str, e: LayerError) -> RuntimeError {
+    match e {
+        LayerError::Write { .. } => RuntimeError::System(format!("layer {} ({name}): {e}", i + 1)),
+        _ => image_err(format!("layer {} ({name}): {e}", i + 1)),
+    }
+}
+
+/// Check the image out into `tmp` and render its files there.
+fn checkout(
+    args: &InstallSystemArgs,
+    archive_path: &Path,
+    tmp: &Path,
+    dest: &Path,
+    setvalues: &[(String, String)],
+) -> Result<Prepared, RuntimeError> {
+    let rootfs_dir = tmp.join("rootfs");
+    let spool_dir = tmp.join(".spool");
+    for dir in [&rootfs_dir, &spool_dir] {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    println!("Extracting {} from {} to {}", args.image, archive_path.display(), dest.display());
+    let spool = Spool::create(archive_path, &spool_dir).map_err(|e| image_err(e.to_string()))?;
+    let (item, config, image_id) = spool.image(&args.image).map_err(|e| image_err(e.to_string()))?;
+    let root = Root::open(&rootfs_dir).map_err(io_err(&rootfs_dir))?;
+    for (i, layer_name) in item.layers.iter().enumerate() {
+        notify::status(&format!(
+            "checking out {} layer {} of {}",
+            args.image,
+            i + 1,
+            item.layers.len()
+        ));
+        let path = spool.member(layer_name).map_err(|e| image_err(e.to_string()))?;
+        let file = fs::File::open(path).map_err(io_err(path))?;
+        let reader = archive::layer_reader(file).map_err(|e| image_err(format!("layer {}: {e}", i + 1)))?;
+        let stats = layer::apply(&root, reader).map_err(|e| layer_err(i, layer_name, e))?;
+        let expected = &config.rootfs.diff_ids[i];
+        if &stats.diff_id != expected {
+            return Err(image_err(format!(
+                "layer {} ({layer_name}) does not match the image config: diff_id {expected} expected, {} found",
+                i + 1,
+                stats.diff_id
+            )));
+        }
+        println!(
+            "layer {}: {} files, {} directories, {} symlinks, {} hard links, {} whiteouts{}",
+            i + 1,
+            stats.files,
+            stats.dirs,
+            stats.symlinks,
+            stats.hardlinks,
+            stats.whiteouts,
+            if stats.skipped > 0 {
+                format!(", {} device nodes/FIFOs/sockets skipped", stats.skipped)
+            } else {
+                String::new()
+            }
+        );
+    }
+    fs::remove_dir_all(&spool_dir).map_err(io_err(&spool_dir))?;
+
+    let exports = Path::new("exports");
+    let read = |name: &str| root.read(&exports.join(name)).map_err(io_err(&rootfs_dir));
+    if root.dir(exports).is_err() {
+        println!("Warning: /exports directory not found. Default config files will be generated.");
+    }
+    let manifest: Option<serde_json::Value> = match read("manifest.json")? {
+        None => None,
+        Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+            image_err(format!("Invalid manifest.json file in image {}: {e}", args.image))
+        })?),
+    };
+    let facts = Facts {
+        name: &args.name,
+        image: &args.image,
+        image_id: &image_id,
+        destdir: &dest.to_string_lossy(),
+        runtime: &args.paths.runtime,
+        helper: &paths::helper(),
+        uuid: values::new_uuid(),
+        cap_last_cap: values::cap_last_cap(),
+    };
+    let values = values::amend(setvalues, manifest.as_ref(), &facts);
+    let text = |bytes: Vec<u8>, file: &str| {
+        String::from_utf8(bytes).map_err(|_| image_err(format!("{file} is not valid UTF-8")))
+    };
+
+    let config_json = if let Some(bytes) = read("config.json")? {
+        bytes
+    } else if let Some(bytes) = read("config.json.template")? {
+        let t = text(bytes, "config.json.template")?;
+        template::substitute(&t, &values, "config.json.template")
+            .map_err(template_err)?
+            .into_bytes()
+    } else {
+        default_config(&args.paths.runtime, tmp)?
+    };
+    let missing_binds = check_config(&config_json, &args.paths.host_root)?;
+    let config_path = tmp.join("config.json");
+    fs::write(&config_path, &config_json).map_err(io_err(&config_path))?;
+
+    let attr = |key: &str| manifest.as_ref().and_then(|m| m.get(key));
+    let mut renames = BTreeMap::new();
+    for (from, to) in attr("renameFiles").and_then(|r| r.as_object()).into_iter().flatten() {
+        let to = to.as_str().unwrap_or_default();
+        let to = template::substitute(to, &values, "manifest.json").map_err(template_err)?;
+        renames.insert(from.clone(), to);
+    }
+    let templates: Vec<String> = attr("installedFilesTemplate")
+        .and_then(|t| t.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    let has_container_service = attr("noContainerService") != Some(&serde_json::Value::Bool(true));
+
+    let unit = if has_container_service {
+        let t = match read("service.template")? {
+            Some(bytes) => text(bytes, "service.template")?,
+            None => DEFAULT_SERVICE_TEMPLATE.to_owned(),
+        };
+        Some(template::substitute(&t, &values, "service.template").map_err(template_err)?)
+    } else {
+        None
+    };
+    let tmpfiles = match read("tmpfiles.template")? {
+        Some(bytes) => {
+            let t = text(bytes, "tmpfiles.template")?;
+            Some(template::substitute(&t, &values, "tmpfiles.template").map_err(template_err)?)
+        }
+        None => Some(
+            missing_binds
+                .iter()
+                .map(|p| format!("d    {p}   0700 0 0 - -\n"))
+                .collect::<String>(),
+        ),
+    }
+    .filter(|t| !t.is_empty());
+    if let Some(unit) = &unit {
+        let p = tmp.join(format!("{}.service", args.name));
+        fs::write(&p, unit).map_err(io_err(&p))?;
+    }
+    if let Some(t) = &tmpfiles {
+        let p = tmp.join(format!("tmpfiles-{}.conf", args.name));
+        fs::write(&p, t).map_err(io_err(&p))?;
+    }
+    Ok(Prepared {
+        image_id,
+        values,
+        has_container_service,
+        unit,
+        tmpfiles,
+        renames,
+        templates,
+    })
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The record of an update that failed to start and was rolled back: not retried.
+fn attempt_key(image_id: &str, setvalues: &[String]) -> String {
+    format!("{image_id} {}", setvalues.join("\u{1f}"))
+}
+
+/// `atomic-preload install-system`.
+pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
+    if !is_valid_name(&args.name) {
+        return Err(RuntimeError::Usage(format!("--name {:?} is not a valid container name", args.name)));
+    }
+    let setvalues = parse_setvalues(&args.setvalues)?;
+    let _lock = marks::lock_file(&args.paths.state_dir, "lock-system").map_err(RuntimeError::State)?;
+    let layout = Layout {
+        paths: &args.paths,
+        name: &args.name,
+    };
+    let (archive_path, image_id) = find_image(args)?;
+    let current = layout.active();
+    if let Some((slot, info)) = &current {
+        if info.revision == image_id && info.setvalues == args.setvalues && info.image == args.image {
+            if info.has_container_service && !layout.unit_out().exists() {
+                // Someone removed the unit: put the deployment's copy back.
+                let copy = layout.slot(*slot).join(layout.unit_name());
+                let bytes = fs::read(&copy).map_err(io_err(&copy))?;
+                write_atomic(&layout.unit_out(), &bytes)?;
+                layout.systemctl_ok(&["daemon-reload"])?;
+            }
+            let message = format!(
+                "{} is installed from {} ({}) in {}",
+                args.name,
+                args.image,
+                image_id,
+                layout.slot(*slot).display()
+            );
+            println!("{message}");
+            notify::status(&message);
+            return Ok(());
+        }
+        let failed = Marks::new(&args.paths.state_dir, "rolled-back").map_err(RuntimeError::State)?;
+        if failed
+            .read(&args.name)
+            .is_some_and(|m| m.get("attempt") == Some(attempt_key(&image_id, &args.setvalues).as_str()))
+        {
+            let message = format!(
+                "not updating {}: {} ({image_id}) with these values failed to start before and was rolled back; {} stays on {}",
+                args.name,
+                args.image,
+                args.name,
+                layout.slot(*slot).display()
+            );
+            println!("{message}");
+            notify::status(&message);
+            return Ok(());
+        }
+    } else if layout.unit_out().exists() {
+        return Err(image_err(format!(
+            "{} exists and was not installed by atomic-preload; not overwriting it",
+            layout.unit_out().display()
+        )));
+    }
+
+    let slot = match &current {
+        Some((0, _)) => 1,
+        _ => 0,
+    };
+    let dest = layout.slot(slot);
+    let tmp = args
+        .paths
+        .checkout_dir
+        .join(format!(".{}.{slot}.tmp", args.name));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    let prepared = match checkout(args, &archive_path, &tmp, &dest, &setvalues) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+
+    // From here on the host changes. The new deployment goes in under its final name
+    // first: a crash leaves it unreferenced, and the next start builds it again.
+    if dest.exists() {
+        fs::remove_dir_all(&dest).map_err(io_err(&dest))?;
+    }
+    fs::rename(&tmp, &dest).map_err(io_err(&tmp))?;
+    sync_dir(&args.paths.checkout_dir);
+
+    let was_active = current
+        .as_ref()
+        .is_some_and(|(_, i)| i.has_container_service)
+        && layout.is_active();
+    if was_active {
+        layout.systemctl_ok(&["stop", &layout.unit_name()])?;
+    }
+    let tmpfiles_out = layout.tmpfiles_out();
+    if tmpfiles_out.exists() {
+        let _ = layout.tmpfiles("--remove", &tmpfiles_out);
+    }
+    if let Some((_, old)) = &current {
+        hostfiles::remove(&old.installed_files_checksum, &args.paths.host_root);
+    }
+    let root = Root::open(&dest.join("rootfs")).map_err(io_err(&dest))?;
+    let template_set: BTreeSet<String> = prepared.templates.iter().cloned().collect();
+    let installed = hostfiles::add(
+        &root,
+        &args.paths.host_root,
+        &template_set,
+        &prepared.renames,
+        &prepared.values,
+    )
+    .map_err(|e| match e {
+        hostfiles::HostFilesError::Template(t) => template_err(t),
+        other => RuntimeError::System(other.to_string()),
+    })?;
+    let info = Info {
+        image: args.image.clone(),
+        revision: prepared.image_id.clone(),
+        created: now(),
+        values: prepared.values.clone(),
+        setvalues: args.setvalues.clone(),
+        has_container_service: prepared.has_container_service,
+        installed_files: installed.keys().cloned().collect(),
+        installed_files_checksum: installed,
+        installed_files_template: prepared.templates.clone(),
+        rename_installed_files: prepared.renames.clone(),
+        remote: None,
+        runtime: args.paths.runtime.clone(),
+        archive: archive_path.display().to_string(),
+        verified: current.is_none(),
+    };
+    let info_json = serde_json::to_vec_pretty(&info).unwrap_or_default();
+    write_atomic(&dest.join("info"), &info_json)?;
+    match &prepared.unit {
+        Some(unit) => write_atomic(&layout.unit_out(), unit.as_bytes())?,
+        None => remove_if_present(&layout.unit_out())?,
+    }
+    match &prepared.tmpfiles {
+        Some(t) => write_atomic(&tmpfiles_out, t.as_bytes())?,
+        None => remove_if_present(&tmpfiles_out)?,
+    }
+    layout.swap_link(slot)?;
+    if !prepared.has_container_service {
+        // atomic kept no rootfs for host-files-only images.
+        let _ = fs::remove_dir_all(dest.join("rootfs"));
+    }
+    layout.systemctl_ok(&["daemon-reload"])?;
+    if prepared.tmpfiles.is_some() {
+        layout.tmpfiles("--create", &tmpfiles_out)?;
+    }
+    if was_active {
+        layout.systemctl_ok(&["start", &layout.unit_name()])?;
+    }
+    let message = format!(
+        "{} installed from {} ({}) in {}{}",
+        args.name,
+        args.image,
+        prepared.image_id,
+        dest.display(),
+        if prepared.has_container_service {
+            format!("; runs as {}", layout.unit_name())
+        } else {
+            "; host files only (noContainerService)".into()
+        }
+    );
+    println!("{message}");
+    notify::status(&message);
+    Ok(())
+}
+
+/// `atomic-preload start-system`: start NAME.service; roll a failing update back.
+pub fn start(args: &StartSystemArgs) -> Result<(), RuntimeError> {
+    let layout = Layout {
+        paths: &args.paths,
+        name: &args.name,
+    };
+    let Some((slot, info)) = layout.active() else {
+        return Err(RuntimeError::System(format!(
+            "{} is not installed (no {})",
+            args.name,
+            layout.link().display()
+        )));
+    };
+    if !info.has_container_service {
+        println!("{} has no container service (noContainerService)", args.name);
+        return Ok(());
+    }
+    let unit = layout.unit_name();
+    let started = layout.systemctl_ok(&["start", &unit]);
+    if info.verified {
+        started?;
+        notify::status(&format!("started {unit} ({} in {})", info.image, layout.slot(slot).display()));
+        return Ok(());
+    }
+    let ok = started.is_ok() && settled(&layout, Duration::from_secs(args.settle));
+    if ok {
+        let mut info = info;
+        info.verified = true;
+        let dir = layout.slot(slot);
+        write_atomic(&dir.join("info"), &serde_json::to_vec_pretty(&info).unwrap_or_default())?;
+        notify::status(&format!("started {unit} ({} in {})", info.image, dir.display()));
+        return Ok(());
+    }
+    let failed = Marks::new(&args.paths.state_dir, "rolled-back").map_err(RuntimeError::State)?;
+    let mut mark = Mark::default();
+    mark.set("attempt", attempt_key(&info.revision, &info.setvalues));
+    mark.set("image", &info.image);
+    failed.write(&args.name, &mark).map_err(RuntimeError::State)?;
+    eprintln!("{unit} failed to start from {}; rolling back", layout.slot(slot).display());
+    rollback_layout(&layout)?;
+    layout.systemctl_ok(&["start", &unit])?;
+    Err(RuntimeError::SystemImage(format!(
+        "{unit} failed to start with {} ({}) from {}; rolled back to {}, which is running",
+        info.image,
+        info.revision,
+        layout.slot(slot).display(),
+        layout.slot(1 - slot).display()
+    )))
+}
+
+/// Whether the unit stays up (not failed, not waiting to restart) for `settle`.
+fn settled(layout: &Layout<'_>, settle: Duration) -> bool {
+    let deadline = Instant::now() + settle;
+    loop {
+        let state = layout
+            .systemctl(&["show", "--value", "-p", "ActiveState,SubState", &layout.unit_name()])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mut lines = state.lines();
+        let (active, sub) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+        if active == "failed" || active == "inactive" || sub == "auto-restart" {
+            return false;
+        }
+        if Instant::now() >= deadline {
+            return active == "active";
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn rollback_layout(layout: &Layout<'_>) -> Result<(), RuntimeError> {
+    let Some((slot, current)) = layout.active() else {
+        return Err(RuntimeError::Usage(format!("{} is not installed", layout.name)));
+    };
+    let other = 1 - slot;
+    let dir = layout.slot(other);
+    let Some(mut previous) = layout.read_info(&dir) else {
+        return Err(RuntimeError::Usage(format!(
+            "cannot find a previous deployment to roll back to at {}",
+            dir.display()
+        )));
+    };
+    let unit_copy = dir.join(layout.unit_name());
+    if previous.has_container_service && !unit_copy.exists() {
+        return Err(RuntimeError::System(format!(
+            "cannot find the service file of the previous deployment; {} may be corrupted",
+            dir.display()
+        )));
+    }
+    println!("Rolling back container {} to the checkout at {}", layout.name, dir.display());
+    let was_active = current.has_container_service && layout.is_active();
+    if was_active {
+        layout.systemctl_ok(&["stop", &layout.unit_name()])?;
+    }
+    let tmpfiles_out = layout.tmpfiles_out();
+    if tmpfiles_out.exists() {
+        let _ = layout.tmpfiles("--remove", &tmpfiles_out);
+    }
+    remove_if_present(&tmpfiles_out)?;
+    match fs::read(&unit_copy) {
+        Ok(bytes) if previous.has_container_service => write_atomic(&layout.unit_out(), &bytes)?,
+        _ => remove_if_present(&layout.unit_out())?,
+    }
+    let tmpfiles_copy = dir.join(format!("tmpfiles-{}.conf", layout.name));
+    let has_tmpfiles = match fs::read(&tmpfiles_copy) {
+        Ok(bytes) => {
+            write_atomic(&tmpfiles_out, &bytes)?;
+            true
+        }
+        Err(_) => false,
+    };
+    hostfiles::remove(&current.installed_files_checksum, &layout.paths.host_root);
+    if let Ok(root) = Root::open(&dir.join("rootfs")) {
+        let templates: BTreeSet<String> = previous.installed_files_template.iter().cloned().collect();
+        match hostfiles::add(
+            &root,
+            &layout.paths.host_root,
+            &templates,
+            &previous.rename_installed_files,
+            &previous.values,
+        ) {
+            Ok(installed) => {
+                previous.installed_files = installed.keys().cloned().collect();
+                previous.installed_files_checksum = installed;
+            }
+            Err(e) => eprintln!("host files of {}: {e}", dir.display()),
+        }
+    }
+    previous.verified = true;
+    write_atomic(&dir.join("info"), &serde_json::to_vec_pretty(&previous).unwrap_or_default())?;
+    layout.swap_link(other)?;
+    layout.systemctl_ok(&["daemon-reload"])?;
+    if has_tmpfiles {
+        layout.tmpfiles("--create", &tmpfiles_out)?;
+    }
+    if was_active {
+        layout.systemctl_ok(&["start", &layout.unit_name()])?;
+    }
+    Ok(())
+}
+
+/// `atomic-preload rollback NAME`.
+pub fn rollback(args: &SystemNameArgs) -> Result<(), RuntimeError> {
+    let _lock = marks::lock_file(&args.paths.state_dir, "lock-system").map_err(RuntimeError::State)?;
+    rollback_layout(&Layout {
+        paths: &args.paths,
+        name: &args.name,
+    })
+}
+
+/// `atomic-preload uninstall NAME`.
+pub fn uninstall(args: &SystemNameArgs) -> Result<(), RuntimeError> {
+    let _lock = marks::lock_file(&args.paths.state_dir, "lock-system").map_err(RuntimeError::State)?;
+    let layout = Layout {
+        paths: &args.paths,
+        name: &args.name,
+    };
+    let link = layout.link();
+    if fs::symlink_metadata(&link).is_err() {
+        println!("{} is not installed as a system container", args.name);
+        return Ok(());
+    }
+    let info = layout.active().map(|(_, i)| i);
+    if info.as_ref().is_none_or(|i| i.has_container_service) {
+        let _ = layout.systemctl(&["disable", "--now", &layout.unit_name()]);
+    }
+    // The unit goes first, so the container cannot be started while files disappear.
+    remove_if_present(&layout.unit_out())?;
+    let _ = layout.systemctl(&["daemon-reload"]);
+    let tmpfiles_out = layout.tmpfiles_out();
+    if tmpfiles_out.exists() {
+        let _ = layout.tmpfiles("--remove", &tmpfiles_out);
+        remove_if_present(&tmpfiles_out)?;
+    }
+    if let Some(info) = &info {
+        hostfiles::remove(&info.installed_files_checksum, &args.paths.host_root);
+    }
+    remove_if_present(&link)?;
+    for slot in [0, 1] {
+        let dir = layout.slot(slot);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+    }
+    if let Ok(marks) = Marks::new(&args.paths.state_dir, "rolled-back") {
+        let _ = marks.remove(&args.name);
+    }
+    println!("{} uninstalled", args.name);
+    Ok(())
+}

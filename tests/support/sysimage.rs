@@ -1,0 +1,203 @@
+//! System images built in memory: layers as raw tar streams (any member name, even a
+//! hostile one) and docker-archives around them, with real diff_ids unless told otherwise.
+
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// One layer's tar stream, member by member.
+#[derive(Default)]
+pub struct Layer {
+    builder: Option<tar::Builder<Vec<u8>>>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+}
+
+impl Layer {
+    pub fn new() -> Layer {
+        Layer {
+            builder: Some(tar::Builder::new(Vec::new())),
+        }
+    }
+
+    fn header(kind: tar::EntryType, name: &str, mode: u32) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        // Written raw: set_path would refuse the hostile names tests need.
+        let bytes = name.as_bytes();
+        assert!(bytes.len() < 100, "test member names stay in the old header");
+        h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_600_000_000);
+        h.set_size(0);
+        h
+    }
+
+    fn push(mut self, mut header: tar::Header, data: &[u8]) -> Layer {
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        self.builder.as_mut().unwrap().append(&header, data).unwrap();
+        self
+    }
+
+    pub fn dir(self, name: &str, mode: u32) -> Layer {
+        self.push(Self::header(tar::EntryType::Directory, name, mode), b"")
+    }
+
+    pub fn file(self, name: &str, data: &[u8], mode: u32) -> Layer {
+        self.push(Self::header(tar::EntryType::Regular, name, mode), data)
+    }
+
+    pub fn owned_file(self, name: &str, data: &[u8], mode: u32, uid: u64, gid: u64) -> Layer {
+        let mut h = Self::header(tar::EntryType::Regular, name, mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        self.push(h, data)
+    }
+
+    fn link(self, kind: tar::EntryType, name: &str, target: &str) -> Layer {
+        let mut h = Self::header(kind, name, 0o777);
+        let t = target.as_bytes();
+        h.as_old_mut().linkname[..t.len()].copy_from_slice(t);
+        self.push(h, b"")
+    }
+
+    pub fn symlink(self, name: &str, target: &str) -> Layer {
+        self.link(tar::EntryType::Symlink, name, target)
+    }
+
+    pub fn hardlink(self, name: &str, target: &str) -> Layer {
+        self.link(tar::EntryType::Link, name, target)
+    }
+
+    pub fn char_device(self, name: &str) -> Layer {
+        let mut h = Self::header(tar::EntryType::Char, name, 0o666);
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(3).unwrap();
+        self.push(h, b"")
+    }
+
+    pub fn fifo(self, name: &str) -> Layer {
+        self.push(Self::header(tar::EntryType::Fifo, name, 0o644), b"")
+    }
+
+    /// A file with a `security.capability` xattr in a PAX header.
+    pub fn file_with_capability(mut self, name: &str, data: &[u8], cap: &[u8]) -> Layer {
+        let b = self.builder.as_mut().unwrap();
+        b.append_pax_extensions([("SCHILY.xattr.security.capability", cap)])
+            .unwrap();
+        self.file(name, data, 0o755)
+    }
+
+    /// busybox-static as /bin/busybox with a few applets.
+    pub fn busybox(self) -> Layer {
+        let busybox = std::fs::read(super::BUSYBOX).unwrap();
+        let mut layer = self.dir("bin/", 0o755).file("bin/busybox", &busybox, 0o755);
+        for applet in ["sh", "echo", "sleep", "cat", "true", "ls"] {
+            layer = layer.symlink(&format!("bin/{applet}"), "busybox");
+        }
+        layer
+    }
+
+    pub fn bytes(mut self) -> Vec<u8> {
+        self.builder.take().unwrap().into_inner().unwrap()
+    }
+}
+
+/// A docker-archive (`docker save` layout) holding one image tagged `tag`.
+pub struct Image {
+    pub tag: String,
+    pub layers: Vec<Vec<u8>>,
+    /// Replace the config's diff_ids (to test a mismatch).
+    pub diff_ids: Option<Vec<String>>,
+    /// Anything that makes the image ID differ.
+    pub marker: String,
+}
+
+impl Image {
+    pub fn new(tag: &str, layers: Vec<Vec<u8>>) -> Image {
+        Image {
+            tag: tag.into(),
+            layers,
+            diff_ids: None,
+            marker: String::new(),
+        }
+    }
+
+    pub fn config(&self) -> Vec<u8> {
+        let diff_ids = self
+            .diff_ids
+            .clone()
+            .unwrap_or_else(|| self.layers.iter().map(|l| sha256(l)).collect());
+        serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Labels": {"marker": self.marker}},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }))
+        .unwrap()
+    }
+
+    /// The image ID docker would show: the config's digest.
+    pub fn id(&self) -> String {
+        sha256(&self.config())
+    }
+
+    pub fn archive_bytes(&self) -> Vec<u8> {
+        let config = self.config();
+        let config_name = format!("{}.json", &self.id()[7..]);
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_path(name).unwrap();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        };
+        let mut layer_names = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let name = format!("{i:02}{}/layer.tar", &sha256(layer)[7..20]);
+            add(&name, layer);
+            layer_names.push(name);
+        }
+        add(&config_name, &config);
+        let manifest = serde_json::json!([{
+            "Config": config_name, "RepoTags": [self.tag], "Layers": layer_names,
+        }]);
+        add("manifest.json", &serde_json::to_vec(&manifest).unwrap());
+        b.into_inner().unwrap()
+    }
+
+    /// Write the archive to `path`, compressed as its name says.
+    pub fn save(&self, path: &Path) {
+        let plain = path.with_extension("plain-tmp");
+        std::fs::write(&plain, self.archive_bytes()).unwrap();
+        super::compress(&plain, path);
+    }
+}
+
+/// A stand-in `systemctl` for tests without systemd: logs its arguments to `log`, says
+/// "active" for is-active when `unit-state` holds "active", and prints `unit-state`'s two lines
+/// for `show` (ActiveState, SubState).
+pub fn fake_systemctl(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("systemctl");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {dir}/systemctl.log\nstate=$(cat {dir}/unit-state 2>/dev/null || echo inactive)\n\
+             case \"$1\" in\n  is-active) [ \"$state\" = active ];;\n  show) echo \"$state\"; echo running;;\n  *) exit 0;;\nesac\n",
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}

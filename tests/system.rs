@@ -1,0 +1,454 @@
+//! System containers without Docker: `atomic-preload install-system` on images built here
+//! (busybox-static + `/exports`), with every host path moved into a temp dir and stand-ins
+//! for systemctl and systemd-tmpfiles (the boot suite runs the real ones). The container
+//! itself runs under the real runc. Needs root (ownership, xattrs) and busybox-static.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::sysimage::{Image, Layer, fake_systemctl};
+
+const IMAGE: &str = "example.org/test/etcd:1";
+
+/// One fake host: every directory install-system writes to, under a temp dir.
+struct Host {
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn new() -> Host {
+        let dir = tempfile::Builder::new().prefix("ap-sys").tempdir().unwrap();
+        for d in ["preload/ostree", "checkout", "units", "tmpfiles", "host", "state"] {
+            fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        fake_systemctl(dir.path());
+        let tmpfiles = dir.path().join("systemd-tmpfiles");
+        fs::write(
+            &tmpfiles,
+            format!("#!/bin/sh\necho \"$*\" >> {}/tmpfiles.log\n", dir.path().display()),
+        )
+        .unwrap();
+        fs::set_permissions(&tmpfiles, fs::Permissions::from_mode(0o755)).unwrap();
+        Host { dir }
+    }
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    fn path_args(&self) -> Vec<String> {
+        let p = |r: &str| self.p(r).display().to_string();
+        vec![
+            "--checkout-dir".into(), p("checkout"),
+            "--unit-dir".into(), p("units"),
+            "--tmpfiles-dir".into(), p("tmpfiles"),
+            "--host-root".into(), p("host"),
+            "--state-dir".into(), p("state"),
+            "--systemctl".into(), p("systemctl"),
+            "--systemd-tmpfiles".into(), p("systemd-tmpfiles"),
+        ]
+    }
+    fn helper(&self, args: &[&str]) -> Output {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(self.path_args());
+        Command::new(support::helper())
+            .args(&all)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+    fn install(&self, name: &str, sets: &[&str]) -> Output {
+        let preload = self.p("preload").display().to_string();
+        let mut args = vec!["install-system", "--preload-dir", &preload, "--name", name, "--image", IMAGE];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        self.helper(&args)
+    }
+    fn log(&self, which: &str) -> String {
+        fs::read_to_string(self.p(which)).unwrap_or_default()
+    }
+    /// Everything below the fake host, as sorted relative paths (for "nothing left").
+    fn tree(&self, rel: &str) -> Vec<String> {
+        let base = self.p(rel);
+        let mut out = Vec::new();
+        let mut stack = vec![base.clone()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let p = e.path();
+                out.push(p.strip_prefix(&base).unwrap().display().to_string());
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const CONFIG_TEMPLATE: &str = r#"{
+  "ociVersion": "1.0.2",
+  "process": {
+    "terminal": false,
+    "user": {"uid": 0, "gid": 0},
+    "args": ["/bin/sh", "-c", "echo $GREETING from $$HOSTNAME > /data/out; exec sleep 1000"],
+    "env": ["PATH=/bin", "HOSTNAME=$NAME"],
+    "cwd": "/"
+  },
+  "root": {"path": "rootfs", "readonly": true},
+  "hostname": "$NAME",
+  "mounts": [
+    {"destination": "/proc", "type": "proc", "source": "proc"},
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+    {"destination": "/data", "type": "bind", "source": "$STATE_DIRECTORY/$NAME", "options": ["rbind", "rw"]}
+  ],
+  "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]}
+}
+"#;
+
+const SERVICE_TEMPLATE: &str = "[Unit]\nDescription=Etcd-like test server $NAME\nAfter=network.target\n\n[Service]\nExecStartPre=$EXEC_STARTPRE\nExecStart=$EXEC_START\nExecStop=$EXEC_STOP\nWorkingDirectory=$DESTDIR\nEnvironment=GREETING=$GREETING\n\n[Install]\nWantedBy=multi-user.target\n";
+
+const MANIFEST: &str = r#"{
+  "version": "1.0",
+  "defaultValues": {"GREETING": "hello", "PORT": 2379, "CONF": "/etc/$NAME-not-expanded"},
+  "renameFiles": {"/etc/etcd-test.conf": "/etc/$NAME.conf"},
+  "installedFilesTemplate": ["/etc/etcd.conf"]
+}
+"#;
+
+/// The base layer: busybox, a lower layer's files for the next one to hide, ownership,
+/// setuid and a file capability.
+fn base_layer() -> Vec<u8> {
+    Layer::new()
+        .dir("./", 0o755)
+        .busybox()
+        .dir("etc/", 0o755)
+        .file("etc/os-release", b"ID=test\n", 0o644)
+        .dir("usr/", 0o755)
+        .dir("usr/lib/", 0o755)
+        .dir("usr/share/", 0o755)
+        .dir("usr/share/doc/", 0o755)
+        .file("usr/share/doc/lower-a", b"a", 0o644)
+        .file("usr/share/doc/lower-b", b"b", 0o644)
+        .file("old-file", b"gone in layer 2", 0o644)
+        .owned_file("bin/setuid-tool", b"#!/bin/sh\n", 0o4755, 0, 0)
+        .owned_file("home-file", b"owned", 0o600, 1000, 1001)
+        .file_with_capability("bin/ping-like", b"x", &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        .symlink("lib", "usr/lib")
+        .char_device("dev-null")
+        .fifo("a-fifo")
+        .bytes()
+}
+
+/// The second layer: whiteouts, an opaque directory, a hard link, writes through a
+/// symlinked directory, and /exports.
+fn exports_layer(greeting_file: &str) -> Vec<u8> {
+    Layer::new()
+        .file(".wh.old-file", b"", 0o644)
+        .file("usr/share/doc/new-c", b"c", 0o644)
+        .file("usr/share/doc/.wh..wh..opq", b"", 0o644)
+        .hardlink("bin/busybox-again", "bin/busybox")
+        .file("lib/libtest.so", b"elf", 0o755)
+        .dir("exports/", 0o755)
+        .file("exports/config.json.template", CONFIG_TEMPLATE.as_bytes(), 0o644)
+        .file("exports/service.template", SERVICE_TEMPLATE.as_bytes(), 0o644)
+        .file("exports/manifest.json", MANIFEST.as_bytes(), 0o644)
+        .file("exports/hostfs/usr/local/bin/etcdctl-test", greeting_file.as_bytes(), 0o755)
+        .file("exports/hostfs/etc/etcd-test.conf", b"name=$NAME greeting=$GREETING\n", 0o644)
+        .file("exports/hostfs/etc/existing.conf", b"from the image\n", 0o644)
+        .bytes()
+}
+
+fn etcd_image(marker: &str) -> Image {
+    let mut image = Image::new(IMAGE, vec![base_layer(), exports_layer(marker)]);
+    image.marker = marker.into();
+    image
+}
+
+#[test]
+fn checkout_applies_layers_like_an_engine() {
+    let host = Host::new();
+    etcd_image("v1").save(&host.p("preload/ostree/etcd.tar.gz"));
+    fs::create_dir_all(host.p("host/etc")).unwrap();
+    let out = host.install("etcd", &[]);
+    let stdout = ok(&out);
+    assert!(stdout.contains("2 device nodes/FIFOs/sockets skipped"), "{stdout}");
+    let root = host.p("checkout/etcd/rootfs");
+    assert_eq!(fs::read_link(host.p("checkout/etcd")).unwrap(), host.p("checkout/etcd.0"));
+    assert!(!root.join("old-file").exists(), "whiteout removed the lower file");
+    let mut doc: Vec<String> = fs::read_dir(root.join("usr/share/doc"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    doc.sort();
+    assert_eq!(doc, ["new-c"], "opaque dir hides lower files, keeps its own layer's");
+    let a = fs::metadata(root.join("bin/busybox")).unwrap();
+    let b = fs::metadata(root.join("bin/busybox-again")).unwrap();
+    assert_eq!(a.ino(), b.ino(), "hard link");
+    let setuid = fs::metadata(root.join("bin/setuid-tool")).unwrap();
+    assert_eq!(setuid.mode() & 0o7777, 0o4755, "setuid kept after chown");
+    let owned = fs::metadata(root.join("home-file")).unwrap();
+    assert_eq!((owned.uid(), owned.gid(), owned.mode() & 0o777), (1000, 1001, 0o600));
+    assert_eq!(owned.mtime(), 1_600_000_000);
+    let cap = rustix::fs::getxattr(&root.join("bin/ping-like"), "security.capability", &mut [0u8; 64][..]);
+    assert_eq!(cap.unwrap(), 20, "security.capability kept");
+    assert_eq!(fs::read(root.join("usr/lib/libtest.so")).unwrap(), b"elf", "written through lib -> usr/lib");
+    assert!(fs::symlink_metadata(root.join("lib")).unwrap().file_type().is_symlink());
+    assert!(!root.join("dev-null").exists() && !root.join("a-fifo").exists());
+    assert_eq!(fs::metadata(root.join("usr/share")).unwrap().mtime(), 1_600_000_000, "dir mtimes set last");
+    // Nothing but the deployment and the link under the checkout dir: no temp left.
+    assert_eq!(
+        fs::read_dir(host.p("checkout")).unwrap().count(),
+        2,
+        "{:?}",
+        host.tree("checkout").iter().filter(|p| !p.contains('/')).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn templates_values_and_host_files_follow_atomic() {
+    let host = Host::new();
+    etcd_image("v1").save(&host.p("preload/ostree/etcd.tar"));
+    fs::create_dir_all(host.p("host/etc")).unwrap();
+    fs::write(host.p("host/etc/existing.conf"), "the admin's\n").unwrap();
+    let state = host.p("host/var/lib").display().to_string();
+    ok(&host.install("etcd", &["GREETING=bonjour", &format!("STATE_DIRECTORY={state}")]));
+    let dest = host.p("checkout/etcd.0");
+    let destdir = dest.display().to_string();
+
+    let unit = fs::read_to_string(host.p("units/etcd.service")).unwrap();
+    assert_eq!(
+        unit,
+        format!(
+            "[Unit]\nDescription=Etcd-like test server etcd\nAfter=network.target\n\n[Service]\n\
+             ExecStartPre=-/usr/sbin/runc --systemd-cgroup delete --force 'etcd'\n\
+             ExecStart=/usr/sbin/runc --systemd-cgroup run 'etcd'\n\
+             ExecStop=/usr/sbin/runc --systemd-cgroup kill 'etcd' TERM\n\
+             WorkingDirectory={destdir}\nEnvironment=GREETING=bonjour\n\n[Install]\nWantedBy=multi-user.target\n"
+        )
+    );
+    assert_eq!(fs::read_to_string(dest.join("etcd.service")).unwrap(), unit, "copy kept in the deployment");
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(dest.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["hostname"], "etcd");
+    assert_eq!(config["process"]["args"][2], "echo bonjour from $HOSTNAME > /data/out; exec sleep 1000");
+    assert_eq!(config["mounts"][2]["source"], format!("{state}/etcd"));
+    // The bind source is missing on the host: atomic's generated tmpfiles line.
+    let tmpfiles = format!("d    {state}/etcd   0700 0 0 - -\n");
+    assert_eq!(fs::read_to_string(host.p("tmpfiles/etcd.conf")).unwrap(), tmpfiles);
+    assert_eq!(fs::read_to_string(dest.join("tmpfiles-etcd.conf")).unwrap(), tmpfiles);
+
+    // Host files: copied, renamed, rendered; an existing file is left alone.
+    assert_eq!(fs::read_to_string(host.p("host/usr/local/bin/etcdctl-test")).unwrap(), "v1");
+    assert_eq!(fs::metadata(host.p("host/usr/local/bin/etcdctl-test")).unwrap().mode() & 0o777, 0o755);
+    assert_eq!(fs::read_to_string(host.p("host/etc/etcd.conf")).unwrap(), "name=etcd greeting=bonjour\n");
+    assert_eq!(fs::read_to_string(host.p("host/etc/existing.conf")).unwrap(), "the admin's\n");
+
+    let info: serde_json::Value = serde_json::from_slice(&fs::read(dest.join("info")).unwrap()).unwrap();
+    assert_eq!(info["image"], IMAGE);
+    assert_eq!(info["revision"], etcd_image("v1").id());
+    assert_eq!(info["values"]["GREETING"], "bonjour");
+    assert_eq!(info["values"]["PORT"], "2379");
+    assert_eq!(info["values"]["DESTDIR"], destdir);
+    assert_eq!(info["values"]["IMAGE_ID"], etcd_image("v1").id());
+    assert_eq!(info["has-container-service"], true);
+    let files: Vec<&str> = info["installed-files"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(files, ["/etc/etcd.conf", "/usr/local/bin/etcdctl-test"]);
+
+    let calls = host.log("systemctl.log");
+    assert!(calls.contains("daemon-reload"), "{calls}");
+    assert!(!calls.contains("enable"), "preload starts it, nothing enables it: {calls}");
+    assert!(host.log("tmpfiles.log").contains("--create"), "tmpfiles applied");
+}
+
+#[test]
+fn second_install_is_a_no_op_and_an_update_uses_the_other_slot() {
+    let host = Host::new();
+    let archive = host.p("preload/ostree/etcd.tar.zst");
+    etcd_image("v1").save(&archive);
+    ok(&host.install("etcd", &[]));
+    let busybox = host.p("checkout/etcd.0/rootfs/bin/busybox");
+    let before = fs::metadata(&busybox).unwrap();
+    let reloads = host.log("systemctl.log").matches("daemon-reload").count();
+
+    let again = ok(&host.install("etcd", &[]));
+    assert!(again.contains("etcd is installed from"), "{again}");
+    assert_eq!(fs::metadata(&busybox).unwrap().ino(), before.ino(), "checkout reused");
+    assert_eq!(host.log("systemctl.log").matches("daemon-reload").count(), reloads);
+    assert!(!host.p("checkout/etcd.1").exists());
+
+    // Changed values: the other slot, built fresh; the old one stays for rollback.
+    ok(&host.install("etcd", &["GREETING=changed"]));
+    assert_eq!(fs::read_link(host.p("checkout/etcd")).unwrap(), host.p("checkout/etcd.1"));
+    assert!(host.p("checkout/etcd.0/rootfs/bin/busybox").exists());
+    // A new image: back to slot 0, rebuilt.
+    fs::write(host.p("host/usr/local/bin/etcdctl-test"), "edited by the admin").unwrap();
+    etcd_image("v2").save(&archive);
+    ok(&host.install("etcd", &["GREETING=changed"]));
+    assert_eq!(fs::read_link(host.p("checkout/etcd")).unwrap(), host.p("checkout/etcd.0"));
+    let info: serde_json::Value =
+        serde_json::from_slice(&fs::read(host.p("checkout/etcd/info")).unwrap()).unwrap();
+    assert_eq!(info["revision"], etcd_image("v2").id());
+    assert_eq!(info["verified"], false, "an update is unverified until it ran");
+    assert_eq!(
+        fs::read_to_string(host.p("host/usr/local/bin/etcdctl-test")).unwrap(),
+        "edited by the admin",
+        "a modified host file is neither removed nor overwritten"
+    );
+
+    // rollback swaps back; uninstall leaves nothing behind but the admin's edit.
+    ok(&host.helper(&["rollback", "etcd"]));
+    assert_eq!(fs::read_link(host.p("checkout/etcd")).unwrap(), host.p("checkout/etcd.1"));
+    let out = ok(&host.helper(&["uninstall", "etcd"]));
+    assert!(out.contains("etcd uninstalled"), "{out}");
+    assert!(host.tree("checkout").is_empty(), "{:?}", host.tree("checkout"));
+    assert!(host.tree("units").is_empty() && host.tree("tmpfiles").is_empty());
+    let left: Vec<String> = host.tree("host").into_iter().filter(|p| p.ends_with(".conf") || p.contains("etcdctl")).collect();
+    assert_eq!(left, ["usr/local/bin/etcdctl-test"], "only the modified file stays");
+    assert!(host.log("systemctl.log").contains("disable --now etcd.service"));
+}
+
+#[test]
+fn a_failed_update_is_rolled_back_and_not_retried() {
+    let host = Host::new();
+    let archive = host.p("preload/ostree/etcd.tar");
+    etcd_image("v1").save(&archive);
+    ok(&host.install("etcd", &[]));
+    fs::write(host.p("unit-state"), "active").unwrap();
+    ok(&host.helper(&["start-system", "--name", "etcd", "--settle", "0"]));
+    etcd_image("v2").save(&archive);
+    ok(&host.install("etcd", &[]));
+    assert_eq!(fs::read_link(host.p("checkout/etcd")).unwrap(), host.p("checkout/etcd.1"));
+    // The stand-in reports the new service as failed.
+    fs::write(host.p("unit-state"), "failed").unwrap();
+    let out = host.helper(&["start-system", "--name", "etcd", "--settle", "1"]);
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    assert!(stderr(&out).contains("etcd.service failed to start with example.org/test/etcd:1"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("rolled back to"), "{}", stderr(&out));
+    assert_eq!(fs::read_link(host.p("checkout/etcd")).unwrap(), host.p("checkout/etcd.0"));
+    assert_eq!(
+        fs::read_to_string(host.p("checkout/etcd.0/etcd.service")).unwrap(),
+        fs::read_to_string(host.p("units/etcd.service")).unwrap()
+    );
+    // The next boot does not try the same image and values again.
+    let again = ok(&host.install("etcd", &[]));
+    assert!(again.contains("failed to start before and was rolled back"), "{again}");
+    assert_eq!(fs::read_link(host.p("checkout/etcd")).unwrap(), host.p("checkout/etcd.0"));
+}
+
+#[test]
+fn template_errors_name_the_variable_and_leave_nothing() {
+    let host = Host::new();
+    let layer = Layer::new()
+        .busybox()
+        .file("exports/service.template", b"[Service]\nExecStart=$EXEC_START $MISSING\n", 0o644)
+        .bytes();
+    Image::new(IMAGE, vec![layer]).save(&host.p("preload/ostree/bad.tar"));
+    let out = host.install("bad", &[]);
+    assert_eq!(out.status.code(), Some(65));
+    assert_eq!(
+        stderr(&out),
+        "atomic-preload: the template file 'service.template' still contains an unreplaced value for: 'MISSING'\n"
+    );
+    assert!(host.tree("checkout").is_empty() && host.tree("units").is_empty());
+}
+
+#[test]
+fn an_image_in_no_archive_and_a_foreign_unit_are_refused() {
+    let host = Host::new();
+    etcd_image("v1").save(&host.p("preload/ostree/etcd.tar"));
+    let preload = host.p("preload").display().to_string();
+    let out = host.helper(&["install-system", "--preload-dir", &preload, "--name", "x1", "--image", "docker.io/other"]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        stderr(&out).contains(&format!(
+            "image docker.io/other is in no archive in {preload}/ostree: etcd.tar (holds {IMAGE})"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    fs::write(host.p("units/etcd.service"), "[Service]\nExecStart=/bin/true\n").unwrap();
+    let out = host.install("etcd", &[]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(stderr(&out).contains("etcd.service exists and was not installed by atomic-preload"));
+}
+
+#[test]
+fn an_image_without_exports_gets_atomics_default_config() {
+    let host = Host::new();
+    Image::new(IMAGE, vec![Layer::new().busybox().bytes()]).save(&host.p("preload/ostree/plain.tar"));
+    ok(&host.install("plain", &[]));
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(host.p("checkout/plain.0/config.json")).unwrap()).unwrap();
+    assert_eq!(config["root"]["readonly"], true);
+    assert_eq!(config["root"]["path"], "rootfs");
+    assert_eq!(config["process"]["terminal"], false);
+    assert_eq!(config["process"]["args"], serde_json::json!(["run.sh"]));
+    let unit = fs::read_to_string(host.p("units/plain.service")).unwrap();
+    assert!(unit.starts_with("\n[Unit]\nDescription=plain\n"), "{unit}");
+    assert!(unit.contains("PIDFile=/run/container-plain.pid"), "{unit}");
+}
+
+/// The checkout runs: runc starts the rendered bundle, the process sees its values and
+/// its bind mount, and stops when killed.
+#[test]
+fn the_container_runs_under_runc() {
+    let runc = "/usr/sbin/runc";
+    assert!(Path::new(runc).exists(), "runc is a test dependency (.ci/install-deps)");
+    let host = Host::new();
+    etcd_image("v1").save(&host.p("preload/ostree/etcd.tar"));
+    let state = host.p("host/var/lib");
+    ok(&host.install("etcd", &["GREETING=hi", &format!("STATE_DIRECTORY={}", state.display())]));
+    fs::create_dir_all(state.join("etcd")).unwrap(); // what systemd-tmpfiles --create does
+    let id = format!("ap-test-{}", std::process::id());
+    let runc_root = host.p("runc");
+    // The detached container inherits runc's stdio: a file, so nothing waits for a pipe.
+    let runc_log = host.p("runc.log");
+    let runc_cmd = |args: &[&str]| {
+        let status = Command::new(runc)
+            .arg("--root")
+            .arg(&runc_root)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&runc_log).unwrap())
+            .status()
+            .unwrap();
+        (status.success(), fs::read_to_string(&runc_log).unwrap_or_default())
+    };
+    let bundle = host.p("checkout/etcd").display().to_string();
+    let (started, log) = runc_cmd(&["run", "--detach", "--bundle", &bundle, &id]);
+    assert!(started, "runc run: {log}");
+    let file = state.join("etcd/out");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !file.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = fs::read_to_string(&file).unwrap_or_default();
+    runc_cmd(&["kill", &id, "KILL"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !runc_cmd(&["delete", &id]).0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    runc_cmd(&["delete", "--force", &id]);
+    assert_eq!(seen, "hi from etcd\n");
+    assert!(!runc_cmd(&["state", &id]).0, "container is gone");
+}
