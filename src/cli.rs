@@ -7,9 +7,11 @@ use std::path::PathBuf;
 
 const GENERATOR_NOTES: &str = "\
 The config, /var/lib/atomic/preload/config.yaml, is a list of entries: name, image, archive, \
-install (setvalues, extra_args) and run (spc, extra_args). Image archives (.tar, .tar.gz, .tgz, \
-.tar.xz, .tar.zst, .tar.bz2) are read from /var/lib/atomic/preload/docker/; load-once and \
-install-once marks are kept in /var/lib/atomic-preload/.
+install (system, setvalues, extra_args) and run (spc, extra_args). Image archives (.tar, .tar.gz, \
+.tgz, .tar.xz, .tar.zst, .tar.bz2) are read from /var/lib/atomic/preload/docker/ (Docker images) \
+and /var/lib/atomic/preload/ostree/ (system containers, install: {system: true}, checked out \
+into /var/lib/containers/atomic/ and run by runc as NAME.service); load-once and install-once \
+marks are kept in /var/lib/atomic-preload/.
 
 It writes preload-<name>.service per entry (load, install, run) and, when the config has \
 problems no entry's unit can show, atomic-preload-config.service; all are wanted by \

@@ -54,9 +54,11 @@ fn lines(commands: &[Command]) -> Result<Vec<String>, EscapeError> {
 #[derive(Serialize)]
 struct ContainerContext {
     source: String,
-    preload_dir: String,
+    description: String,
+    mounts: String,
+    engine_unit: Option<String>,
+    wants_network: bool,
     name: String,
-    image: String,
     runs: bool,
     start_pre: Vec<String>,
     start: Vec<String>,
@@ -74,9 +76,16 @@ struct FailingContext {
 fn container_context(source: &str, u: &ContainerUnit) -> Result<ContainerContext, EscapeError> {
     Ok(ContainerContext {
         source: escape::setting_value(source)?,
-        preload_dir: escape::setting_value(&u.preload_dir)?,
+        description: escape::setting_value(&u.description)?,
+        mounts: u
+            .mounts
+            .iter()
+            .map(|m| escape::setting_value(m))
+            .collect::<Result<Vec<_>, _>>()?
+            .join(" "),
+        engine_unit: u.engine_unit.as_deref().map(escape::setting_value).transpose()?,
+        wants_network: u.wants_network,
         name: escape::setting_value(&u.name)?,
-        image: escape::setting_value(&u.image)?,
         runs: u.runs,
         start_pre: lines(&u.start_pre)?,
         start: lines(&u.start)?,

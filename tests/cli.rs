@@ -89,8 +89,10 @@ fn examples_config_dry_run_prints_each_unit_after_its_name() {
         ["# preload-busybox_sleep.service", "# preload-etcd.service"]
     );
     assert!(text.contains("ExecStart=:/usr/bin/docker run --rm --pull=never --name busybox_sleep docker.io/busybox sleep 999\n"));
-    // The problem is logged to stderr (not kmsg: systemd is not running it).
-    assert!(String::from_utf8_lossy(&out.stderr).contains("config.yaml:12:13: install.system"));
+    // The README example's system container: installed and started natively.
+    assert!(text.contains("ExecStart=:/usr/bin/atomic-preload install-system --preload-dir /var/lib/atomic/preload --name etcd --image docker.io/gscrivano/etcd --set ETCD_NAME=myetcd\n"));
+    assert!(text.contains("ExecStart=:/usr/bin/atomic-preload start-system --name etcd\n"));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -67,6 +67,13 @@ pub struct Entry {
     pub run: Option<Run>,
 }
 
+impl Entry {
+    /// A system container (`install: {system: true}`): runc from a checkout, no engine.
+    pub fn is_system(&self) -> bool {
+        self.install.as_ref().is_some_and(|i| i.system)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Install {
     pub system: bool,
@@ -320,7 +327,7 @@ pub fn is_archive_name(name: &str) -> bool {
 pub fn archive_problem(name: &str) -> Option<String> {
     if name.contains('/') || name == "." || name == ".." {
         return Some(format!(
-            "\"archive\" must be a file name inside the docker/ directory, not a path: {name:?}"
+            "\"archive\" must be a file name in docker/ (ostree/ for system containers), not a path: {name:?}"
         ));
     }
     if name.chars().any(char::is_control) {
@@ -567,6 +574,9 @@ fn validate_entry(text: &str, node: &SNode) -> Item {
         .unwrap_or_default();
     let install = get("install").map(|n| install(&mut c, n));
     let run = get("run").map(|n| run(&mut c, n));
+    if install.as_ref().is_some_and(|i| i.system) {
+        system_only_keys(&mut c, get("install"), get("run"));
+    }
 
     match (c.problems.is_empty(), image) {
         (true, Some(image)) if name.is_some() => Item::Valid(Entry {
@@ -581,6 +591,31 @@ fn validate_entry(text: &str, node: &SNode) -> Item {
             position: entry_pos,
             problems: c.problems,
         }),
+    }
+}
+
+/// The value of `key` in a mapping node, if it has one.
+fn value_of<'a>(node: Option<&'a SNode>, key: &str) -> Option<&'a SNode> {
+    let Node::Map(pairs) = &node?.value else {
+        return None;
+    };
+    pairs
+        .iter()
+        .find(|(k, _)| matches!(&k.value, Node::Str(s) if s == key))
+        .map(|(_, v)| v)
+}
+
+/// Keys that mean nothing for a system container: an error, never silently ignored.
+fn system_only_keys(c: &mut Checker<'_>, install: Option<&SNode>, run: Option<&SNode>) {
+    let not_empty = |n: &&SNode| !matches!(&n.value, Node::Seq(items) if items.is_empty());
+    if let Some(n) = value_of(install, "extra_args").filter(not_empty) {
+        c.problem(n, "install.extra_args does not apply to system containers (their templates take install.setvalues)");
+    }
+    if let Some(n) = value_of(run, "spc").filter(|n| n.value == Node::Bool(true)) {
+        c.problem(n, "run.spc does not apply to system containers (the image's config.json sets their privileges)");
+    }
+    if let Some(n) = value_of(run, "extra_args").filter(not_empty) {
+        c.problem(n, "run.extra_args does not apply to system containers (the image's config.json sets their command)");
     }
 }
 
@@ -633,15 +668,18 @@ fn install(c: &mut Checker<'_>, node: &SNode) -> Install {
             }
             _ => {}
         }
-        // What the Docker backend cannot do yet is an error, never silently dropped.
+        // What we do not do is an error, never silently dropped (README: Limitations).
         let unsupported = match key {
-            "system" if install.system => Some("install.system (system containers)"),
-            "user" if install.user => Some("install.user (user containers)"),
-            "remote" if install.remote.is_some() => Some("install.remote (remote rootfs)"),
+            "user" if install.user => Some(
+                "install.user (rootless containers of a login user) is not supported: preloaded containers are system services started at boot; use install.system",
+            ),
+            "remote" if install.remote.is_some() => Some(
+                "install.remote (a rootfs kept outside the image) is not supported: a preloaded archive carries its rootfs; use install.system",
+            ),
             _ => None,
         };
-        if let Some(what) = unsupported {
-            c.problem(value, format!("{what} is not supported yet"));
+        if let Some(message) = unsupported {
+            c.problem(value, message);
         }
     }
     install

@@ -50,11 +50,12 @@ fn original_readme_example() {
     };
     assert_eq!(busybox.run.as_ref().unwrap().extra_args, ["sleep", "999"]);
     assert_eq!(busybox.install, None);
-    // system containers are the next milestone: reported at the `system` value.
-    assert_eq!(
-        problems(text),
-        ["c.yaml:11:13: install.system (system containers) is not supported yet"]
-    );
+    let Named::Valid(etcd) = &eff.items[1] else {
+        panic!("{:?}", eff.items[1])
+    };
+    assert!(etcd.is_system() && !busybox.is_system());
+    assert_eq!(etcd.install.as_ref().unwrap().setvalues, ["ETCD_NAME=myetcd"]);
+    assert!(problems(text).is_empty());
 }
 
 #[test]
@@ -227,15 +228,27 @@ fn messages_point_at_line_and_column() {
         ),
         (
             "- name: ab\n  image: x\n  install: {user: true}\n",
-            "c.yaml:3:19: install.user (user containers) is not supported yet",
+            "c.yaml:3:19: install.user (rootless containers of a login user) is not supported: preloaded containers are system services started at boot; use install.system",
         ),
         (
             "- name: ab\n  image: x\n  install: {remote: /srv/rootfs}\n",
-            "c.yaml:3:21: install.remote (remote rootfs) is not supported yet",
+            "c.yaml:3:21: install.remote (a rootfs kept outside the image) is not supported: a preloaded archive carries its rootfs; use install.system",
+        ),
+        (
+            "- name: ab\n  image: x\n  install: {system: true, extra_args: [-x]}\n",
+            "c.yaml:3:39: install.extra_args does not apply to system containers (their templates take install.setvalues)",
+        ),
+        (
+            "- name: ab\n  image: x\n  install: {system: true}\n  run: {spc: true}\n",
+            "c.yaml:4:14: run.spc does not apply to system containers (the image's config.json sets their privileges)",
+        ),
+        (
+            "- name: ab\n  image: x\n  install: {system: true}\n  run: {extra_args: [a]}\n",
+            "c.yaml:4:21: run.extra_args does not apply to system containers (the image's config.json sets their command)",
         ),
         (
             "- name: ab\n  image: x\n  archive: ../etc/shadow.tar\n",
-            "c.yaml:3:12: \"archive\" must be a file name inside the docker/ directory, not a path: \"../etc/shadow.tar\"",
+            "c.yaml:3:12: \"archive\" must be a file name in docker/ (ostree/ for system containers), not a path: \"../etc/shadow.tar\"",
         ),
         (
             "- name: ab\n  image: x\n  archive: app.zip\n",

@@ -3,8 +3,14 @@
 //! Every stage is a plain argv here; `render` quotes it. Keeping the decisions (which
 //! stages, which flags, which dependencies) apart from the unit syntax is what lets the
 //! golden tests read as a spec.
+//!
+//! One module per engine says *how* an entry becomes a unit ([`docker`], [`system`]);
+//! this one says which engine an entry uses and what every unit shares.
 
-use crate::config::{Effective, Entry, Named, Problem};
+pub mod docker;
+pub mod system;
+
+use crate::config::{Effective, Named, Problem};
 use crate::paths;
 
 /// The generator's view of the machine: where the config and the archives are, as seen
@@ -36,13 +42,13 @@ pub struct Command {
 }
 
 impl Command {
-    fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
+    pub(crate) fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
         Command {
             ignore_failure: false,
             argv: argv.into_iter().map(Into::into).collect(),
         }
     }
-    fn ignoring_failure(mut self) -> Self {
+    pub(crate) fn ignoring_failure(mut self) -> Self {
         self.ignore_failure = true;
         self
     }
@@ -54,8 +60,13 @@ pub struct ContainerUnit {
     pub unit_name: String,
     pub name: String,
     pub image: String,
+    pub description: String,
     /// Mounted before the unit starts (`RequiresMountsFor=`): `/var` may be separate.
-    pub preload_dir: String,
+    pub mounts: Vec<String>,
+    /// The engine's own unit, required and started first (none for system containers).
+    pub engine_unit: Option<String>,
+    /// Wait for the network (a container the unit itself runs, on an engine's network).
+    pub wants_network: bool,
     /// `ExecStartPre=` lines (for a running container) ...
     pub start_pre: Vec<Command>,
     /// ... and `ExecStart=` lines: the run command, or for a oneshot the load/install stages.
@@ -107,113 +118,6 @@ pub struct Plan {
     pub symlinks: Vec<Symlink>,
 }
 
-/// atomic's super-privileged container flags (`atomic run --spc`), minus `-i`: under
-/// systemd there is no terminal to keep open.
-fn spc_flags(name: &str, image: &str, selinux: bool) -> Vec<String> {
-    let mut flags: Vec<String> = [
-        "--privileged",
-        "-v",
-        "/:/host",
-        "-v",
-        "/run:/run",
-        "-v",
-        "/etc/localtime:/etc/localtime",
-    ]
-    .map(String::from)
-    .into();
-    if selinux {
-        flags.extend(["-v", "/sys/fs/selinux:/sys/fs/selinux:ro"].map(String::from));
-    }
-    flags.extend(["--net=host", "--ipc=host", "--pid=host", "-e", "HOST=/host"].map(String::from));
-    flags.extend([
-        "-e".into(),
-        format!("NAME={name}"),
-        "-e".into(),
-        format!("IMAGE={image}"),
-        "-e".into(),
-        "SYSTEMD_IGNORE_CHROOT=1".into(),
-    ]);
-    flags
-}
-
-fn container_unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
-    let helper = paths::helper();
-    let mut load = vec![
-        helper.clone(),
-        "load".into(),
-        "--preload-dir".into(),
-        settings.preload_dir.clone(),
-        "--image".into(),
-        entry.image.clone(),
-    ];
-    for archive in &entry.archives {
-        load.extend(["--archive".into(), archive.clone()]);
-    }
-    let mut stages = vec![Command::new(load)];
-
-    if let Some(install) = &entry.install {
-        let mut argv = vec![
-            helper,
-            "install".into(),
-            "--name".into(),
-            entry.name.clone(),
-            "--image".into(),
-            entry.image.clone(),
-        ];
-        for set in &install.setvalues {
-            argv.extend(["--set".into(), set.clone()]);
-        }
-        if !install.extra_args.is_empty() {
-            argv.push("--".into());
-            argv.extend(install.extra_args.iter().cloned());
-        }
-        stages.push(Command::new(argv));
-    }
-
-    let unit_name = paths::container_unit(&entry.name);
-    let Some(run) = &entry.run else {
-        return ContainerUnit {
-            unit_name,
-            name: entry.name.clone(),
-            image: entry.image.clone(),
-            preload_dir: settings.preload_dir.clone(),
-            start_pre: vec![],
-            start: stages,
-            stop: None,
-            runs: false,
-        };
-    };
-
-    // A container left over from a crash or an unclean shutdown would make `--name` clash.
-    stages.push(Command::new([paths::DOCKER, "rm", "--force", &entry.name]).ignoring_failure());
-    let mut argv: Vec<String> = [
-        paths::DOCKER,
-        "run",
-        "--rm",
-        "--pull=never",
-        "--name",
-        &entry.name,
-    ]
-    .map(String::from)
-    .into();
-    if run.spc {
-        argv.extend(spc_flags(&entry.name, &entry.image, settings.selinux));
-    }
-    argv.push(entry.image.clone());
-    argv.extend(run.extra_args.iter().cloned());
-
-    ContainerUnit {
-        unit_name,
-        name: entry.name.clone(),
-        image: entry.image.clone(),
-        preload_dir: settings.preload_dir.clone(),
-        start_pre: stages,
-        start: vec![Command::new(argv)],
-        stop: Some(Command::new([paths::DOCKER, "stop", &entry.name])),
-        runs: true,
-    }
-}
-
 /// At most this many problems are written into a unit or logged at boot; a config with
 /// thousands of broken entries must not make a unit line longer than systemd reads
 /// (1 MiB) nor flood the kernel log. `atomic-preload validate` lists them all.
@@ -256,7 +160,10 @@ pub fn plan(config: &Effective, settings: &Settings) -> Plan {
     let mut units = Vec::new();
     for item in &config.items {
         units.push(match item {
-            Named::Valid(entry) => Unit::Container(container_unit(entry, settings)),
+            Named::Valid(entry) if entry.is_system() => {
+                Unit::Container(system::unit(entry, settings))
+            }
+            Named::Valid(entry) => Unit::Container(docker::unit(entry, settings)),
             Named::Invalid { name, problems } => {
                 Unit::Failing(invalid_entry_unit(name, problems, &source))
             }
