@@ -11,11 +11,13 @@ BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
 ZSH_COMPLETION_DIR ?= $(PREFIX)/share/zsh/vendor-completions
 FISH_COMPLETION_DIR ?= $(PREFIX)/share/fish/vendor_completions.d
 DOCKER ?= /usr/bin/docker
+# The OCI runtime system containers' units run (Debian: /usr/sbin/runc; crun works too).
+RUNTIME ?= /usr/sbin/runc
 CARGO ?= cargo
 DESTDIR ?=
 
 BUILD_ENV = ATOMIC_PRELOAD_BINDIR=$(BINDIR) ATOMIC_PRELOAD_UNITDIR=$(SYSTEM_UNIT_DIR) \
-	ATOMIC_PRELOAD_DOCKER=$(DOCKER)
+	ATOMIC_PRELOAD_DOCKER=$(DOCKER) ATOMIC_PRELOAD_RUNTIME=$(RUNTIME)
 RELEASE = target/release
 UNITS = atomic-preload.target atomic-preload-load.service atomic-preload-refresh.service \
 	atomic-preload-refresh.path

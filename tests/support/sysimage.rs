@@ -163,7 +163,7 @@ impl Image {
         };
         let mut layer_names = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            let name = format!("{i:02}{}/layer.tar", &sha256(layer)[7..20]);
+            let name = format!("layer{}/layer.tar", i + 1);
             add(&name, layer);
             layer_names.push(name);
         }

@@ -245,7 +245,11 @@ fn indexed(marks: &Marks, dir: &Path, name: &str) -> Result<Vec<IndexedImage>, S
                 .collect());
         }
     }
-    let images = archive::index(&path).map_err(|e| e.to_string())?;
+    let images = archive::index(&path).map_err(|e| match e {
+        // The caller names the archive.
+        archive::ArchiveError::Io { source, .. } => source.to_string(),
+        archive::ArchiveError::Format { message, .. } => format!("not a docker-archive: {message}"),
+    })?;
     let mut mark = Mark::default();
     for (k, v) in fingerprint(&meta) {
         mark.set(k, v);
@@ -289,10 +293,7 @@ fn find_image(args: &InstallSystemArgs) -> Result<(PathBuf, String), RuntimeErro
                 let tags: Vec<&str> = images.iter().flat_map(|i| &i.tags).map(String::as_str).collect();
                 looked.push(format!("{name} (holds {})", if tags.is_empty() { "no tagged image".into() } else { tags.join(", ") }));
             }
-            Err(e) => {
-                eprintln!("{name}: {e}");
-                looked.push(format!("{name} (unreadable: {e})"));
-            }
+            Err(e) => looked.push(format!("{name} (unreadable: {e})")),
         }
     }
     let looked = if looked.is_empty() {

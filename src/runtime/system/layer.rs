@@ -126,8 +126,17 @@ pub fn apply(root: &Root, reader: impl Read) -> Result<LayerStats, LayerError> {
     let mut dir_mtimes: Vec<(PathBuf, u64)> = Vec::new();
     {
         let mut archive = tar::Archive::new(&mut hashing);
-        for entry in archive.entries().map_err(LayerError::Read)? {
-            let mut entry = entry.map_err(LayerError::Read)?;
+        for (n, entry) in archive.entries().map_err(LayerError::Read)?.enumerate() {
+            let mut entry = entry.map_err(|e| match n {
+                // tar's own message quotes the garbage it read; say what it means.
+                0 if e.kind() == io::ErrorKind::Other || e.kind() == io::ErrorKind::InvalidData => {
+                    LayerError::Read(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "not a tar archive (its first header is invalid)",
+                    ))
+                }
+                _ => LayerError::Read(e),
+            })?;
             apply_member(root, &mut entry, &mut created, &mut dir_mtimes, &mut stats)?;
         }
     }
