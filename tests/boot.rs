@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use std::os::unix::fs::MetadataExt;
 use support::Engine;
+use support::sysimage::{Image, Layer};
 
 const CACHE: &str = "/var/cache/atomic-preload-tests";
 const BASE: &str = "bookworm-minbase";
@@ -115,6 +117,42 @@ fn prepare_root() -> tempfile::TempDir {
     )
     .unwrap();
     fs::create_dir_all(r.join(PRELOAD).join("docker")).unwrap();
+    fs::create_dir_all(r.join(PRELOAD).join("ostree")).unwrap();
+    install_runc(r);
+    root
+}
+
+/// Debian's runc at its path in the guest, behind a test-only wrapper that adds
+/// `--no-new-keyring` to `run`/`create` (nspawn refuses new session keyrings).
+fn install_runc(r: &Path) {
+    let real = r.join("usr/lib/atomic-preload-test/runc");
+    fs::create_dir_all(real.parent().unwrap()).unwrap();
+    fs::copy("/usr/sbin/runc", &real).unwrap();
+    let wrapper = r.join("usr/sbin/runc");
+    fs::write(
+        &wrapper,
+        "#!/bin/sh\n# Test only: add --no-new-keyring after the first run/create.\n\
+         for a do\n  shift\n  if [ -z \"$seen\" ] && { [ \"$a\" = run ] || [ \"$a\" = create ]; }; then\n\
+             set -- \"$@\" \"$a\" --no-new-keyring; seen=1\n  else\n    set -- \"$@\" \"$a\"\n  fi\ndone\n\
+         exec /usr/lib/atomic-preload-test/runc \"$@\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A root with no container engine at all: no docker client, no docker.service.
+fn prepare_root_without_docker() -> tempfile::TempDir {
+    let root = prepare_root();
+    let r = root.path();
+    for p in [
+        "usr/bin/docker",
+        "etc/systemd/system/docker.service",
+        "etc/systemd/system/multi-user.target.wants/docker.service",
+        "etc/tmpfiles.d/dockerhost.conf",
+    ] {
+        fs::remove_file(r.join(p)).unwrap();
+    }
     root
 }
 
@@ -128,8 +166,12 @@ impl Machine {
     fn boot(root: &Path, engine: &Engine) -> Machine {
         let log = fs::File::create(engine.dir.path().join("console.log")).unwrap();
         let name = format!("ap-{}", std::process::id());
+        // runc inside the guest (system containers) needs the unified cgroup hierarchy,
+        // no seccomp filter of nspawn's and every capability; Docker scenarios do not mind.
         let nspawn = Command::new("systemd-nspawn")
-            .args(["--register=no", "--keep-unit", "--boot", "--quiet"])
+            .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
+            .env("SYSTEMD_SECCOMP", "0")
+            .args(["--register=no", "--keep-unit", "--boot", "--quiet", "--capability=all"])
             .arg(format!("--machine={name}"))
             .arg("-D")
             .arg(root)
@@ -292,6 +334,13 @@ impl Scenario {
             root: prepare_root(),
         }
     }
+    /// A host with no container engine: no daemon, no client, no docker.service.
+    fn without_docker() -> Scenario {
+        Scenario {
+            engine: Engine::stopped(),
+            root: prepare_root_without_docker(),
+        }
+    }
     fn path(&self, rel: &str) -> PathBuf {
         self.root.path().join(rel)
     }
@@ -361,6 +410,7 @@ fn s1_readme_example_boots_to_running_containers() {
     let s = Scenario::new();
     s.image("docker.io/busybox", "busybox", "busybox.tar.gz");
     s.image("docker.io/example/tools:2", "tools", "tools.tar.xz");
+    etcd_image("v1").save(&s.path(PRELOAD).join("ostree/etcd.tar.gz"));
     // The original README example, plus a load-only entry.
     let readme =
         fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/config.yaml")).unwrap();
@@ -370,15 +420,9 @@ fn s1_readme_example_boots_to_running_containers() {
     let m = s.boot();
     m.wait_state("preload-busybox_sleep.service", "active/running");
     m.wait_state("preload-tools.service", "active/exited");
-    assert_eq!(
-        m.state("preload-etcd.service"),
-        "failed/failed",
-        "system containers are not supported yet"
-    );
-    assert!(
-        m.sh(&["systemctl", "status", "preload-etcd.service"])
-            .contains("install.system (system containers) is not supported yet")
-    );
+    // The system container of the example: checked out and run by runc, not Docker.
+    m.wait_state("preload-etcd.service", "active/exited");
+    m.wait_state("etcd.service", "active/running");
     s.wait_containers(&["busybox_sleep"]);
     let args = s
         .engine
@@ -684,6 +728,108 @@ fn s8_preload_dir_on_a_late_mounted_file_system_still_starts() {
 }
 
 /// argv of the first command in busctl's JSON for an ExecStart property.
+/// An etcd-style system image, as `atomic install --system` images are built: busybox,
+/// then /exports with a config.json template, a service template, manifest.json defaults
+/// and a host file. Its container prints its ETCD_NAME and serves until SIGTERM.
+fn etcd_image(marker: &str) -> Image {
+    let config = r#"{
+  "ociVersion": "1.0.2",
+  "process": {
+    "terminal": false,
+    "user": {"uid": 0, "gid": 0},
+    "args": ["/bin/sh", "-c", "echo etcd $ETCD_NAME started; trap 'echo etcd stopping; exit 0' TERM; while :; do sleep 1; done"],
+    "env": ["PATH=/bin"],
+    "cwd": "/"
+  },
+  "root": {"path": "rootfs", "readonly": true},
+  "hostname": "$NAME",
+  "mounts": [
+    {"destination": "/proc", "type": "proc", "source": "proc"},
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}
+  ],
+  "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]}
+}
+"#;
+    let service = "[Unit]\nDescription=Etcd Server (test image)\nAfter=network.target\n\n[Service]\n\
+        ExecStartPre=$EXEC_STARTPRE\nExecStart=$EXEC_START\nExecStop=$EXEC_STOP\nExecStopPost=$EXEC_STOPPOST\n\
+        WorkingDirectory=$DESTDIR\nRestart=on-failure\n\n[Install]\nWantedBy=multi-user.target\n";
+    let exports = Layer::new()
+        .dir("exports/", 0o755)
+        .file("exports/config.json.template", config.as_bytes(), 0o644)
+        .file("exports/service.template", service.as_bytes(), 0o644)
+        .file("exports/manifest.json", br#"{"defaultValues": {"ETCD_NAME": "default"}}"#, 0o644)
+        .file(
+            "exports/hostfs/usr/local/bin/etcdctl-test",
+            format!("#!/bin/sh\necho etcdctl {marker}\n").as_bytes(),
+            0o755,
+        )
+        .bytes();
+    let mut image = Image::new("docker.io/gscrivano/etcd", vec![Layer::new().busybox().bytes(), exports]);
+    image.marker = marker.into();
+    image
+}
+
+/// The README's etcd entry, on a host with no container engine: it installs and runs
+/// under runc, a reboot reuses the checkout, a new archive updates it into the other
+/// deployment, and a hostile archive fails only its own unit.
+#[test]
+fn s9_system_container_without_docker() {
+    let _serial = scenario!();
+    let s = Scenario::without_docker();
+    let ostree = s.path(PRELOAD).join("ostree");
+    etcd_image("v1").save(&ostree.join("etcd.tar.zst"));
+    let etcd_entry = "- name: etcd\n  image: docker.io/gscrivano/etcd\n  install:\n    system: true\n    setvalues:\n      - ETCD_NAME=myetcd\n  run: {} # use default vars\n";
+    s.config(etcd_entry);
+    let checkout = s.path("var/lib/containers/atomic");
+
+    let m = s.boot();
+    m.wait_state("preload-etcd.service", "active/exited");
+    m.wait_state("etcd.service", "active/running");
+    m.wait_for("the container's output in the journal", 30, |m| {
+        m.sh(&["journalctl", "--no-pager", "-u", "etcd.service"]).contains("etcd myetcd started")
+    });
+    let status = m.sh(&["systemctl", "status", "--no-pager", "preload-etcd.service"]);
+    assert!(status.contains("runs as etcd.service"), "{status}");
+    let deps = m.sh(&["systemctl", "show", "-p", "Requires", "-p", "Wants", "-p", "After", "preload-etcd.service"]);
+    assert!(!deps.contains("docker"), "no engine dependency: {deps}");
+    assert!(m.sh(&["runc", "list"]).contains("etcd"), "runc runs it");
+    assert_eq!(m.sh(&["systemctl", "--failed", "--no-legend"]), "", "nothing failed without Docker");
+    assert_eq!(m.sh(&["/usr/local/bin/etcdctl-test"]), "etcdctl v1\n", "host file installed");
+    assert_eq!(fs::read_link(checkout.join("etcd")).unwrap(), Path::new("/var/lib/containers/atomic/etcd.0"));
+    let busybox_inode = fs::metadata(checkout.join("etcd.0/rootfs/bin/busybox")).unwrap().ino();
+    // Stopping the container is not undone by the preload unit.
+    m.sh(&["systemctl", "stop", "etcd.service"]);
+    m.wait_state("etcd.service", "inactive/dead");
+    assert_eq!(m.state("preload-etcd.service"), "active/exited");
+    m.poweroff();
+
+    // Second boot: the same checkout, running again.
+    let m = s.boot();
+    m.wait_state("etcd.service", "active/running");
+    let journal = m.sh(&["journalctl", "--no-pager", "-b", "-u", "preload-etcd.service"]);
+    assert!(journal.contains("etcd is installed from docker.io/gscrivano/etcd"), "{journal}");
+    assert_eq!(fs::metadata(checkout.join("etcd.0/rootfs/bin/busybox")).unwrap().ino(), busybox_inode);
+    m.poweroff();
+
+    // A new archive, and a hostile one for another entry: update, and a failure of its own.
+    etcd_image("v2").save(&ostree.join("etcd.tar.zst"));
+    let bad = Layer::new().file("../../../../etc/pwned", b"x", 0o644).bytes();
+    Image::new("docker.io/example/bad", vec![bad]).save(&ostree.join("bad.tar"));
+    s.config(&format!("{etcd_entry}- name: bad\n  image: docker.io/example/bad\n  archive: bad.tar\n  install: {{system: true}}\n  run: {{}}\n"));
+    let m = s.boot();
+    m.wait_state("preload-etcd.service", "active/exited");
+    m.wait_state("etcd.service", "active/running");
+    assert_eq!(fs::read_link(checkout.join("etcd")).unwrap(), Path::new("/var/lib/containers/atomic/etcd.1"));
+    assert_eq!(m.sh(&["/usr/local/bin/etcdctl-test"]), "etcdctl v2\n", "host file updated");
+    let info = fs::read_to_string(checkout.join("etcd.1/info")).unwrap();
+    assert!(info.contains("\"verified\": true"), "the update was seen running: {info}");
+    m.wait_state("preload-bad.service", "failed/failed");
+    let status = m.sh(&["systemctl", "status", "--no-pager", "preload-bad.service"]);
+    assert!(status.contains("member \"../../../../etc/pwned\" has a \"..\" component"), "{status}");
+    assert!(!s.path("etc/pwned").exists() && !checkout.join("bad").exists());
+    m.poweroff();
+}
+
 fn json_exec_argv(json: &str) -> Vec<String> {
     let value: serde_json::Value =
         serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("{e}: {json}"));
