@@ -72,6 +72,9 @@ pub enum HelperCommand {
     Load(LoadArgs),
     /// Run an image's INSTALL label, once per image ID and settings.
     Install(InstallArgs),
+    /// Run a Docker image's container in the foreground: its RUN label when it has one
+    /// (atomic run), else the unit's default command; then docker replaces this process.
+    Run(RunArgs),
     /// Apply a config.yaml changed after the generator ran: reload systemd, start new
     /// units, restart changed ones, stop removed ones.
     Refresh(RefreshArgs),
@@ -84,9 +87,11 @@ pub enum HelperCommand {
     StartSystem(StartSystemArgs),
     /// Switch a system container back to its other deployment (NAME.0 / NAME.1).
     Rollback(SystemNameArgs),
-    /// Remove a system container: stop it, remove its unit, tmpfiles, unmodified host
-    /// files and both deployments.
-    Uninstall(SystemNameArgs),
+    /// Uninstall a container as atomic did. A system container: stop it, remove its unit,
+    /// tmpfiles, unmodified host files and both deployments. A Docker entry: remove its
+    /// container and run the image's UNINSTALL label. Remove the config entry too, or the
+    /// next boot installs it again.
+    Uninstall(UninstallArgs),
     /// Print config problems to stderr and fail (used by units that report them).
     ConfigError {
         /// The problems, one line each.
@@ -223,6 +228,41 @@ pub struct StartSystemArgs {
 pub struct SystemNameArgs {
     /// The system container's name.
     pub name: String,
+    #[command(flatten)]
+    pub paths: SystemPaths,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The container name (NAME in the label).
+    #[arg(long)]
+    pub name: String,
+    /// The image whose RUN label is used (IMAGE in the label).
+    #[arg(long)]
+    pub image: String,
+    /// How many of the default command's last words are the config's run.extra_args
+    /// (appended to the label's command, as atomic did).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub extra: usize,
+    /// The default command: docker run without a RUN label. Its first word is the docker
+    /// client used for everything.
+    #[arg(last = true, required = true)]
+    pub default_command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UninstallArgs {
+    /// The container's name (the config entry's name).
+    pub name: String,
+    /// For a Docker entry: the image whose UNINSTALL label runs (default: the entry's).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The config that names the entry.
+    #[arg(long, value_name = "FILE", default_value = paths::CONFIG_FILE)]
+    pub config: PathBuf,
+    /// The Docker client to call.
+    #[arg(long, value_name = "PATH", default_value = paths::DOCKER)]
+    pub docker: PathBuf,
     #[command(flatten)]
     pub paths: SystemPaths,
 }

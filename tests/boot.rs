@@ -458,9 +458,11 @@ fn s2_execstart_argv_is_exactly_the_configs_arguments() {
         "ExecStart",
     ]);
     let argv = json_exec_argv(&json);
+    // The last mention of the image: the one in the default docker run command (the
+    // run stage's own `--image` comes first).
     let image_at = argv
         .iter()
-        .position(|a| a == "docker.io/test/echo:1")
+        .rposition(|a| a == "docker.io/test/echo:1")
         .expect("image in argv");
     let config_args: Vec<&str> = ["sh", "-c", script, "sh"]
         .iter()
@@ -481,7 +483,10 @@ fn s2_execstart_argv_is_exactly_the_configs_arguments() {
             "ExecStart",
             "preload-argv.service"
         ])
-        .contains("argv[]=/usr/bin/docker run --rm --pull=never --name argv")
+        .contains(&format!(
+            "argv[]=/usr/bin/atomic-preload run --name argv --image docker.io/test/echo:1 --extra {} -- /usr/bin/docker run --rm --pull=never --name argv",
+            config_args.len()
+        ))
     );
 
     // What the container received, byte for byte.

@@ -435,7 +435,12 @@ fn generated_unit_commands_deliver_exact_argv() {
         let value = line.split_once('=').unwrap().1;
         let ignore = value.starts_with('-');
         let mut argv = atomic_preload::escape::parse_command_line(value).expect(line);
-        if argv[0].ends_with("/atomic-preload") {
+        if argv[0].ends_with("/atomic-preload") && argv[1] == "run" {
+            // The run stage: its default command's docker is the test engine's client.
+            argv[0] = helper().display().to_string();
+            let dash = argv.iter().position(|a| a == "--").unwrap();
+            argv[dash + 1] = "docker".into();
+        } else if argv[0].ends_with("/atomic-preload") {
             argv[0] = helper().display().to_string();
             argv.extend([
                 "--state-dir".into(),
@@ -539,4 +544,100 @@ fn killed_load_is_repaired_by_the_next_start() {
         assert!(s.engine.image_id("test/big:1").is_some());
         assert!(s.state.join("loaded/docker/big.tar").exists());
     }
+}
+
+/// An image's RUN label, as `atomic run` used it, in the foreground: `-d` and `--name`
+/// dropped and said so, `-e` and `$NAME` kept and substituted, run.extra_args appended.
+/// A label that is not a `docker run` fails the stage naming it.
+#[test]
+fn run_label_is_honoured_in_the_foreground() {
+    if !docker_available() {
+        return;
+    }
+    let s = Setup::new();
+    // As with atomic, $VAR in the label is expanded before docker runs (even inside the
+    // script), so the script reads the environment with `env`.
+    let run_label = r#"docker run -d --name other -e GREETING=hello-$NAME -e IMAGE=IMAGE IMAGE sh -c 'echo from $IMAGE; env | grep ^GREETING; echo "args: $*"' sh"#;
+    s.engine.build_archive("test/runlabel:1", "r", &[label("RUN", run_label)], &s.archive("run.tar"));
+    s.engine.build_archive("test/badlabel:1", "b", &[label("RUN", "/usr/bin/podman run IMAGE")], &s.archive("bad.tar"));
+    let load = |image: &str| {
+        Command::new(helper())
+            .args(["load", "--preload-dir", s.preload.to_str().unwrap(), "--image", image])
+            .args(["--state-dir", s.state.to_str().unwrap(), "--docker", "docker"])
+            .env("DOCKER_HOST", &s.engine.host)
+            .output()
+            .unwrap()
+    };
+    assert!(load("test/runlabel:1").status.success());
+    let run = |image: &str, extra: &[&str]| {
+        let mut default = vec!["docker", "run", "--rm", "--pull=never", "--name", "runlabel", image];
+        default.extend(extra);
+        let extra_count = extra.len().to_string();
+        Command::new(helper())
+            .args(["run", "--name", "runlabel", "--image", image, "--extra", &extra_count, "--"])
+            .args(&default)
+            .env("DOCKER_HOST", &s.engine.host)
+            .output()
+            .unwrap()
+    };
+    let out = run("test/runlabel:1", &["one", "two words"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("RUN label: dropped -d (systemd supervises the container in the foreground)\n"), "{stdout}");
+    assert!(stdout.contains("RUN label: dropped --name other (the config's name is the container's name)\n"), "{stdout}");
+    assert!(
+        stdout.ends_with("from test/runlabel:1\nGREETING=hello-runlabel\nargs: one two words\n"),
+        "the container ran in the foreground with the label's environment: {stdout}"
+    );
+    assert_eq!(s.engine.ok(&["ps", "-a", "--format", "{{.Names}}"]), "", "--rm: nothing left");
+
+    let out = run("test/badlabel:1", &[]);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "atomic-preload: RUN label of test/badlabel:1: not a `docker run` command, so it cannot run under systemd: \"/usr/bin/podman run IMAGE\"\n"
+    );
+}
+
+/// `atomic-preload uninstall` for a Docker entry: the container goes, the UNINSTALL label
+/// runs with atomic's substitutions and the entry's setvalues, and the install mark is
+/// dropped so the next start installs again.
+#[test]
+fn uninstall_runs_the_uninstall_label() {
+    if !docker_available() {
+        return;
+    }
+    let s = Setup::new();
+    let out_dir = s.engine.dir.path().join("uninstall-out");
+    fs::create_dir_all(&out_dir).unwrap();
+    let mount = format!("{}:/out", out_dir.display());
+    let install = format!("docker run --rm -v {mount} IMAGE sh -c 'echo installed >> /out/log'");
+    let uninstall = format!("docker run --rm -v {mount} -e NAME=NAME IMAGE sh -c 'echo uninstalled $0 $1 >> /out/log' NAME ${{GREETING}}");
+    s.engine.build_archive(
+        "test/uninst:1",
+        "u",
+        &[label("INSTALL", &install), label("UNINSTALL", &uninstall)],
+        &s.archive("uninst.tar"),
+    );
+    assert!(s.helper("load", &[]).status.success());
+    let config = s.engine.dir.path().join("config.yaml");
+    fs::write(&config, "- name: web\n  image: test/uninst:1\n  install:\n    setvalues: [GREETING=bye]\n").unwrap();
+    let install_args = ["--name", "web", "--image", "test/uninst:1", "--set", "GREETING=bye"];
+    assert!(s.helper("install", &install_args).status.success());
+    s.engine.ok(&["create", "--name", "web", "test/uninst:1", "true"]);
+
+    let checkout = s.engine.dir.path().join("checkout");
+    let out = Command::new(helper())
+        .args(["uninstall", "web", "--config", config.to_str().unwrap(), "--docker", "docker"])
+        .args(["--state-dir", s.state.to_str().unwrap(), "--checkout-dir", checkout.to_str().unwrap()])
+        .env("DOCKER_HOST", &s.engine.host)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("web: running UNINSTALL: docker run --rm -v"), "{}", text(&out));
+    assert_eq!(fs::read_to_string(out_dir.join("log")).unwrap(), "installed\nuninstalled web bye\n");
+    assert_eq!(s.engine.ok(&["ps", "-a", "--format", "{{.Names}}"]), "", "the container is removed");
+    // The mark is gone: the next start installs again.
+    assert!(s.helper("install", &install_args).status.success());
+    assert_eq!(fs::read_to_string(out_dir.join("log")).unwrap(), "installed\nuninstalled web bye\ninstalled\n");
 }

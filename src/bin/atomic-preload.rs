@@ -32,10 +32,11 @@ fn main() -> ExitCode {
         HelperCommand::Load(args) => runtime::load::run(&args),
         HelperCommand::Install(args) => runtime::install::run(&args),
         HelperCommand::Refresh(args) => runtime::refresh::run(&args),
+        HelperCommand::Run(args) => runtime::run::run(&args),
         HelperCommand::InstallSystem(args) => runtime::system::install(&args),
         HelperCommand::StartSystem(args) => runtime::system::start(&args),
         HelperCommand::Rollback(args) => runtime::system::rollback(&args),
-        HelperCommand::Uninstall(args) => runtime::system::uninstall(&args),
+        HelperCommand::Uninstall(args) => runtime::uninstall::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -110,6 +110,21 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
     }
     argv.push(entry.image.clone());
     argv.extend(run.extra_args.iter().cloned());
+    // The helper uses the image's RUN label when it has one (atomic run), else exactly
+    // this command; either way docker replaces it, so systemd supervises the client.
+    let mut start = vec![
+        paths::helper(),
+        "run".into(),
+        "--name".into(),
+        entry.name.clone(),
+        "--image".into(),
+        entry.image.clone(),
+    ];
+    if !run.extra_args.is_empty() {
+        start.extend(["--extra".into(), run.extra_args.len().to_string()]);
+    }
+    start.push("--".into());
+    start.extend(argv);
 
     ContainerUnit {
         unit_name,
@@ -120,7 +135,7 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
         engine_unit: Some(ENGINE_UNIT.into()),
         wants_network: true,
         start_pre: stages,
-        start: vec![Command::new(argv)],
+        start: vec![Command::new(start)],
         stop: Some(Command::new([paths::DOCKER, "stop", &entry.name])),
         runs: true,
     }

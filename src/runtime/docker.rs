@@ -81,6 +81,21 @@ impl Engine {
         }))
     }
 
+    /// One label of an image, empty when it has none.
+    pub fn label(&self, image: &str, key: &str) -> Result<String, RuntimeError> {
+        // The key goes in as a Go template string literal: quote it as JSON does.
+        let key = serde_json::to_string(key).unwrap_or_default();
+        let format = format!("{{{{with .Config.Labels}}}}{{{{index . {key}}}}}{{{{end}}}}");
+        let out = self.output(&["image", "inspect", "--format", &format, "--", image])?;
+        if !out.status.success() {
+            return Err(RuntimeError::Docker {
+                what: format!("inspect image {image}"),
+                message: last_line(&out.stderr),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_owned())
+    }
+
     /// Whether the engine has every one of these images (names or IDs).
     pub fn has_images(&self, images: &[&str]) -> Result<bool, RuntimeError> {
         if images.is_empty() {

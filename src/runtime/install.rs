@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// The variables atomic always defined, then the `--set` ones (which may override them).
-fn variables(args: &InstallArgs) -> Vec<(String, String)> {
+pub(crate) fn variables(args: &InstallArgs) -> Vec<(String, String)> {
     let name = &args.name;
     let mut vars = vec![
         ("NAME".to_owned(), name.clone()),
@@ -44,7 +44,7 @@ fn lookup(vars: &[(String, String)], key: &str) -> String {
 }
 
 /// Expand `$VAR` and `${VAR}` in one word. A `$` not followed by a name stays.
-fn expand(word: &str, vars: &[(String, String)]) -> String {
+pub(crate) fn expand(word: &str, vars: &[(String, String)]) -> String {
     let mut out = String::with_capacity(word.len());
     let mut rest = word;
     while let Some(i) = rest.find('$') {
@@ -114,9 +114,19 @@ pub fn install_command(
     args: &InstallArgs,
     docker: &Path,
 ) -> Result<Vec<String>, RuntimeError> {
+    label_command("INSTALL", label, args, docker)
+}
+
+/// The command for an INSTALL or UNINSTALL label (atomic treated both alike), as argv.
+pub fn label_command(
+    kind: &str,
+    label: &str,
+    args: &InstallArgs,
+    docker: &Path,
+) -> Result<Vec<String>, RuntimeError> {
     let words = shell_words::split(label).map_err(|e| {
         RuntimeError::Label(format!(
-            "INSTALL label of {} cannot be split into words: {e}",
+            "{kind} label of {} cannot be split into words: {e}",
             args.image
         ))
     })?;
@@ -143,7 +153,7 @@ pub fn install_command(
     }
     if argv.is_empty() {
         return Err(RuntimeError::Label(format!(
-            "INSTALL label of {} is empty",
+            "{kind} label of {} is empty",
             args.image
         )));
     }

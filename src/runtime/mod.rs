@@ -8,7 +8,9 @@ pub mod load;
 pub mod marks;
 pub mod notify;
 pub mod refresh;
+pub mod run;
 pub mod system;
+pub mod uninstall;
 
 use std::io;
 use std::path::PathBuf;

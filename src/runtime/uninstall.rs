@@ -1,0 +1,102 @@
+//! `atomic-preload uninstall NAME`: atomic's `uninstall` for both kinds of entry.
+//!
+//! A system container (a checkout named NAME exists) is removed by
+//! [`system::uninstall`](super::system::uninstall). Otherwise NAME is a Docker entry: its
+//! container is removed, the image's `UNINSTALL` label is run with the same substitutions
+//! as the INSTALL label (NAME, IMAGE, CONFDIR, LOGDIR, DATADIR, the entry's setvalues),
+//! and the install mark is dropped, so a later start installs again. The image stays in
+//! the engine (its archive would load it again anyway).
+
+use super::RuntimeError;
+use super::docker::Engine;
+use super::install::{label_command, variables};
+use super::marks::Marks;
+use crate::cli::{EngineArgs, InstallArgs, SystemNameArgs, UninstallArgs};
+use crate::config::Named;
+use crate::generator;
+use std::process::{Command, Stdio};
+
+pub fn run(args: &UninstallArgs) -> Result<(), RuntimeError> {
+    let system = SystemNameArgs {
+        name: args.name.clone(),
+        paths: args.paths.clone(),
+    };
+    if std::fs::symlink_metadata(args.paths.checkout_dir.join(&args.name)).is_ok() {
+        return super::system::uninstall(&system);
+    }
+    let entry = generator::load_effective(&args.config)
+        .items
+        .into_iter()
+        .find_map(|item| match item {
+            Named::Valid(e) if e.name == args.name => Some(e),
+            _ => None,
+        });
+    if entry.as_ref().is_some_and(|e| e.is_system()) {
+        println!("{} is not installed as a system container", args.name);
+        return Ok(());
+    }
+    let image = match (&args.image, &entry) {
+        (Some(image), _) => image.clone(),
+        (None, Some(entry)) => entry.image.clone(),
+        (None, None) => {
+            return Err(RuntimeError::Usage(format!(
+                "{} is not an installed system container nor an entry of {}; give --image for a Docker image",
+                args.name,
+                args.config.display()
+            )));
+        }
+    };
+    let install = InstallArgs {
+        name: args.name.clone(),
+        image: image.clone(),
+        setvalues: entry
+            .iter()
+            .flat_map(|e| e.install.iter().flat_map(|i| i.setvalues.clone()))
+            .collect(),
+        host_root: "/".into(),
+        engine: EngineArgs {
+            docker: args.docker.clone(),
+            state_dir: args.paths.state_dir.clone(),
+        },
+        extra_args: vec![],
+    };
+    let engine = Engine::new(&args.docker);
+    engine.ping()?;
+    // The container first, as atomic did; "no such container" is fine.
+    let _ = Command::new(&args.docker)
+        .args(["rm", "--force", &args.name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if engine.image(&image)?.is_some() {
+        let label = engine.label(&image, "UNINSTALL")?;
+        if label.trim().is_empty() {
+            println!("{}: image {image} has no UNINSTALL label", args.name);
+        } else {
+            let argv = label_command("UNINSTALL", &label, &install, engine.docker())?;
+            println!("{}: running UNINSTALL: {}", args.name, shell_words::join(&argv));
+            let vars = variables(&install);
+            let status = Command::new(&argv[0])
+                .args(&argv[1..])
+                .envs(vars.iter().map(|(k, v)| (k, v)))
+                .status()
+                .map_err(|source| RuntimeError::Spawn {
+                    program: argv[0].clone(),
+                    source,
+                })?;
+            if !status.success() {
+                return Err(RuntimeError::InstallFailed(format!(
+                    "UNINSTALL command of {image} failed ({status})"
+                )));
+            }
+        }
+    } else {
+        println!("{}: image {image} is not in the engine; nothing to run", args.name);
+    }
+    Marks::new(&args.paths.state_dir, "installed")
+        .and_then(|m| m.remove(&args.name))
+        .map_err(RuntimeError::State)?;
+    println!("{} uninstalled", args.name);
+    Ok(())
+}
