@@ -210,15 +210,23 @@ pub fn run(args: &InstallArgs) -> Result<(), RuntimeError> {
             .join(lookup(&vars, dir).trim_start_matches('/'));
         std::fs::create_dir_all(&path).map_err(|source| RuntimeError::Io { path, source })?;
     }
-    let argv = install_command(&info.install_label, args, engine.docker())?;
-    println!(
-        "{}: running INSTALL: {}",
-        args.name,
-        shell_words::join(&argv)
-    );
+    run_label("INSTALL", &info.install_label, args, engine.docker())?;
+    marks.write(&args.name, &mark).map_err(RuntimeError::State)
+}
+
+/// Build an INSTALL or UNINSTALL label's command and run it with the label variables in
+/// its environment; its failure is the stage's failure.
+pub(crate) fn run_label(
+    kind: &str,
+    label: &str,
+    args: &InstallArgs,
+    docker: &Path,
+) -> Result<(), RuntimeError> {
+    let argv = label_command(kind, label, args, docker)?;
+    println!("{}: running {kind}: {}", args.name, shell_words::join(&argv));
     let status = Command::new(&argv[0])
         .args(&argv[1..])
-        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .envs(variables(args))
         .status()
         .map_err(|source| RuntimeError::Spawn {
             program: argv[0].clone(),
@@ -226,11 +234,11 @@ pub fn run(args: &InstallArgs) -> Result<(), RuntimeError> {
         })?;
     if !status.success() {
         return Err(RuntimeError::InstallFailed(format!(
-            "INSTALL command of {} failed ({status})",
+            "{kind} command of {} failed ({status})",
             args.image
         )));
     }
-    marks.write(&args.name, &mark).map_err(RuntimeError::State)
+    Ok(())
 }
 
 #[cfg(test)]

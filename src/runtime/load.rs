@@ -8,13 +8,14 @@
 //! first load hashes while streaming into Docker.
 
 use super::RuntimeError;
+use super::digest::{Hashing, hex, sha256_of};
 use super::docker::Engine;
 use super::marks::{self, Mark, Marks};
 use crate::cli::LoadArgs;
 use crate::config::{archive_problem, is_archive_name};
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -40,32 +41,6 @@ pub(crate) fn same_fingerprint(mark: &Mark, meta: &fs::Metadata) -> bool {
         .all(|(k, v)| mark.get(k) == Some(v.as_str()))
 }
 
-/// A reader that hashes what passes through it.
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn sha256_of(path: &Path) -> io::Result<String> {
-    let mut reader = Hashing {
-        inner: BufReader::new(File::open(path)?),
-        hasher: Sha256::new(),
-    };
-    io::copy(&mut reader, &mut io::sink())?;
-    Ok(hex(&reader.hasher.finalize()))
-}
 
 /// What happened to one archive.
 enum Loaded {
@@ -130,10 +105,7 @@ fn load_one(
     // first, so a load interrupted from here on is retried.
     marks.remove(name).map_err(RuntimeError::State)?;
     let file = BufReader::new(File::open(&path).map_err(archive_err)?);
-    let mut hashing = Hashing {
-        inner: file,
-        hasher: Sha256::new(),
-    };
+    let mut hashing = Hashing::new(file);
     let loaded = if name.ends_with(".tar.zst") {
         // Docker 20.10 cannot read zstd itself.
         let mut decoder = ruzstd::decoding::StreamingDecoder::new(&mut hashing).map_err(|e| {

@@ -2,6 +2,7 @@
 //! They talk to the Docker engine and keep small marks in the state directory; their
 //! output goes to the unit's journal.
 
+pub mod digest;
 pub mod docker;
 pub mod install;
 pub mod load;

@@ -9,7 +9,7 @@
 
 use super::RuntimeError;
 use super::docker::Engine;
-use super::install::{label_command, variables};
+use super::install::run_label;
 use super::marks::Marks;
 use crate::cli::{EngineArgs, InstallArgs, SystemNameArgs, UninstallArgs};
 use crate::config::Named;
@@ -74,22 +74,7 @@ pub fn run(args: &UninstallArgs) -> Result<(), RuntimeError> {
         if label.trim().is_empty() {
             println!("{}: image {image} has no UNINSTALL label", args.name);
         } else {
-            let argv = label_command("UNINSTALL", &label, &install, engine.docker())?;
-            println!("{}: running UNINSTALL: {}", args.name, shell_words::join(&argv));
-            let vars = variables(&install);
-            let status = Command::new(&argv[0])
-                .args(&argv[1..])
-                .envs(vars.iter().map(|(k, v)| (k, v)))
-                .status()
-                .map_err(|source| RuntimeError::Spawn {
-                    program: argv[0].clone(),
-                    source,
-                })?;
-            if !status.success() {
-                return Err(RuntimeError::InstallFailed(format!(
-                    "UNINSTALL command of {image} failed ({status})"
-                )));
-            }
+            run_label("UNINSTALL", &label, &install, engine.docker())?;
         }
     } else {
         println!("{}: image {image} is not in the engine; nothing to run", args.name);

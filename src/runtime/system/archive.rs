@@ -5,6 +5,7 @@
 //! scratch directory under numbered names and looked up through a table, so member names
 //! cannot place anything anywhere.
 
+use crate::runtime::digest::hex;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -141,17 +142,21 @@ fn link_key(link: &str, target: &Path) -> String {
     parts.join("/")
 }
 
-/// One pass over the archive: its images (tags and IDs), without keeping any layer.
-pub fn index(path: &Path) -> Result<Vec<IndexedImage>, ArchiveError> {
+/// One pass over the archive, to its very end (a truncated compressed stream fails here):
+/// `file(n, key, entry)` for each regular member; returns the symlink members as
+/// key → target key.
+fn walk(
+    path: &Path,
+    mut file: impl FnMut(usize, String, &mut dyn Read) -> io::Result<()>,
+) -> Result<HashMap<String, String>, ArchiveError> {
     let io_err = |source| ArchiveError::Io {
         path: path.to_owned(),
         source,
     };
     let reader = open_decompressed(path).map_err(io_err)?;
     let mut archive = tar::Archive::new(reader);
-    let mut json: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut links: HashMap<String, String> = HashMap::new();
-    for entry in archive.entries().map_err(io_err)? {
+    let mut links = HashMap::new();
+    for (n, entry) in archive.entries().map_err(io_err)?.enumerate() {
         let mut entry = entry.map_err(io_err)?;
         let key = member_key(&entry.path().map_err(io_err)?);
         let kind = entry.header().entry_type();
@@ -159,20 +164,30 @@ pub fn index(path: &Path) -> Result<Vec<IndexedImage>, ArchiveError> {
             if let Some(target) = entry.link_name().map_err(io_err)? {
                 links.insert(key.clone(), link_key(&key, &target));
             }
-            continue;
+        } else if kind.is_file() {
+            file(n, key, &mut entry).map_err(io_err)?;
         }
-        // Configs are `<hex>.json` (docker save) or `blobs/sha256/<hex>` (OCI layout).
+    }
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(io_err)?;
+    Ok(links)
+}
+
+/// One pass over the archive: its images (tags and IDs), without keeping any layer.
+pub fn index(path: &Path) -> Result<Vec<IndexedImage>, ArchiveError> {
+    let mut json: HashMap<String, Vec<u8>> = HashMap::new();
+    let links = walk(path, |_, key, entry| {
+        // Configs are `<hex>.json` (docker save) or `blobs/sha256/<hex>` (OCI layout);
+        // nothing larger than JSON_MAX is metadata.
         let wanted = key == "manifest.json" || key.ends_with(".json") || key.starts_with("blobs/");
-        if kind.is_file() && wanted && entry.size() <= JSON_MAX {
+        if wanted {
             let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).map_err(io_err)?;
-            if key == "manifest.json" || bytes.first() == Some(&b'{') {
+            entry.take(JSON_MAX + 1).read_to_end(&mut bytes)?;
+            if bytes.len() as u64 <= JSON_MAX && (key == "manifest.json" || bytes.first() == Some(&b'{')) {
                 json.insert(key, bytes);
             }
         }
-    }
-    // Read to the end: a truncated compressed stream fails here, not at checkout.
-    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(io_err)?;
+        Ok(())
+    })?;
     let manifest = manifest_of(path, json.get("manifest.json"))?;
     let mut images = Vec::new();
     for item in manifest {
@@ -182,7 +197,7 @@ pub fn index(path: &Path) -> Result<Vec<IndexedImage>, ArchiveError> {
             .ok_or_else(|| format_err(path, format!("config {} is missing", item.config)))?;
         images.push(IndexedImage {
             tags: item.repo_tags.unwrap_or_default(),
-            id: format!("sha256:{}", super::layer::hex(&Sha256::digest(config))),
+            id: format!("sha256:{}", hex(&Sha256::digest(config))),
         });
     }
     Ok(images)
@@ -205,33 +220,14 @@ pub struct Spool {
 impl Spool {
     /// Copy every regular member of `archive` into `dir` (which must exist and be ours).
     pub fn create(archive: &Path, dir: &Path) -> Result<Spool, ArchiveError> {
-        let io_err = |source| ArchiveError::Io {
-            path: archive.to_owned(),
-            source,
-        };
-        let reader = open_decompressed(archive).map_err(io_err)?;
-        let mut tar = tar::Archive::new(reader);
         let mut files = HashMap::new();
-        let mut links = HashMap::new();
-        for (n, entry) in tar.entries().map_err(io_err)?.enumerate() {
-            let mut entry = entry.map_err(io_err)?;
-            let key = member_key(&entry.path().map_err(io_err)?);
-            let kind = entry.header().entry_type();
-            if kind.is_symlink() {
-                if let Some(target) = entry.link_name().map_err(io_err)? {
-                    links.insert(key.clone(), link_key(&key, &target));
-                }
-            } else if kind.is_file() {
-                let spooled = dir.join(format!("member-{n}"));
-                let mut out = File::create(&spooled).map_err(|source| ArchiveError::Io {
-                    path: spooled.clone(),
-                    source,
-                })?;
-                io::copy(&mut entry, &mut out).map_err(io_err)?;
-                files.insert(key, spooled);
-            }
-        }
-        io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(io_err)?;
+        let links = walk(archive, |n, key, entry| {
+            // Numbered names: a member's name never decides where anything is written.
+            let spooled = dir.join(format!("member-{n}"));
+            io::copy(entry, &mut File::create(&spooled)?)?;
+            files.insert(key, spooled);
+            Ok(())
+        })?;
         Ok(Spool {
             dir: dir.to_owned(),
             files,
@@ -294,7 +290,7 @@ impl Spool {
                 ),
             ));
         }
-        let id = format!("sha256:{}", super::layer::hex(&Sha256::digest(&bytes)));
+        let id = format!("sha256:{}", hex(&Sha256::digest(&bytes)));
         Ok((item, config, id))
     }
 }

@@ -9,11 +9,10 @@ use super::rootfs::Root;
 use super::template;
 use super::values::Values;
 use rustix::fs::{self as rfs, AtFlags, FileType};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -44,21 +43,7 @@ pub fn checksum(path: &Path) -> String {
             Err(_) => "0".into(),
         },
         Ok(m) if m.is_dir() => "dir".into(),
-        Ok(_) => {
-            let Ok(mut file) = fs::File::open(path) else {
-                return "0".into();
-            };
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0; 1 << 16];
-            loop {
-                match file.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => hasher.update(&buf[..n]),
-                    Err(_) => return "0".into(),
-                }
-            }
-            super::layer::hex(&hasher.finalize())
-        }
+        Ok(_) => crate::runtime::digest::sha256_of(path).unwrap_or_else(|_| "0".into()),
     }
 }
 

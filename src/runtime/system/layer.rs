@@ -19,7 +19,8 @@
 
 use super::rootfs::{self, Root, clear_dir, kind_at, remove_all_at};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
-use sha2::{Digest, Sha256};
+use crate::runtime::digest::{Hashing, hex};
+use sha2::Digest;
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::{self, Read};
@@ -55,19 +56,6 @@ const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 /// The only extended attribute kept: file capabilities (ping, newuidmap...).
 const CAPABILITY_XATTR: &str = "security.capability";
-
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
 
 fn errno(e: rustix::io::Errno) -> io::Error {
     io::Error::from(e)
@@ -117,10 +105,7 @@ fn apply_meta(fd: &OwnedFd, meta: &Meta, with_mtime: bool) -> io::Result<()> {
 
 /// Apply one layer. `created` collects the paths this layer wrote, so whiteouts spare them.
 pub fn apply(root: &Root, reader: impl Read) -> Result<LayerStats, LayerError> {
-    let mut hashing = Hashing {
-        inner: reader,
-        hasher: Sha256::new(),
-    };
+    let mut hashing = Hashing::new(reader);
     let mut stats = LayerStats::default();
     let mut created: HashSet<PathBuf> = HashSet::new();
     let mut dir_mtimes: Vec<(PathBuf, u64)> = Vec::new();
@@ -150,10 +135,6 @@ pub fn apply(root: &Root, reader: impl Read) -> Result<LayerStats, LayerError> {
     }
     stats.diff_id = format!("sha256:{}", hex(&hashing.hasher.finalize()));
     Ok(stats)
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn apply_member<R: Read>(
