@@ -100,9 +100,18 @@ fn check_host_path(what: &str, path: &str) -> Result<(), String> {
 /// `Err` when an option is unusable.
 pub fn plan_for(options: &Options) -> Result<(Plan, Vec<String>), String> {
     let defaults = Settings::default();
+    // A relative path on the command line (someone trying it out) means the current
+    // directory, made absolute for the units; with --root, paths are the image's own.
+    let absolute = |path: Option<&String>, default: String| match path {
+        Some(p) if options.root.is_none() && Path::new(p).is_relative() => std::path::absolute(p)
+            .map(|a| a.display().to_string())
+            .unwrap_or_else(|_| p.clone()),
+        Some(p) => p.clone(),
+        None => default,
+    };
     let settings = Settings {
-        config_file: options.config_file.clone().unwrap_or(defaults.config_file),
-        preload_dir: options.preload_dir.clone().unwrap_or(defaults.preload_dir),
+        config_file: absolute(options.config_file.as_ref(), defaults.config_file),
+        preload_dir: absolute(options.preload_dir.as_ref(), defaults.preload_dir),
         selinux: in_root(&options.root, "/sys/fs/selinux").is_dir(),
     };
     check_host_path("--config", &settings.config_file)?;

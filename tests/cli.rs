@@ -230,3 +230,32 @@ fn a_symlinked_wants_dir_pointing_outside_is_refused_not_followed() {
             .is_symlink()
     );
 }
+
+/// The README's quick start, as a newcomer types it: the generator line's arguments exactly
+/// as written, from the repository's top directory (a relative --config must work).
+#[test]
+fn readme_quick_start_generator_line_works_verbatim() {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("## Quick start").unwrap();
+    let line = readme[start..]
+        .lines()
+        .find(|l| l.starts_with("cargo run ") && l.contains("atomic-preload-generator"))
+        .expect("the quick start runs the generator");
+    let words = shell_words::split(line).unwrap();
+    let args: Vec<&str> = words
+        .iter()
+        .skip_while(|w| *w != "--")
+        .skip(1)
+        .map(String::as_str)
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_atomic-preload-generator"))
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{line}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = stdout(&out);
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/config.yaml");
+    assert!(text.contains(&format!("SourcePath={example}\n")), "made absolute for the units: {text}");
+    assert!(text.contains("# preload-etcd.service\n") && text.contains("# preload-busybox_sleep.service\n"));
+}
