@@ -833,6 +833,22 @@ fn s9_system_container_without_docker() {
     assert!(status.contains("member \"../../../../etc/pwned\" has a \"..\" component"), "{status}");
     assert!(!s.path("etc/pwned").exists() && !checkout.join("bad").exists());
     m.poweroff();
+
+    // An update whose container exits at once: rolled back to etcd.1, which runs, and
+    // the preload unit fails saying so.
+    let mut broken = etcd_image("v3");
+    let exits = Layer::new().file("exports/config.json.template", br#"{"ociVersion": "1.0.2", "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/bin/false"], "cwd": "/"}, "root": {"path": "rootfs", "readonly": true}}"#, 0o644).bytes();
+    broken.layers.push(exits);
+    broken.save(&ostree.join("etcd.tar.zst"));
+    s.config(etcd_entry);
+    let m = s.boot();
+    m.wait_state("preload-etcd.service", "failed/failed");
+    m.wait_state("etcd.service", "active/running");
+    assert_eq!(fs::read_link(checkout.join("etcd")).unwrap(), Path::new("/var/lib/containers/atomic/etcd.1"));
+    let status = m.sh(&["systemctl", "status", "--no-pager", "preload-etcd.service"]);
+    assert!(status.contains("rolled back to /var/lib/containers/atomic/etcd.1, which is running"), "{status}");
+    assert_eq!(m.sh(&["/usr/local/bin/etcdctl-test"]), "etcdctl v2\n", "host files rolled back too");
+    m.poweroff();
 }
 
 fn json_exec_argv(json: &str) -> Vec<String> {

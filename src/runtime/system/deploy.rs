@@ -753,6 +753,10 @@ pub fn start(args: &StartSystemArgs) -> Result<(), RuntimeError> {
     mark.set("image", &info.image);
     failed.write(&args.name, &mark).map_err(RuntimeError::State)?;
     eprintln!("{unit} failed to start from {}; rolling back", layout.slot(slot).display());
+    // It may be waiting to restart: stop it for good, and forget its failed starts so the
+    // previous deployment gets a clean start.
+    let _ = layout.systemctl(&["stop", &unit]);
+    let _ = layout.systemctl(&["reset-failed", &unit]);
     rollback_layout(&layout)?;
     layout.systemctl_ok(&["start", &unit])?;
     Err(RuntimeError::SystemImage(format!(
