@@ -452,3 +452,32 @@ fn the_container_runs_under_runc() {
     assert_eq!(seen, "hi from etcd\n");
     assert!(!runc_cmd(&["state", &id]).0, "container is gone");
 }
+
+/// `noContainerService: true`: host files and tmpfiles only, no unit, no rootfs kept (as
+/// atomic did); uninstall removes the files.
+#[test]
+fn no_container_service_installs_host_files_only() {
+    let host = Host::new();
+    let layer = Layer::new()
+        .busybox()
+        .file("exports/manifest.json", br#"{"noContainerService": true}"#, 0o644)
+        .file("exports/tmpfiles.template", b"d /run/$NAME 0755 0 0 - -\n", 0o644)
+        .file("exports/hostfs/usr/local/bin/tool-only", b"#!/bin/sh\n", 0o755)
+        .bytes();
+    Image::new(IMAGE, vec![layer]).save(&host.p("preload/ostree/tools.tar.bz2"));
+    let out = ok(&host.install("tools", &[]));
+    assert!(out.contains("host files only (noContainerService)"), "{out}");
+    assert!(host.tree("units").is_empty(), "no container unit");
+    assert_eq!(fs::read_to_string(host.p("tmpfiles/tools.conf")).unwrap(), "d /run/tools 0755 0 0 - -\n");
+    assert!(host.p("host/usr/local/bin/tool-only").exists());
+    assert!(!host.p("checkout/tools.0/rootfs").exists(), "no rootfs kept");
+    let info: serde_json::Value =
+        serde_json::from_slice(&fs::read(host.p("checkout/tools/info")).unwrap()).unwrap();
+    assert_eq!(info["has-container-service"], false);
+    // Nothing to start; a second install changes nothing.
+    assert!(ok(&host.helper(&["start-system", "--name", "tools"])).contains("has no container service"));
+    assert!(ok(&host.install("tools", &[])).contains("tools is installed from"));
+    ok(&host.helper(&["uninstall", "tools"]));
+    assert!(!host.p("host/usr/local/bin/tool-only").exists());
+    assert!(host.tree("checkout").is_empty() && host.tree("tmpfiles").is_empty());
+}
