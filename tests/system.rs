@@ -481,3 +481,18 @@ fn no_container_service_installs_host_files_only() {
     assert!(!host.p("host/usr/local/bin/tool-only").exists());
     assert!(host.tree("checkout").is_empty() && host.tree("tmpfiles").is_empty());
 }
+
+/// An OCI image layout archive (gzip layers, index.json) installs like a docker-archive.
+#[test]
+fn an_oci_layout_archive_installs_too() {
+    let host = Host::new();
+    let image = etcd_image("oci");
+    fs::write(host.p("preload/ostree/etcd-oci.tar"), image.oci_archive_bytes()).unwrap();
+    ok(&host.install("etcd", &[]));
+    let info: serde_json::Value =
+        serde_json::from_slice(&fs::read(host.p("checkout/etcd/info")).unwrap()).unwrap();
+    assert_eq!(info["revision"], image.id(), "the image ID is the config's digest");
+    assert!(host.p("checkout/etcd/rootfs/bin/busybox").exists());
+    assert!(host.p("units/etcd.service").exists());
+    assert!(ok(&host.install("etcd", &[])).contains("etcd is installed from"));
+}

@@ -175,6 +175,46 @@ impl Image {
         b.into_inner().unwrap()
     }
 
+    /// The same image as an OCI image layout (what `skopeo copy … oci-archive:` writes):
+    /// index.json naming it by `org.opencontainers.image.ref.name`, gzip layers as blobs.
+    pub fn oci_archive_bytes(&self) -> Vec<u8> {
+        use std::io::Write;
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_path(name).unwrap();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        };
+        let blob = |bytes: &[u8]| format!("blobs/sha256/{}", &sha256(bytes)[7..]);
+        let config = self.config();
+        let mut layers = Vec::new();
+        for layer in &self.layers {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(layer).unwrap();
+            let gz = gz.finish().unwrap();
+            add(&blob(&gz), &gz);
+            layers.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(&gz), "size": gz.len()}));
+        }
+        add(&blob(&config), &config);
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+            "layers": layers,
+        }))
+        .unwrap();
+        add(&blob(&manifest), &manifest);
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha256(&manifest),
+            "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": self.tag},
+        }]});
+        add("oci-layout", br#"{"imageLayoutVersion": "1.0.0"}"#);
+        add("index.json", &serde_json::to_vec(&index).unwrap());
+        b.into_inner().unwrap()
+    }
+
     /// Write the archive to `path`, compressed as its name says.
     pub fn save(&self, path: &Path) {
         let plain = path.with_extension("plain-tmp");

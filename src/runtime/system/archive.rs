@@ -180,15 +180,21 @@ pub fn index(path: &Path) -> Result<Vec<IndexedImage>, ArchiveError> {
         // nothing larger than JSON_MAX is metadata.
         let wanted = key == "manifest.json" || key.ends_with(".json") || key.starts_with("blobs/");
         if wanted {
-            let mut bytes = Vec::new();
-            entry.take(JSON_MAX + 1).read_to_end(&mut bytes)?;
-            if bytes.len() as u64 <= JSON_MAX && (key == "manifest.json" || bytes.first() == Some(&b'{')) {
-                json.insert(key, bytes);
+            // A layer blob is not read past its first byte.
+            let mut bytes = vec![0u8];
+            if entry.read(&mut bytes)? == 1 && (bytes[0] == b'{' || key == "manifest.json") {
+                entry.take(JSON_MAX).read_to_end(&mut bytes)?;
+                if (bytes.len() as u64) < JSON_MAX {
+                    json.insert(key, bytes);
+                }
             }
         }
         Ok(())
     })?;
-    let manifest = manifest_of(path, json.get("manifest.json"))?;
+    let manifest = manifest_of(path, |key: &str| {
+        let key = links.get(key).map(String::as_str).unwrap_or(key);
+        Ok(json.get(key).cloned())
+    })?;
     let mut images = Vec::new();
     for item in manifest {
         let key = links.get(&item.config).cloned().unwrap_or(item.config.clone());
@@ -203,10 +209,54 @@ pub fn index(path: &Path) -> Result<Vec<IndexedImage>, ArchiveError> {
     Ok(images)
 }
 
-fn manifest_of(path: &Path, bytes: Option<&Vec<u8>>) -> Result<Vec<ManifestItem>, ArchiveError> {
-    let bytes = bytes.ok_or_else(|| format_err(path, "it has no manifest.json"))?;
-    serde_json::from_slice(bytes)
-        .map_err(|e| format_err(path, format!("manifest.json: {e}")))
+/// The images of an archive: docker save's `manifest.json`, or else an OCI image layout's
+/// `index.json` (its manifests' tags are their `io.containerd.image.name` and
+/// `org.opencontainers.image.ref.name` annotations, read as full references).
+fn manifest_of(
+    path: &Path,
+    read: impl Fn(&str) -> Result<Option<Vec<u8>>, ArchiveError>,
+) -> Result<Vec<ManifestItem>, ArchiveError> {
+    if let Some(bytes) = read("manifest.json")? {
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| format_err(path, format!("manifest.json: {e}")));
+    }
+    let Some(index) = read("index.json")? else {
+        return Err(format_err(path, "it has neither manifest.json nor an OCI index.json"));
+    };
+    let json = |bytes: &[u8], what: &str| -> Result<serde_json::Value, ArchiveError> {
+        serde_json::from_slice(bytes).map_err(|e| format_err(path, format!("{what}: {e}")))
+    };
+    let blob = |digest: &str| -> Result<(String, Vec<u8>), ArchiveError> {
+        let key = format!("blobs/{}", digest.replacen(':', "/", 1));
+        let bytes = read(&key)?.ok_or_else(|| format_err(path, format!("blob {digest} is missing")))?;
+        Ok((key, bytes))
+    };
+    let digest_of = |v: &serde_json::Value| v["digest"].as_str().unwrap_or_default().to_owned();
+    let mut items = Vec::new();
+    for descriptor in json(&index, "index.json")?["manifests"].as_array().into_iter().flatten() {
+        let media = descriptor["mediaType"].as_str().unwrap_or_default();
+        if media.contains("index") || media.contains("manifest.list") {
+            return Err(format_err(path, "multi-platform image indexes are not supported: save one platform"));
+        }
+        let annotations = &descriptor["annotations"];
+        let repo_tags: Vec<String> = ["io.containerd.image.name", "org.opencontainers.image.ref.name"]
+            .iter()
+            .filter_map(|k| annotations[*k].as_str().map(String::from))
+            .collect();
+        let (_, manifest) = blob(&digest_of(descriptor))?;
+        let manifest = json(&manifest, "image manifest")?;
+        let (config, _) = blob(&digest_of(&manifest["config"]))?;
+        let mut layers = Vec::new();
+        for layer in manifest["layers"].as_array().into_iter().flatten() {
+            layers.push(format!("blobs/{}", digest_of(layer).replacen(':', "/", 1)));
+        }
+        items.push(ManifestItem {
+            config,
+            repo_tags: Some(repo_tags),
+            layers,
+        });
+    }
+    Ok(items)
 }
 
 /// An archive's files, spooled for a checkout.
@@ -252,12 +302,13 @@ impl Spool {
     }
 
     pub fn manifest(&self) -> Result<Vec<ManifestItem>, ArchiveError> {
-        let path = self.member("manifest.json")?;
-        let bytes = std::fs::read(path).map_err(|source| ArchiveError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        manifest_of(&self.archive, Some(&bytes))
+        manifest_of(&self.archive, |key: &str| match self.member(key) {
+            Err(_) => Ok(None),
+            Ok(path) => std::fs::read(path).map(Some).map_err(|source| ArchiveError::Io {
+                path: path.to_owned(),
+                source,
+            }),
+        })
     }
 
     /// The manifest item and config of the image tagged `reference`.
