@@ -385,6 +385,9 @@ fn an_image_in_no_archive_and_a_foreign_unit_are_refused() {
         "{}",
         stderr(&out)
     );
+    let out = host.helper(&["install-system", "--preload-dir", &preload, "--name", "etcd", "--image", IMAGE, "--runtime", "/nonexistent/runc"]);
+    assert_eq!(out.status.code(), Some(1), "retried: the runtime may be installed later");
+    assert_eq!(stderr(&out), "atomic-preload: cannot install the container: the runtime /nonexistent/runc is not installed\n");
     fs::write(host.p("units/etcd.service"), "[Service]\nExecStart=/bin/true\n").unwrap();
     let out = host.install("etcd", &[]);
     assert_eq!(out.status.code(), Some(65));

@@ -553,6 +553,13 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
         return Err(RuntimeError::Usage(format!("--name {:?} is not a valid container name", args.name)));
     }
     let setvalues = parse_setvalues(&args.setvalues)?;
+    // As atomic did: no runtime, no install (the unit would only fail later).
+    if !Path::new(&args.paths.runtime).exists() {
+        return Err(RuntimeError::System(format!(
+            "cannot install the container: the runtime {} is not installed",
+            args.paths.runtime
+        )));
+    }
     let _lock = marks::lock_file(&args.paths.state_dir, "lock-system").map_err(RuntimeError::State)?;
     let layout = Layout {
         paths: &args.paths,
