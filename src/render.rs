@@ -83,7 +83,11 @@ fn container_context(source: &str, u: &ContainerUnit) -> Result<ContainerContext
             .map(|m| escape::setting_value(m))
             .collect::<Result<Vec<_>, _>>()?
             .join(" "),
-        engine_unit: u.engine_unit.as_deref().map(escape::setting_value).transpose()?,
+        engine_unit: u
+            .engine_unit
+            .as_deref()
+            .map(escape::setting_value)
+            .transpose()?,
         wants_network: u.wants_network,
         name: escape::setting_value(&u.name)?,
         runs: u.runs,

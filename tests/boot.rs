@@ -14,11 +14,11 @@
 mod support;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use std::os::unix::fs::MetadataExt;
 use support::Engine;
 use support::sysimage::{Image, Layer};
 
@@ -171,7 +171,13 @@ impl Machine {
         let nspawn = Command::new("systemd-nspawn")
             .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
             .env("SYSTEMD_SECCOMP", "0")
-            .args(["--register=no", "--keep-unit", "--boot", "--quiet", "--capability=all"])
+            .args([
+                "--register=no",
+                "--keep-unit",
+                "--boot",
+                "--quiet",
+                "--capability=all",
+            ])
             .arg(format!("--machine={name}"))
             .arg("-D")
             .arg(root)
@@ -762,14 +768,21 @@ fn etcd_image(marker: &str) -> Image {
         .dir("exports/", 0o755)
         .file("exports/config.json.template", config.as_bytes(), 0o644)
         .file("exports/service.template", service.as_bytes(), 0o644)
-        .file("exports/manifest.json", br#"{"defaultValues": {"ETCD_NAME": "default"}}"#, 0o644)
+        .file(
+            "exports/manifest.json",
+            br#"{"defaultValues": {"ETCD_NAME": "default"}}"#,
+            0o644,
+        )
         .file(
             "exports/hostfs/usr/local/bin/etcdctl-test",
             format!("#!/bin/sh\necho etcdctl {marker}\n").as_bytes(),
             0o755,
         )
         .bytes();
-    let mut image = Image::new("docker.io/gscrivano/etcd", vec![Layer::new().busybox().bytes(), exports]);
+    let mut image = Image::new(
+        "docker.io/gscrivano/etcd",
+        vec![Layer::new().busybox().bytes(), exports],
+    );
     image.marker = marker.into();
     image
 }
@@ -791,17 +804,41 @@ fn s9_system_container_without_docker() {
     m.wait_state("preload-etcd.service", "active/exited");
     m.wait_state("etcd.service", "active/running");
     m.wait_for("the container's output in the journal", 30, |m| {
-        m.sh(&["journalctl", "--no-pager", "-u", "etcd.service"]).contains("etcd myetcd started")
+        m.sh(&["journalctl", "--no-pager", "-u", "etcd.service"])
+            .contains("etcd myetcd started")
     });
     let status = m.sh(&["systemctl", "status", "--no-pager", "preload-etcd.service"]);
     assert!(status.contains("runs as etcd.service"), "{status}");
-    let deps = m.sh(&["systemctl", "show", "-p", "Requires", "-p", "Wants", "-p", "After", "preload-etcd.service"]);
+    let deps = m.sh(&[
+        "systemctl",
+        "show",
+        "-p",
+        "Requires",
+        "-p",
+        "Wants",
+        "-p",
+        "After",
+        "preload-etcd.service",
+    ]);
     assert!(!deps.contains("docker"), "no engine dependency: {deps}");
     assert!(m.sh(&["runc", "list"]).contains("etcd"), "runc runs it");
-    assert_eq!(m.sh(&["systemctl", "--failed", "--no-legend"]), "", "nothing failed without Docker");
-    assert_eq!(m.sh(&["/usr/local/bin/etcdctl-test"]), "etcdctl v1\n", "host file installed");
-    assert_eq!(fs::read_link(checkout.join("etcd")).unwrap(), Path::new("/var/lib/containers/atomic/etcd.0"));
-    let busybox_inode = fs::metadata(checkout.join("etcd.0/rootfs/bin/busybox")).unwrap().ino();
+    assert_eq!(
+        m.sh(&["systemctl", "--failed", "--no-legend"]),
+        "",
+        "nothing failed without Docker"
+    );
+    assert_eq!(
+        m.sh(&["/usr/local/bin/etcdctl-test"]),
+        "etcdctl v1\n",
+        "host file installed"
+    );
+    assert_eq!(
+        fs::read_link(checkout.join("etcd")).unwrap(),
+        Path::new("/var/lib/containers/atomic/etcd.0")
+    );
+    let busybox_inode = fs::metadata(checkout.join("etcd.0/rootfs/bin/busybox"))
+        .unwrap()
+        .ino();
     // Stopping the container is not undone by the preload unit.
     m.sh(&["systemctl", "stop", "etcd.service"]);
     m.wait_state("etcd.service", "inactive/dead");
@@ -811,26 +848,55 @@ fn s9_system_container_without_docker() {
     // Second boot: the same checkout, running again.
     let m = s.boot();
     m.wait_state("etcd.service", "active/running");
-    let journal = m.sh(&["journalctl", "--no-pager", "-b", "-u", "preload-etcd.service"]);
-    assert!(journal.contains("etcd is installed from docker.io/gscrivano/etcd"), "{journal}");
-    assert_eq!(fs::metadata(checkout.join("etcd.0/rootfs/bin/busybox")).unwrap().ino(), busybox_inode);
+    let journal = m.sh(&[
+        "journalctl",
+        "--no-pager",
+        "-b",
+        "-u",
+        "preload-etcd.service",
+    ]);
+    assert!(
+        journal.contains("etcd is installed from docker.io/gscrivano/etcd"),
+        "{journal}"
+    );
+    assert_eq!(
+        fs::metadata(checkout.join("etcd.0/rootfs/bin/busybox"))
+            .unwrap()
+            .ino(),
+        busybox_inode
+    );
     m.poweroff();
 
     // A new archive, and a hostile one for another entry: update, and a failure of its own.
     etcd_image("v2").save(&ostree.join("etcd.tar.zst"));
-    let bad = Layer::new().file("../../../../etc/pwned", b"x", 0o644).bytes();
+    let bad = Layer::new()
+        .file("../../../../etc/pwned", b"x", 0o644)
+        .bytes();
     Image::new("docker.io/example/bad", vec![bad]).save(&ostree.join("bad.tar"));
     s.config(&format!("{etcd_entry}- name: bad\n  image: docker.io/example/bad\n  archive: bad.tar\n  install: {{system: true}}\n  run: {{}}\n"));
     let m = s.boot();
     m.wait_state("preload-etcd.service", "active/exited");
     m.wait_state("etcd.service", "active/running");
-    assert_eq!(fs::read_link(checkout.join("etcd")).unwrap(), Path::new("/var/lib/containers/atomic/etcd.1"));
-    assert_eq!(m.sh(&["/usr/local/bin/etcdctl-test"]), "etcdctl v2\n", "host file updated");
+    assert_eq!(
+        fs::read_link(checkout.join("etcd")).unwrap(),
+        Path::new("/var/lib/containers/atomic/etcd.1")
+    );
+    assert_eq!(
+        m.sh(&["/usr/local/bin/etcdctl-test"]),
+        "etcdctl v2\n",
+        "host file updated"
+    );
     let info = fs::read_to_string(checkout.join("etcd.1/info")).unwrap();
-    assert!(info.contains("\"verified\": true"), "the update was seen running: {info}");
+    assert!(
+        info.contains("\"verified\": true"),
+        "the update was seen running: {info}"
+    );
     m.wait_state("preload-bad.service", "failed/failed");
     let status = m.sh(&["systemctl", "status", "--no-pager", "preload-bad.service"]);
-    assert!(status.contains("member \"../../../../etc/pwned\" has a \"..\" component"), "{status}");
+    assert!(
+        status.contains("member \"../../../../etc/pwned\" has a \"..\" component"),
+        "{status}"
+    );
     assert!(!s.path("etc/pwned").exists() && !checkout.join("bad").exists());
     m.poweroff();
 
@@ -844,10 +910,20 @@ fn s9_system_container_without_docker() {
     let m = s.boot();
     m.wait_state("preload-etcd.service", "failed/failed");
     m.wait_state("etcd.service", "active/running");
-    assert_eq!(fs::read_link(checkout.join("etcd")).unwrap(), Path::new("/var/lib/containers/atomic/etcd.1"));
+    assert_eq!(
+        fs::read_link(checkout.join("etcd")).unwrap(),
+        Path::new("/var/lib/containers/atomic/etcd.1")
+    );
     let status = m.sh(&["systemctl", "status", "--no-pager", "preload-etcd.service"]);
-    assert!(status.contains("rolled back to /var/lib/containers/atomic/etcd.1, which is running"), "{status}");
-    assert_eq!(m.sh(&["/usr/local/bin/etcdctl-test"]), "etcdctl v2\n", "host files rolled back too");
+    assert!(
+        status.contains("rolled back to /var/lib/containers/atomic/etcd.1, which is running"),
+        "{status}"
+    );
+    assert_eq!(
+        m.sh(&["/usr/local/bin/etcdctl-test"]),
+        "etcdctl v2\n",
+        "host files rolled back too"
+    );
     m.poweroff();
 }
 

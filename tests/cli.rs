@@ -92,7 +92,11 @@ fn examples_config_dry_run_prints_each_unit_after_its_name() {
     // The README example's system container: installed and started natively.
     assert!(text.contains("ExecStart=:/usr/bin/atomic-preload install-system --preload-dir /var/lib/atomic/preload --name etcd --image docker.io/gscrivano/etcd --set ETCD_NAME=myetcd\n"));
     assert!(text.contains("ExecStart=:/usr/bin/atomic-preload start-system --name etcd\n"));
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -253,9 +257,20 @@ fn readme_quick_start_generator_line_works_verbatim() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{line}: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = stdout(&out);
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/config.yaml");
-    assert!(text.contains(&format!("SourcePath={example}\n")), "made absolute for the units: {text}");
-    assert!(text.contains("# preload-etcd.service\n") && text.contains("# preload-busybox_sleep.service\n"));
+    assert!(
+        text.contains(&format!("SourcePath={example}\n")),
+        "made absolute for the units: {text}"
+    );
+    assert!(
+        text.contains("# preload-etcd.service\n")
+            && text.contains("# preload-busybox_sleep.service\n")
+    );
 }

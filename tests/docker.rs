@@ -558,23 +558,61 @@ fn run_label_is_honoured_in_the_foreground() {
     // As with atomic, $VAR in the label is expanded before docker runs (even inside the
     // script), so the script reads the environment with `env`.
     let run_label = r#"docker run -d --name other -e GREETING=hello-$NAME -e IMAGE=IMAGE IMAGE sh -c 'echo from $IMAGE; env | grep ^GREETING; echo "args: $*"' sh"#;
-    s.engine.build_archive("test/runlabel:1", "r", &[label("RUN", run_label)], &s.archive("run.tar"));
-    s.engine.build_archive("test/badlabel:1", "b", &[label("RUN", "/usr/bin/podman run IMAGE")], &s.archive("bad.tar"));
+    s.engine.build_archive(
+        "test/runlabel:1",
+        "r",
+        &[label("RUN", run_label)],
+        &s.archive("run.tar"),
+    );
+    s.engine.build_archive(
+        "test/badlabel:1",
+        "b",
+        &[label("RUN", "/usr/bin/podman run IMAGE")],
+        &s.archive("bad.tar"),
+    );
     let load = |image: &str| {
         Command::new(helper())
-            .args(["load", "--preload-dir", s.preload.to_str().unwrap(), "--image", image])
-            .args(["--state-dir", s.state.to_str().unwrap(), "--docker", "docker"])
+            .args([
+                "load",
+                "--preload-dir",
+                s.preload.to_str().unwrap(),
+                "--image",
+                image,
+            ])
+            .args([
+                "--state-dir",
+                s.state.to_str().unwrap(),
+                "--docker",
+                "docker",
+            ])
             .env("DOCKER_HOST", &s.engine.host)
             .output()
             .unwrap()
     };
     assert!(load("test/runlabel:1").status.success());
     let run = |image: &str, extra: &[&str]| {
-        let mut default = vec!["docker", "run", "--rm", "--pull=never", "--name", "runlabel", image];
+        let mut default = vec![
+            "docker",
+            "run",
+            "--rm",
+            "--pull=never",
+            "--name",
+            "runlabel",
+            image,
+        ];
         default.extend(extra);
         let extra_count = extra.len().to_string();
         Command::new(helper())
-            .args(["run", "--name", "runlabel", "--image", image, "--extra", &extra_count, "--"])
+            .args([
+                "run",
+                "--name",
+                "runlabel",
+                "--image",
+                image,
+                "--extra",
+                &extra_count,
+                "--",
+            ])
             .args(&default)
             .env("DOCKER_HOST", &s.engine.host)
             .output()
@@ -583,13 +621,27 @@ fn run_label_is_honoured_in_the_foreground() {
     let out = run("test/runlabel:1", &["one", "two words"]);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("RUN label: dropped -d (systemd supervises the container in the foreground)\n"), "{stdout}");
-    assert!(stdout.contains("RUN label: dropped --name other (the config's name is the container's name)\n"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "RUN label: dropped -d (systemd supervises the container in the foreground)\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "RUN label: dropped --name other (the config's name is the container's name)\n"
+        ),
+        "{stdout}"
+    );
     assert!(
         stdout.ends_with("from test/runlabel:1\nGREETING=hello-runlabel\nargs: one two words\n"),
         "the container ran in the foreground with the label's environment: {stdout}"
     );
-    assert_eq!(s.engine.ok(&["ps", "-a", "--format", "{{.Names}}"]), "", "--rm: nothing left");
+    assert_eq!(
+        s.engine.ok(&["ps", "-a", "--format", "{{.Names}}"]),
+        "",
+        "--rm: nothing left"
+    );
 
     let out = run("test/badlabel:1", &[]);
     assert_eq!(out.status.code(), Some(65), "{}", text(&out));
@@ -612,7 +664,9 @@ fn uninstall_runs_the_uninstall_label() {
     fs::create_dir_all(&out_dir).unwrap();
     let mount = format!("{}:/out", out_dir.display());
     let install = format!("docker run --rm -v {mount} IMAGE sh -c 'echo installed >> /out/log'");
-    let uninstall = format!("docker run --rm -v {mount} -e NAME=NAME IMAGE sh -c 'echo uninstalled $0 $1 >> /out/log' NAME ${{GREETING}}");
+    let uninstall = format!(
+        "docker run --rm -v {mount} -e NAME=NAME IMAGE sh -c 'echo uninstalled $0 $1 >> /out/log' NAME ${{GREETING}}"
+    );
     s.engine.build_archive(
         "test/uninst:1",
         "u",
@@ -621,23 +675,61 @@ fn uninstall_runs_the_uninstall_label() {
     );
     assert!(s.helper("load", &[]).status.success());
     let config = s.engine.dir.path().join("config.yaml");
-    fs::write(&config, "- name: web\n  image: test/uninst:1\n  install:\n    setvalues: [GREETING=bye]\n").unwrap();
-    let install_args = ["--name", "web", "--image", "test/uninst:1", "--set", "GREETING=bye"];
+    fs::write(
+        &config,
+        "- name: web\n  image: test/uninst:1\n  install:\n    setvalues: [GREETING=bye]\n",
+    )
+    .unwrap();
+    let install_args = [
+        "--name",
+        "web",
+        "--image",
+        "test/uninst:1",
+        "--set",
+        "GREETING=bye",
+    ];
     assert!(s.helper("install", &install_args).status.success());
-    s.engine.ok(&["create", "--name", "web", "test/uninst:1", "true"]);
+    s.engine
+        .ok(&["create", "--name", "web", "test/uninst:1", "true"]);
 
     let checkout = s.engine.dir.path().join("checkout");
     let out = Command::new(helper())
-        .args(["uninstall", "web", "--config", config.to_str().unwrap(), "--docker", "docker"])
-        .args(["--state-dir", s.state.to_str().unwrap(), "--checkout-dir", checkout.to_str().unwrap()])
+        .args([
+            "uninstall",
+            "web",
+            "--config",
+            config.to_str().unwrap(),
+            "--docker",
+            "docker",
+        ])
+        .args([
+            "--state-dir",
+            s.state.to_str().unwrap(),
+            "--checkout-dir",
+            checkout.to_str().unwrap(),
+        ])
         .env("DOCKER_HOST", &s.engine.host)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("web: running UNINSTALL: docker run --rm -v"), "{}", text(&out));
-    assert_eq!(fs::read_to_string(out_dir.join("log")).unwrap(), "installed\nuninstalled web bye\n");
-    assert_eq!(s.engine.ok(&["ps", "-a", "--format", "{{.Names}}"]), "", "the container is removed");
+    assert!(
+        text(&out).contains("web: running UNINSTALL: docker run --rm -v"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        fs::read_to_string(out_dir.join("log")).unwrap(),
+        "installed\nuninstalled web bye\n"
+    );
+    assert_eq!(
+        s.engine.ok(&["ps", "-a", "--format", "{{.Names}}"]),
+        "",
+        "the container is removed"
+    );
     // The mark is gone: the next start installs again.
     assert!(s.helper("install", &install_args).status.success());
-    assert_eq!(fs::read_to_string(out_dir.join("log")).unwrap(), "installed\nuninstalled web bye\ninstalled\n");
+    assert_eq!(
+        fs::read_to_string(out_dir.join("log")).unwrap(),
+        "installed\nuninstalled web bye\ninstalled\n"
+    );
 }

@@ -36,54 +36,154 @@ struct Row {
 
 fn rows() -> Vec<Row> {
     use Expect::*;
-    let row = |what, layers, expect| Row { what, layers, damage: None, diff_ids: None, expect };
+    let row = |what, layers, expect| Row {
+        what,
+        layers,
+        damage: None,
+        diff_ids: None,
+        expect,
+    };
     vec![
-        row("absolute symlink, then a member through it",
-            || vec![Layer::new().symlink("escape", OUTSIDE).file("escape/pwned", b"x", 0o644).bytes()],
-            Confined("rootfs/tmp/ap-hostile-outside/pwned")),
-        row("relative symlink climbing out",
-            || vec![Layer::new().symlink("up", "../../../../../../../../../tmp/ap-hostile-outside").file("up/pwned", b"x", 0o644).bytes()],
-            Confined("rootfs/tmp/ap-hostile-outside/pwned")),
-        row("absolute member path",
-            || vec![Layer::new().file("/tmp/ap-hostile-outside/pwned", b"x", 0o644).bytes()],
-            Confined("rootfs/tmp/ap-hostile-outside/pwned")),
-        row("`../` member",
-            || vec![Layer::new().file("../../../../tmp/ap-hostile-outside/pwned", b"x", 0o644).bytes()],
-            Refused("layer 1 (layer1/layer.tar): member \"../../../../tmp/ap-hostile-outside/pwned\" has a \"..\" component")),
-        row("hard link to a host file",
+        row(
+            "absolute symlink, then a member through it",
+            || {
+                vec![
+                    Layer::new()
+                        .symlink("escape", OUTSIDE)
+                        .file("escape/pwned", b"x", 0o644)
+                        .bytes(),
+                ]
+            },
+            Confined("rootfs/tmp/ap-hostile-outside/pwned"),
+        ),
+        row(
+            "relative symlink climbing out",
+            || {
+                vec![
+                    Layer::new()
+                        .symlink("up", "../../../../../../../../../tmp/ap-hostile-outside")
+                        .file("up/pwned", b"x", 0o644)
+                        .bytes(),
+                ]
+            },
+            Confined("rootfs/tmp/ap-hostile-outside/pwned"),
+        ),
+        row(
+            "absolute member path",
+            || {
+                vec![
+                    Layer::new()
+                        .file("/tmp/ap-hostile-outside/pwned", b"x", 0o644)
+                        .bytes(),
+                ]
+            },
+            Confined("rootfs/tmp/ap-hostile-outside/pwned"),
+        ),
+        row(
+            "`../` member",
+            || {
+                vec![
+                    Layer::new()
+                        .file("../../../../tmp/ap-hostile-outside/pwned", b"x", 0o644)
+                        .bytes(),
+                ]
+            },
+            Refused(
+                "layer 1 (layer1/layer.tar): member \"../../../../tmp/ap-hostile-outside/pwned\" has a \"..\" component",
+            ),
+        ),
+        row(
+            "hard link to a host file",
             || vec![Layer::new().hardlink("passwd", "/etc/passwd").bytes()],
-            Refused("layer 1 (layer1/layer.tar): hard link \"passwd\" points at \"/etc/passwd\", which is not in the image")),
-        row("hard link through a symlink to /",
-            || vec![Layer::new().symlink("h", "/").hardlink("shadow", "h/etc/shadow").bytes()],
-            Refused("layer 1 (layer1/layer.tar): hard link \"shadow\" points at \"h/etc/shadow\", which is not in the image")),
-        row("symlink swapped for a directory between layers",
-            || vec![
-                Layer::new().dir("d/", 0o755).file("d/f", b"1", 0o644).bytes(),
-                Layer::new().symlink("d", OUTSIDE).file("d/pwned", b"x", 0o644).bytes(),
-            ],
-            Confined("rootfs/tmp/ap-hostile-outside/pwned")),
-        row("whiteout through a symlink",
-            || vec![Layer::new().symlink("s", OUTSIDE).file("s/.wh.keep", b"", 0o644).bytes()],
-            Says("layer 1: 0 files, 0 directories, 1 symlinks, 0 hard links, 1 whiteouts")),
-        row("whiteout of `..`",
+            Refused(
+                "layer 1 (layer1/layer.tar): hard link \"passwd\" points at \"/etc/passwd\", which is not in the image",
+            ),
+        ),
+        row(
+            "hard link through a symlink to /",
+            || {
+                vec![
+                    Layer::new()
+                        .symlink("h", "/")
+                        .hardlink("shadow", "h/etc/shadow")
+                        .bytes(),
+                ]
+            },
+            Refused(
+                "layer 1 (layer1/layer.tar): hard link \"shadow\" points at \"h/etc/shadow\", which is not in the image",
+            ),
+        ),
+        row(
+            "symlink swapped for a directory between layers",
+            || {
+                vec![
+                    Layer::new()
+                        .dir("d/", 0o755)
+                        .file("d/f", b"1", 0o644)
+                        .bytes(),
+                    Layer::new()
+                        .symlink("d", OUTSIDE)
+                        .file("d/pwned", b"x", 0o644)
+                        .bytes(),
+                ]
+            },
+            Confined("rootfs/tmp/ap-hostile-outside/pwned"),
+        ),
+        row(
+            "whiteout through a symlink",
+            || {
+                vec![
+                    Layer::new()
+                        .symlink("s", OUTSIDE)
+                        .file("s/.wh.keep", b"", 0o644)
+                        .bytes(),
+                ]
+            },
+            Says("layer 1: 0 files, 0 directories, 1 symlinks, 0 hard links, 1 whiteouts"),
+        ),
+        row(
+            "whiteout of `..`",
             || vec![Layer::new().file("a/.wh..", b"", 0o644).bytes()],
-            Refused("layer 1 (layer1/layer.tar): member \"a/.wh..\" is not a valid whiteout")),
-        row("device node and FIFO (skipped)",
-            || vec![Layer::new().char_device("dev/sda").fifo("run/fifo").file("ok", b"1", 0o644).bytes()],
-            Says("2 device nodes/FIFOs/sockets skipped")),
-        Row { what: "layer that does not match its diff_id",
+            Refused("layer 1 (layer1/layer.tar): member \"a/.wh..\" is not a valid whiteout"),
+        ),
+        row(
+            "device node and FIFO (skipped)",
+            || {
+                vec![
+                    Layer::new()
+                        .char_device("dev/sda")
+                        .fifo("run/fifo")
+                        .file("ok", b"1", 0o644)
+                        .bytes(),
+                ]
+            },
+            Says("2 device nodes/FIFOs/sockets skipped"),
+        ),
+        Row {
+            what: "layer that does not match its diff_id",
             layers: || vec![Layer::new().file("a", b"1", 0o644).bytes()],
             damage: None,
             diff_ids: Some(vec![format!("sha256:{}", "0".repeat(64))]),
-            expect: Refused("layer 1 (layer1/layer.tar) does not match the image config: diff_id sha256:0000000000000000000000000000000000000000000000000000000000000000 expected, sha256:5ea67f4269b86682b861f13bd02d28c54a7fa31150ca5a41b92aa7052093b35c found") },
-        Row { what: "truncated archive",
+            expect: Refused(
+                "layer 1 (layer1/layer.tar) does not match the image config: diff_id sha256:0000000000000000000000000000000000000000000000000000000000000000 expected, sha256:5ea67f4269b86682b861f13bd02d28c54a7fa31150ca5a41b92aa7052093b35c found",
+            ),
+        },
+        Row {
+            what: "truncated archive",
             layers: || vec![Layer::new().file("a", &[7u8; 5000], 0o644).bytes()],
             damage: Some(|b| b[..3000].to_vec()),
             diff_ids: None,
-            expect: Refused("image hostile:1 is in no archive in PREFIX/ostree: image.tar (unreadable: unexpected EOF during skip)") },
-        row("layer that is not a tar",
+            expect: Refused(
+                "image hostile:1 is in no archive in PREFIX/ostree: image.tar (unreadable: unexpected EOF during skip)",
+            ),
+        },
+        row(
+            "layer that is not a tar",
             || vec![b"not a tar stream ".repeat(64)],
-            Refused("layer 1 (layer1/layer.tar): reading the layer: not a tar archive (its first header is invalid)")),
+            Refused(
+                "layer 1 (layer1/layer.tar): reading the layer: not a tar archive (its first header is invalid)",
+            ),
+        ),
     ]
 }
 
@@ -91,24 +191,49 @@ fn helper(host: &Path, args: &[&str]) -> std::process::Output {
     let p = |r: &str| host.join(r).display().to_string();
     Command::new(support::helper())
         .args(args)
-        .args(["--checkout-dir", &p("checkout"), "--unit-dir", &p("units"), "--tmpfiles-dir", &p("tmpfiles"),
-               "--host-root", &p("host"), "--state-dir", &p("state"), "--systemctl", &p("systemctl"),
-               "--systemd-tmpfiles", "/bin/true"])
+        .args([
+            "--checkout-dir",
+            &p("checkout"),
+            "--unit-dir",
+            &p("units"),
+            "--tmpfiles-dir",
+            &p("tmpfiles"),
+            "--host-root",
+            &p("host"),
+            "--state-dir",
+            &p("state"),
+            "--systemctl",
+            &p("systemctl"),
+            "--systemd-tmpfiles",
+            "/bin/true",
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap()
 }
 
 fn listing(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
     out.sort();
     out
 }
 
 fn run_row(row: &Row) -> Result<String, String> {
-    let host = tempfile::Builder::new().prefix("ap-hostile").tempdir().unwrap();
+    let host = tempfile::Builder::new()
+        .prefix("ap-hostile")
+        .tempdir()
+        .unwrap();
     let h = host.path();
-    for d in ["preload/ostree", "checkout", "units", "tmpfiles", "host", "state"] {
+    for d in [
+        "preload/ostree",
+        "checkout",
+        "units",
+        "tmpfiles",
+        "host",
+        "state",
+    ] {
         fs::create_dir_all(h.join(d)).unwrap();
     }
     fake_systemctl(h);
@@ -121,25 +246,52 @@ fn run_row(row: &Row) -> Result<String, String> {
     }
     fs::write(&archive, bytes).unwrap();
     let preload = h.join("preload").display().to_string();
-    let out = helper(h, &["install-system", "--preload-dir", &preload, "--name", "hostile", "--image", "hostile:1"]);
+    let out = helper(
+        h,
+        &[
+            "install-system",
+            "--preload-dir",
+            &preload,
+            "--name",
+            "hostile",
+            "--image",
+            "hostile:1",
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).replace(&preload, "PREFIX");
     // The oracle: the target outside is exactly as it was.
     let outside = listing(Path::new(OUTSIDE));
-    if outside != [Path::new(OUTSIDE).join("keep")] || fs::read(Path::new(OUTSIDE).join("keep")).unwrap() != b"keep" {
+    if outside != [Path::new(OUTSIDE).join("keep")]
+        || fs::read(Path::new(OUTSIDE).join("keep")).unwrap() != b"keep"
+    {
         return Err(format!("{OUTSIDE} changed: {outside:?}"));
     }
     if !listing(&h.join("host")).is_empty() {
-        return Err(format!("the host root changed: {:?}", listing(&h.join("host"))));
+        return Err(format!(
+            "the host root changed: {:?}",
+            listing(&h.join("host"))
+        ));
     }
     match &row.expect {
         Expect::Refused(message) => {
-            let got = stderr.trim_end().strip_prefix("atomic-preload: ").unwrap_or(&stderr).to_owned();
+            let got = stderr
+                .trim_end()
+                .strip_prefix("atomic-preload: ")
+                .unwrap_or(&stderr)
+                .to_owned();
             if out.status.code() != Some(65) || got != *message {
-                return Err(format!("expected exit 65 and {message:?}\n  got {:?} {got:?}", out.status.code()));
+                return Err(format!(
+                    "expected exit 65 and {message:?}\n  got {:?} {got:?}",
+                    out.status.code()
+                ));
             }
             if !listing(&h.join("checkout")).is_empty() || !listing(&h.join("units")).is_empty() {
-                return Err(format!("a refused install left {:?} {:?}", listing(&h.join("checkout")), listing(&h.join("units"))));
+                return Err(format!(
+                    "a refused install left {:?} {:?}",
+                    listing(&h.join("checkout")),
+                    listing(&h.join("units"))
+                ));
             }
             Ok(format!("`{message}`"))
         }
@@ -154,7 +306,9 @@ fn run_row(row: &Row) -> Result<String, String> {
         }
         Expect::Says(line) => {
             if !out.status.success() || !stdout.contains(line) {
-                return Err(format!("expected an install saying {line:?}, got {stdout}{stderr}"));
+                return Err(format!(
+                    "expected an install saying {line:?}, got {stdout}{stderr}"
+                ));
             }
             Ok(format!("installed, saying `{line}`"))
         }
@@ -183,7 +337,16 @@ fn hostile_archives_are_refused_or_confined_and_the_readme_says_so() {
     let (text, wrong) = table();
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme.find("<!-- hostile-archives -->\n").expect("README marker") + "<!-- hostile-archives -->\n".len();
-    let end = readme.find("<!-- /hostile-archives -->").expect("README end marker");
-    assert_eq!(&readme[start..end], text, "README table differs; paste:\n{text}");
+    let start = readme
+        .find("<!-- hostile-archives -->\n")
+        .expect("README marker")
+        + "<!-- hostile-archives -->\n".len();
+    let end = readme
+        .find("<!-- /hostile-archives -->")
+        .expect("README end marker");
+    assert_eq!(
+        &readme[start..end],
+        text,
+        "README table differs; paste:\n{text}"
+    );
 }

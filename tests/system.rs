@@ -22,14 +22,24 @@ struct Host {
 impl Host {
     fn new() -> Host {
         let dir = tempfile::Builder::new().prefix("ap-sys").tempdir().unwrap();
-        for d in ["preload/ostree", "checkout", "units", "tmpfiles", "host", "state"] {
+        for d in [
+            "preload/ostree",
+            "checkout",
+            "units",
+            "tmpfiles",
+            "host",
+            "state",
+        ] {
             fs::create_dir_all(dir.path().join(d)).unwrap();
         }
         fake_systemctl(dir.path());
         let tmpfiles = dir.path().join("systemd-tmpfiles");
         fs::write(
             &tmpfiles,
-            format!("#!/bin/sh\necho \"$*\" >> {}/tmpfiles.log\n", dir.path().display()),
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {}/tmpfiles.log\n",
+                dir.path().display()
+            ),
         )
         .unwrap();
         fs::set_permissions(&tmpfiles, fs::Permissions::from_mode(0o755)).unwrap();
@@ -41,13 +51,20 @@ impl Host {
     fn path_args(&self) -> Vec<String> {
         let p = |r: &str| self.p(r).display().to_string();
         vec![
-            "--checkout-dir".into(), p("checkout"),
-            "--unit-dir".into(), p("units"),
-            "--tmpfiles-dir".into(), p("tmpfiles"),
-            "--host-root".into(), p("host"),
-            "--state-dir".into(), p("state"),
-            "--systemctl".into(), p("systemctl"),
-            "--systemd-tmpfiles".into(), p("systemd-tmpfiles"),
+            "--checkout-dir".into(),
+            p("checkout"),
+            "--unit-dir".into(),
+            p("units"),
+            "--tmpfiles-dir".into(),
+            p("tmpfiles"),
+            "--host-root".into(),
+            p("host"),
+            "--state-dir".into(),
+            p("state"),
+            "--systemctl".into(),
+            p("systemctl"),
+            "--systemd-tmpfiles".into(),
+            p("systemd-tmpfiles"),
         ]
     }
     fn helper(&self, args: &[&str]) -> Output {
@@ -61,7 +78,15 @@ impl Host {
     }
     fn install(&self, name: &str, sets: &[&str]) -> Output {
         let preload = self.p("preload").display().to_string();
-        let mut args = vec!["install-system", "--preload-dir", &preload, "--name", name, "--image", IMAGE];
+        let mut args = vec![
+            "install-system",
+            "--preload-dir",
+            &preload,
+            "--name",
+            name,
+            "--image",
+            IMAGE,
+        ];
         for s in sets {
             args.extend(["--set", s]);
         }
@@ -151,7 +176,11 @@ fn base_layer() -> Vec<u8> {
         .file("old-file", b"gone in layer 2", 0o644)
         .owned_file("bin/setuid-tool", b"#!/bin/sh\n", 0o4755, 0, 0)
         .owned_file("home-file", b"owned", 0o600, 1000, 1001)
-        .file_with_capability("bin/ping-like", b"x", &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        .file_with_capability(
+            "bin/ping-like",
+            b"x",
+            &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        )
         .symlink("lib", "usr/lib")
         .char_device("dev-null")
         .fifo("a-fifo")
@@ -168,12 +197,32 @@ fn exports_layer(greeting_file: &str) -> Vec<u8> {
         .hardlink("bin/busybox-again", "bin/busybox")
         .file("lib/libtest.so", b"elf", 0o755)
         .dir("exports/", 0o755)
-        .file("exports/config.json.template", CONFIG_TEMPLATE.as_bytes(), 0o644)
-        .file("exports/service.template", SERVICE_TEMPLATE.as_bytes(), 0o644)
+        .file(
+            "exports/config.json.template",
+            CONFIG_TEMPLATE.as_bytes(),
+            0o644,
+        )
+        .file(
+            "exports/service.template",
+            SERVICE_TEMPLATE.as_bytes(),
+            0o644,
+        )
         .file("exports/manifest.json", MANIFEST.as_bytes(), 0o644)
-        .file("exports/hostfs/usr/local/bin/etcdctl-test", greeting_file.as_bytes(), 0o755)
-        .file("exports/hostfs/etc/etcd-test.conf", b"name=$NAME greeting=$GREETING\n", 0o644)
-        .file("exports/hostfs/etc/existing.conf", b"from the image\n", 0o644)
+        .file(
+            "exports/hostfs/usr/local/bin/etcdctl-test",
+            greeting_file.as_bytes(),
+            0o755,
+        )
+        .file(
+            "exports/hostfs/etc/etcd-test.conf",
+            b"name=$NAME greeting=$GREETING\n",
+            0o644,
+        )
+        .file(
+            "exports/hostfs/etc/existing.conf",
+            b"from the image\n",
+            0o644,
+        )
         .bytes()
 }
 
@@ -190,36 +239,72 @@ fn checkout_applies_layers_like_an_engine() {
     fs::create_dir_all(host.p("host/etc")).unwrap();
     let out = host.install("etcd", &[]);
     let stdout = ok(&out);
-    assert!(stdout.contains("2 device nodes/FIFOs/sockets skipped"), "{stdout}");
+    assert!(
+        stdout.contains("2 device nodes/FIFOs/sockets skipped"),
+        "{stdout}"
+    );
     let root = host.p("checkout/etcd/rootfs");
-    assert_eq!(fs::read_link(host.p("checkout/etcd")).unwrap(), host.p("checkout/etcd.0"));
-    assert!(!root.join("old-file").exists(), "whiteout removed the lower file");
+    assert_eq!(
+        fs::read_link(host.p("checkout/etcd")).unwrap(),
+        host.p("checkout/etcd.0")
+    );
+    assert!(
+        !root.join("old-file").exists(),
+        "whiteout removed the lower file"
+    );
     let mut doc: Vec<String> = fs::read_dir(root.join("usr/share/doc"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     doc.sort();
-    assert_eq!(doc, ["new-c"], "opaque dir hides lower files, keeps its own layer's");
+    assert_eq!(
+        doc,
+        ["new-c"],
+        "opaque dir hides lower files, keeps its own layer's"
+    );
     let a = fs::metadata(root.join("bin/busybox")).unwrap();
     let b = fs::metadata(root.join("bin/busybox-again")).unwrap();
     assert_eq!(a.ino(), b.ino(), "hard link");
     let setuid = fs::metadata(root.join("bin/setuid-tool")).unwrap();
     assert_eq!(setuid.mode() & 0o7777, 0o4755, "setuid kept after chown");
     let owned = fs::metadata(root.join("home-file")).unwrap();
-    assert_eq!((owned.uid(), owned.gid(), owned.mode() & 0o777), (1000, 1001, 0o600));
+    assert_eq!(
+        (owned.uid(), owned.gid(), owned.mode() & 0o777),
+        (1000, 1001, 0o600)
+    );
     assert_eq!(owned.mtime(), 1_600_000_000);
-    let cap = rustix::fs::getxattr(&root.join("bin/ping-like"), "security.capability", &mut [0u8; 64][..]);
+    let cap = rustix::fs::getxattr(
+        root.join("bin/ping-like"),
+        "security.capability",
+        &mut [0u8; 64][..],
+    );
     assert_eq!(cap.unwrap(), 20, "security.capability kept");
-    assert_eq!(fs::read(root.join("usr/lib/libtest.so")).unwrap(), b"elf", "written through lib -> usr/lib");
-    assert!(fs::symlink_metadata(root.join("lib")).unwrap().file_type().is_symlink());
+    assert_eq!(
+        fs::read(root.join("usr/lib/libtest.so")).unwrap(),
+        b"elf",
+        "written through lib -> usr/lib"
+    );
+    assert!(
+        fs::symlink_metadata(root.join("lib"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert!(!root.join("dev-null").exists() && !root.join("a-fifo").exists());
-    assert_eq!(fs::metadata(root.join("usr/share")).unwrap().mtime(), 1_600_000_000, "dir mtimes set last");
+    assert_eq!(
+        fs::metadata(root.join("usr/share")).unwrap().mtime(),
+        1_600_000_000,
+        "dir mtimes set last"
+    );
     // Nothing but the deployment and the link under the checkout dir: no temp left.
     assert_eq!(
         fs::read_dir(host.p("checkout")).unwrap().count(),
         2,
         "{:?}",
-        host.tree("checkout").iter().filter(|p| !p.contains('/')).collect::<Vec<_>>()
+        host.tree("checkout")
+            .iter()
+            .filter(|p| !p.contains('/'))
+            .collect::<Vec<_>>()
     );
 }
 
@@ -230,7 +315,10 @@ fn templates_values_and_host_files_follow_atomic() {
     fs::create_dir_all(host.p("host/etc")).unwrap();
     fs::write(host.p("host/etc/existing.conf"), "the admin's\n").unwrap();
     let state = host.p("host/var/lib").display().to_string();
-    ok(&host.install("etcd", &["GREETING=bonjour", &format!("STATE_DIRECTORY={state}")]));
+    ok(&host.install(
+        "etcd",
+        &["GREETING=bonjour", &format!("STATE_DIRECTORY={state}")],
+    ));
     let dest = host.p("checkout/etcd.0");
     let destdir = dest.display().to_string();
 
@@ -245,24 +333,53 @@ fn templates_values_and_host_files_follow_atomic() {
              WorkingDirectory={destdir}\nEnvironment=GREETING=bonjour\n\n[Install]\nWantedBy=multi-user.target\n"
         )
     );
-    assert_eq!(fs::read_to_string(dest.join("etcd.service")).unwrap(), unit, "copy kept in the deployment");
+    assert_eq!(
+        fs::read_to_string(dest.join("etcd.service")).unwrap(),
+        unit,
+        "copy kept in the deployment"
+    );
     let config: serde_json::Value =
         serde_json::from_slice(&fs::read(dest.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["hostname"], "etcd");
-    assert_eq!(config["process"]["args"][2], "echo bonjour from $HOSTNAME > /data/out; exec sleep 1000");
+    assert_eq!(
+        config["process"]["args"][2],
+        "echo bonjour from $HOSTNAME > /data/out; exec sleep 1000"
+    );
     assert_eq!(config["mounts"][2]["source"], format!("{state}/etcd"));
     // The bind source is missing on the host: atomic's generated tmpfiles line.
     let tmpfiles = format!("d    {state}/etcd   0700 0 0 - -\n");
-    assert_eq!(fs::read_to_string(host.p("tmpfiles/etcd.conf")).unwrap(), tmpfiles);
-    assert_eq!(fs::read_to_string(dest.join("tmpfiles-etcd.conf")).unwrap(), tmpfiles);
+    assert_eq!(
+        fs::read_to_string(host.p("tmpfiles/etcd.conf")).unwrap(),
+        tmpfiles
+    );
+    assert_eq!(
+        fs::read_to_string(dest.join("tmpfiles-etcd.conf")).unwrap(),
+        tmpfiles
+    );
 
     // Host files: copied, renamed, rendered; an existing file is left alone.
-    assert_eq!(fs::read_to_string(host.p("host/usr/local/bin/etcdctl-test")).unwrap(), "v1");
-    assert_eq!(fs::metadata(host.p("host/usr/local/bin/etcdctl-test")).unwrap().mode() & 0o777, 0o755);
-    assert_eq!(fs::read_to_string(host.p("host/etc/etcd.conf")).unwrap(), "name=etcd greeting=bonjour\n");
-    assert_eq!(fs::read_to_string(host.p("host/etc/existing.conf")).unwrap(), "the admin's\n");
+    assert_eq!(
+        fs::read_to_string(host.p("host/usr/local/bin/etcdctl-test")).unwrap(),
+        "v1"
+    );
+    assert_eq!(
+        fs::metadata(host.p("host/usr/local/bin/etcdctl-test"))
+            .unwrap()
+            .mode()
+            & 0o777,
+        0o755
+    );
+    assert_eq!(
+        fs::read_to_string(host.p("host/etc/etcd.conf")).unwrap(),
+        "name=etcd greeting=bonjour\n"
+    );
+    assert_eq!(
+        fs::read_to_string(host.p("host/etc/existing.conf")).unwrap(),
+        "the admin's\n"
+    );
 
-    let info: serde_json::Value = serde_json::from_slice(&fs::read(dest.join("info")).unwrap()).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_slice(&fs::read(dest.join("info")).unwrap()).unwrap();
     assert_eq!(info["image"], IMAGE);
     assert_eq!(info["revision"], etcd_image("v1").id());
     assert_eq!(info["values"]["GREETING"], "bonjour");
@@ -270,13 +387,24 @@ fn templates_values_and_host_files_follow_atomic() {
     assert_eq!(info["values"]["DESTDIR"], destdir);
     assert_eq!(info["values"]["IMAGE_ID"], etcd_image("v1").id());
     assert_eq!(info["has-container-service"], true);
-    let files: Vec<&str> = info["installed-files"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let files: Vec<&str> = info["installed-files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert_eq!(files, ["/etc/etcd.conf", "/usr/local/bin/etcdctl-test"]);
 
     let calls = host.log("systemctl.log");
     assert!(calls.contains("daemon-reload"), "{calls}");
-    assert!(!calls.contains("enable"), "preload starts it, nothing enables it: {calls}");
-    assert!(host.log("tmpfiles.log").contains("--create"), "tmpfiles applied");
+    assert!(
+        !calls.contains("enable"),
+        "preload starts it, nothing enables it: {calls}"
+    );
+    assert!(
+        host.log("tmpfiles.log").contains("--create"),
+        "tmpfiles applied"
+    );
 }
 
 #[test]
@@ -291,23 +419,43 @@ fn second_install_is_a_no_op_and_an_update_uses_the_other_slot() {
 
     let again = ok(&host.install("etcd", &[]));
     assert!(again.contains("etcd is installed from"), "{again}");
-    assert_eq!(fs::metadata(&busybox).unwrap().ino(), before.ino(), "checkout reused");
-    assert_eq!(host.log("systemctl.log").matches("daemon-reload").count(), reloads);
+    assert_eq!(
+        fs::metadata(&busybox).unwrap().ino(),
+        before.ino(),
+        "checkout reused"
+    );
+    assert_eq!(
+        host.log("systemctl.log").matches("daemon-reload").count(),
+        reloads
+    );
     assert!(!host.p("checkout/etcd.1").exists());
 
     // Changed values: the other slot, built fresh; the old one stays for rollback.
     ok(&host.install("etcd", &["GREETING=changed"]));
-    assert_eq!(fs::read_link(host.p("checkout/etcd")).unwrap(), host.p("checkout/etcd.1"));
+    assert_eq!(
+        fs::read_link(host.p("checkout/etcd")).unwrap(),
+        host.p("checkout/etcd.1")
+    );
     assert!(host.p("checkout/etcd.0/rootfs/bin/busybox").exists());
     // A new image: back to slot 0, rebuilt.
-    fs::write(host.p("host/usr/local/bin/etcdctl-test"), "edited by the admin").unwrap();
+    fs::write(
+        host.p("host/usr/local/bin/etcdctl-test"),
+        "edited by the admin",
+    )
+    .unwrap();
     etcd_image("v2").save(&archive);
     ok(&host.install("etcd", &["GREETING=changed"]));
-    assert_eq!(fs::read_link(host.p("checkout/etcd")).unwrap(), host.p("checkout/etcd.0"));
+    assert_eq!(
+        fs::read_link(host.p("checkout/etcd")).unwrap(),
+        host.p("checkout/etcd.0")
+    );
     let info: serde_json::Value =
         serde_json::from_slice(&fs::read(host.p("checkout/etcd/info")).unwrap()).unwrap();
     assert_eq!(info["revision"], etcd_image("v2").id());
-    assert_eq!(info["verified"], false, "an update is unverified until it ran");
+    assert_eq!(
+        info["verified"], false,
+        "an update is unverified until it ran"
+    );
     assert_eq!(
         fs::read_to_string(host.p("host/usr/local/bin/etcdctl-test")).unwrap(),
         "edited by the admin",
@@ -316,14 +464,32 @@ fn second_install_is_a_no_op_and_an_update_uses_the_other_slot() {
 
     // rollback swaps back; uninstall leaves nothing behind but the admin's edit.
     ok(&host.helper(&["rollback", "etcd"]));
-    assert_eq!(fs::read_link(host.p("checkout/etcd")).unwrap(), host.p("checkout/etcd.1"));
+    assert_eq!(
+        fs::read_link(host.p("checkout/etcd")).unwrap(),
+        host.p("checkout/etcd.1")
+    );
     let out = ok(&host.helper(&["uninstall", "etcd"]));
     assert!(out.contains("etcd uninstalled"), "{out}");
-    assert!(host.tree("checkout").is_empty(), "{:?}", host.tree("checkout"));
+    assert!(
+        host.tree("checkout").is_empty(),
+        "{:?}",
+        host.tree("checkout")
+    );
     assert!(host.tree("units").is_empty() && host.tree("tmpfiles").is_empty());
-    let left: Vec<String> = host.tree("host").into_iter().filter(|p| p.ends_with(".conf") || p.contains("etcdctl")).collect();
-    assert_eq!(left, ["usr/local/bin/etcdctl-test"], "only the modified file stays");
-    assert!(host.log("systemctl.log").contains("disable --now etcd.service"));
+    let left: Vec<String> = host
+        .tree("host")
+        .into_iter()
+        .filter(|p| p.ends_with(".conf") || p.contains("etcdctl"))
+        .collect();
+    assert_eq!(
+        left,
+        ["usr/local/bin/etcdctl-test"],
+        "only the modified file stays"
+    );
+    assert!(
+        host.log("systemctl.log")
+            .contains("disable --now etcd.service")
+    );
 }
 
 #[test]
@@ -336,22 +502,38 @@ fn a_failed_update_is_rolled_back_and_not_retried() {
     ok(&host.helper(&["start-system", "--name", "etcd", "--settle", "0"]));
     etcd_image("v2").save(&archive);
     ok(&host.install("etcd", &[]));
-    assert_eq!(fs::read_link(host.p("checkout/etcd")).unwrap(), host.p("checkout/etcd.1"));
+    assert_eq!(
+        fs::read_link(host.p("checkout/etcd")).unwrap(),
+        host.p("checkout/etcd.1")
+    );
     // The stand-in reports the new service as failed.
     fs::write(host.p("unit-state"), "failed").unwrap();
     let out = host.helper(&["start-system", "--name", "etcd", "--settle", "1"]);
     assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
-    assert!(stderr(&out).contains("etcd.service failed to start with example.org/test/etcd:1"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("etcd.service failed to start with example.org/test/etcd:1"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("rolled back to"), "{}", stderr(&out));
-    assert_eq!(fs::read_link(host.p("checkout/etcd")).unwrap(), host.p("checkout/etcd.0"));
+    assert_eq!(
+        fs::read_link(host.p("checkout/etcd")).unwrap(),
+        host.p("checkout/etcd.0")
+    );
     assert_eq!(
         fs::read_to_string(host.p("checkout/etcd.0/etcd.service")).unwrap(),
         fs::read_to_string(host.p("units/etcd.service")).unwrap()
     );
     // The next boot does not try the same image and values again.
     let again = ok(&host.install("etcd", &[]));
-    assert!(again.contains("failed to start before and was rolled back"), "{again}");
-    assert_eq!(fs::read_link(host.p("checkout/etcd")).unwrap(), host.p("checkout/etcd.0"));
+    assert!(
+        again.contains("failed to start before and was rolled back"),
+        "{again}"
+    );
+    assert_eq!(
+        fs::read_link(host.p("checkout/etcd")).unwrap(),
+        host.p("checkout/etcd.0")
+    );
 }
 
 #[test]
@@ -359,7 +541,11 @@ fn template_errors_name_the_variable_and_leave_nothing() {
     let host = Host::new();
     let layer = Layer::new()
         .busybox()
-        .file("exports/service.template", b"[Service]\nExecStart=$EXEC_START $MISSING\n", 0o644)
+        .file(
+            "exports/service.template",
+            b"[Service]\nExecStart=$EXEC_START $MISSING\n",
+            0o644,
+        )
         .bytes();
     Image::new(IMAGE, vec![layer]).save(&host.p("preload/ostree/bad.tar"));
     let out = host.install("bad", &[]);
@@ -376,7 +562,15 @@ fn an_image_in_no_archive_and_a_foreign_unit_are_refused() {
     let host = Host::new();
     etcd_image("v1").save(&host.p("preload/ostree/etcd.tar"));
     let preload = host.p("preload").display().to_string();
-    let out = host.helper(&["install-system", "--preload-dir", &preload, "--name", "x1", "--image", "docker.io/other"]);
+    let out = host.helper(&[
+        "install-system",
+        "--preload-dir",
+        &preload,
+        "--name",
+        "x1",
+        "--image",
+        "docker.io/other",
+    ]);
     assert_eq!(out.status.code(), Some(65));
     assert!(
         stderr(&out).contains(&format!(
@@ -385,10 +579,31 @@ fn an_image_in_no_archive_and_a_foreign_unit_are_refused() {
         "{}",
         stderr(&out)
     );
-    let out = host.helper(&["install-system", "--preload-dir", &preload, "--name", "etcd", "--image", IMAGE, "--runtime", "/nonexistent/runc"]);
-    assert_eq!(out.status.code(), Some(1), "retried: the runtime may be installed later");
-    assert_eq!(stderr(&out), "atomic-preload: cannot install the container: the runtime /nonexistent/runc is not installed\n");
-    fs::write(host.p("units/etcd.service"), "[Service]\nExecStart=/bin/true\n").unwrap();
+    let out = host.helper(&[
+        "install-system",
+        "--preload-dir",
+        &preload,
+        "--name",
+        "etcd",
+        "--image",
+        IMAGE,
+        "--runtime",
+        "/nonexistent/runc",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "retried: the runtime may be installed later"
+    );
+    assert_eq!(
+        stderr(&out),
+        "atomic-preload: cannot install the container: the runtime /nonexistent/runc is not installed\n"
+    );
+    fs::write(
+        host.p("units/etcd.service"),
+        "[Service]\nExecStart=/bin/true\n",
+    )
+    .unwrap();
     let out = host.install("etcd", &[]);
     assert_eq!(out.status.code(), Some(65));
     assert!(stderr(&out).contains("etcd.service exists and was not installed by atomic-preload"));
@@ -397,7 +612,8 @@ fn an_image_in_no_archive_and_a_foreign_unit_are_refused() {
 #[test]
 fn an_image_without_exports_gets_atomics_default_config() {
     let host = Host::new();
-    Image::new(IMAGE, vec![Layer::new().busybox().bytes()]).save(&host.p("preload/ostree/plain.tar"));
+    Image::new(IMAGE, vec![Layer::new().busybox().bytes()])
+        .save(&host.p("preload/ostree/plain.tar"));
     ok(&host.install("plain", &[]));
     let config: serde_json::Value =
         serde_json::from_slice(&fs::read(host.p("checkout/plain.0/config.json")).unwrap()).unwrap();
@@ -415,11 +631,20 @@ fn an_image_without_exports_gets_atomics_default_config() {
 #[test]
 fn the_container_runs_under_runc() {
     let runc = "/usr/sbin/runc";
-    assert!(Path::new(runc).exists(), "runc is a test dependency (.ci/install-deps)");
+    assert!(
+        Path::new(runc).exists(),
+        "runc is a test dependency (.ci/install-deps)"
+    );
     let host = Host::new();
     etcd_image("v1").save(&host.p("preload/ostree/etcd.tar"));
     let state = host.p("host/var/lib");
-    ok(&host.install("etcd", &["GREETING=hi", &format!("STATE_DIRECTORY={}", state.display())]));
+    ok(&host.install(
+        "etcd",
+        &[
+            "GREETING=hi",
+            &format!("STATE_DIRECTORY={}", state.display()),
+        ],
+    ));
     fs::create_dir_all(state.join("etcd")).unwrap(); // what systemd-tmpfiles --create does
     let id = format!("ap-test-{}", std::process::id());
     let runc_root = host.p("runc");
@@ -435,7 +660,10 @@ fn the_container_runs_under_runc() {
             .stderr(fs::File::create(&runc_log).unwrap())
             .status()
             .unwrap();
-        (status.success(), fs::read_to_string(&runc_log).unwrap_or_default())
+        (
+            status.success(),
+            fs::read_to_string(&runc_log).unwrap_or_default(),
+        )
     };
     let bundle = host.p("checkout/etcd").display().to_string();
     let (started, log) = runc_cmd(&["run", "--detach", "--bundle", &bundle, &id]);
@@ -463,22 +691,45 @@ fn no_container_service_installs_host_files_only() {
     let host = Host::new();
     let layer = Layer::new()
         .busybox()
-        .file("exports/manifest.json", br#"{"noContainerService": true}"#, 0o644)
-        .file("exports/tmpfiles.template", b"d /run/$NAME 0755 0 0 - -\n", 0o644)
-        .file("exports/hostfs/usr/local/bin/tool-only", b"#!/bin/sh\n", 0o755)
+        .file(
+            "exports/manifest.json",
+            br#"{"noContainerService": true}"#,
+            0o644,
+        )
+        .file(
+            "exports/tmpfiles.template",
+            b"d /run/$NAME 0755 0 0 - -\n",
+            0o644,
+        )
+        .file(
+            "exports/hostfs/usr/local/bin/tool-only",
+            b"#!/bin/sh\n",
+            0o755,
+        )
         .bytes();
     Image::new(IMAGE, vec![layer]).save(&host.p("preload/ostree/tools.tar.bz2"));
     let out = ok(&host.install("tools", &[]));
-    assert!(out.contains("host files only (noContainerService)"), "{out}");
+    assert!(
+        out.contains("host files only (noContainerService)"),
+        "{out}"
+    );
     assert!(host.tree("units").is_empty(), "no container unit");
-    assert_eq!(fs::read_to_string(host.p("tmpfiles/tools.conf")).unwrap(), "d /run/tools 0755 0 0 - -\n");
+    assert_eq!(
+        fs::read_to_string(host.p("tmpfiles/tools.conf")).unwrap(),
+        "d /run/tools 0755 0 0 - -\n"
+    );
     assert!(host.p("host/usr/local/bin/tool-only").exists());
-    assert!(!host.p("checkout/tools.0/rootfs").exists(), "no rootfs kept");
+    assert!(
+        !host.p("checkout/tools.0/rootfs").exists(),
+        "no rootfs kept"
+    );
     let info: serde_json::Value =
         serde_json::from_slice(&fs::read(host.p("checkout/tools/info")).unwrap()).unwrap();
     assert_eq!(info["has-container-service"], false);
     // Nothing to start; a second install changes nothing.
-    assert!(ok(&host.helper(&["start-system", "--name", "tools"])).contains("has no container service"));
+    assert!(
+        ok(&host.helper(&["start-system", "--name", "tools"])).contains("has no container service")
+    );
     assert!(ok(&host.install("tools", &[])).contains("tools is installed from"));
     ok(&host.helper(&["uninstall", "tools"]));
     assert!(!host.p("host/usr/local/bin/tool-only").exists());
@@ -490,11 +741,19 @@ fn no_container_service_installs_host_files_only() {
 fn an_oci_layout_archive_installs_too() {
     let host = Host::new();
     let image = etcd_image("oci");
-    fs::write(host.p("preload/ostree/etcd-oci.tar"), image.oci_archive_bytes()).unwrap();
+    fs::write(
+        host.p("preload/ostree/etcd-oci.tar"),
+        image.oci_archive_bytes(),
+    )
+    .unwrap();
     ok(&host.install("etcd", &[]));
     let info: serde_json::Value =
         serde_json::from_slice(&fs::read(host.p("checkout/etcd/info")).unwrap()).unwrap();
-    assert_eq!(info["revision"], image.id(), "the image ID is the config's digest");
+    assert_eq!(
+        info["revision"],
+        image.id(),
+        "the image ID is the config's digest"
+    );
     assert!(host.p("checkout/etcd/rootfs/bin/busybox").exists());
     assert!(host.p("units/etcd.service").exists());
     assert!(ok(&host.install("etcd", &[])).contains("etcd is installed from"));

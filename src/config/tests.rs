@@ -54,7 +54,10 @@ fn original_readme_example() {
         panic!("{:?}", eff.items[1])
     };
     assert!(etcd.is_system() && !busybox.is_system());
-    assert_eq!(etcd.install.as_ref().unwrap().setvalues, ["ETCD_NAME=myetcd"]);
+    assert_eq!(
+        etcd.install.as_ref().unwrap().setvalues,
+        ["ETCD_NAME=myetcd"]
+    );
     assert!(problems(text).is_empty());
 }
 

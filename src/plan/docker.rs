@@ -140,4 +140,3 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
         runs: true,
     }
 }
-

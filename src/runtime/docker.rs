@@ -93,7 +93,9 @@ impl Engine {
                 message: last_line(&out.stderr),
             });
         }
-        Ok(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_owned())
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .trim_end_matches('\n')
+            .to_owned())
     }
 
     /// Whether the engine has every one of these images (names or IDs).

@@ -223,7 +223,11 @@ pub(crate) fn run_label(
     docker: &Path,
 ) -> Result<(), RuntimeError> {
     let argv = label_command(kind, label, args, docker)?;
-    println!("{}: running {kind}: {}", args.name, shell_words::join(&argv));
+    println!(
+        "{}: running {kind}: {}",
+        args.name,
+        shell_words::join(&argv)
+    );
     let status = Command::new(&argv[0])
         .args(&argv[1..])
         .envs(variables(args))

@@ -41,7 +41,6 @@ pub(crate) fn same_fingerprint(mark: &Mark, meta: &fs::Metadata) -> bool {
         .all(|(k, v)| mark.get(k) == Some(v.as_str()))
 }
 
-
 /// What happened to one archive.
 enum Loaded {
     AlreadyLoaded,

@@ -45,7 +45,8 @@ pub fn label_command(
     extra_args: &[String],
     docker: &str,
 ) -> Result<(Vec<String>, Vec<String>), RuntimeError> {
-    let label_err = |message: String| RuntimeError::Label(format!("RUN label of {image}: {message}"));
+    let label_err =
+        |message: String| RuntimeError::Label(format!("RUN label of {image}: {message}"));
     let words = shell_words::split(label)
         .map_err(|e| label_err(format!("cannot be split into words: {e}")))?;
     let vars = vec![
@@ -61,7 +62,8 @@ pub fn label_command(
             "NAME=NAME" => format!("NAME={name}"),
             _ => expand(word, &vars),
         };
-        if !(replaced.is_empty() && !word.is_empty()) {
+        // atomic collapsed the words an undefined variable emptied.
+        if !replaced.is_empty() || word.is_empty() {
             argv.push(replaced);
         }
     }
@@ -74,7 +76,9 @@ pub fn label_command(
         )));
     }
     let Some(at) = argv.iter().skip(2).position(|w| w == image).map(|i| i + 2) else {
-        return Err(label_err(format!("it does not name the image (IMAGE): {label:?}")));
+        return Err(label_err(format!(
+            "it does not name the image (IMAGE): {label:?}"
+        )));
     };
     let mut kept = Vec::new();
     let mut notes = Vec::new();
@@ -93,10 +97,11 @@ pub fn label_command(
         match reason {
             Some(reason) => {
                 let mut shown = option.clone();
-                if takes_value(option) && !option.contains('=') {
-                    if let Some(value) = options.next() {
-                        shown = format!("{option} {value}");
-                    }
+                if takes_value(option)
+                    && !option.contains('=')
+                    && let Some(value) = options.next()
+                {
+                    shown = format!("{option} {value}");
                 }
                 notes.push(format!("RUN label: dropped {shown} ({reason})"));
             }
@@ -155,7 +160,13 @@ mod tests {
 
     fn cmd(label: &str, extra: &[&str]) -> Result<(Vec<String>, Vec<String>), RuntimeError> {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        label_command(label, "rsyslog", "docker.io/example/rsyslog", &extra, "/usr/bin/docker")
+        label_command(
+            label,
+            "rsyslog",
+            "docker.io/example/rsyslog",
+            &extra,
+            "/usr/bin/docker",
+        )
     }
 
     #[test]
@@ -168,10 +179,25 @@ mod tests {
         assert_eq!(
             argv,
             [
-                "/usr/bin/docker", "run", "--rm", "--pull=never", "--name", "rsyslog",
-                "--privileged", "-e", "IMAGE=docker.io/example/rsyslog", "-e", "NAME=rsyslog",
-                "--net=host", "-v", "/etc:/host/etc", "-v", "/var/log/rsyslog:/var/log",
-                "docker.io/example/rsyslog", "/bin/rsyslog.sh", "--debug",
+                "/usr/bin/docker",
+                "run",
+                "--rm",
+                "--pull=never",
+                "--name",
+                "rsyslog",
+                "--privileged",
+                "-e",
+                "IMAGE=docker.io/example/rsyslog",
+                "-e",
+                "NAME=rsyslog",
+                "--net=host",
+                "-v",
+                "/etc:/host/etc",
+                "-v",
+                "/var/log/rsyslog:/var/log",
+                "docker.io/example/rsyslog",
+                "/bin/rsyslog.sh",
+                "--debug",
             ]
         );
         assert_eq!(

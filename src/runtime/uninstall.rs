@@ -77,7 +77,10 @@ pub fn run(args: &UninstallArgs) -> Result<(), RuntimeError> {
             run_label("UNINSTALL", &label, &install, engine.docker())?;
         }
     } else {
-        println!("{}: image {image} is not in the engine; nothing to run", args.name);
+        println!(
+            "{}: image {image} is not in the engine; nothing to run",
+            args.name
+        );
     }
     Marks::new(&args.paths.state_dir, "installed")
         .and_then(|m| m.remove(&args.name))

@@ -30,7 +30,10 @@ impl Layer {
         h.set_entry_type(kind);
         // Written raw: set_path would refuse the hostile names tests need.
         let bytes = name.as_bytes();
-        assert!(bytes.len() < 100, "test member names stay in the old header");
+        assert!(
+            bytes.len() < 100,
+            "test member names stay in the old header"
+        );
         h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
         h.set_mode(mode);
         h.set_uid(0);
@@ -43,7 +46,11 @@ impl Layer {
     fn push(mut self, mut header: tar::Header, data: &[u8]) -> Layer {
         header.set_size(data.len() as u64);
         header.set_cksum();
-        self.builder.as_mut().unwrap().append(&header, data).unwrap();
+        self.builder
+            .as_mut()
+            .unwrap()
+            .append(&header, data)
+            .unwrap();
         self
     }
 

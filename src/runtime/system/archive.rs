@@ -123,7 +123,9 @@ fn format_err(path: &Path, message: impl Into<String>) -> ArchiveError {
 /// A member name as docker writes it, with `./` and leading `/` dropped.
 fn member_key(name: &Path) -> String {
     let s = name.to_string_lossy();
-    s.trim_start_matches("./").trim_start_matches('/').to_owned()
+    s.trim_start_matches("./")
+        .trim_start_matches('/')
+        .to_owned()
 }
 
 /// A symlink member's target as a member key (relative to the link's directory).
@@ -197,7 +199,10 @@ pub fn index(path: &Path) -> Result<Vec<IndexedImage>, ArchiveError> {
     })?;
     let mut images = Vec::new();
     for item in manifest {
-        let key = links.get(&item.config).cloned().unwrap_or(item.config.clone());
+        let key = links
+            .get(&item.config)
+            .cloned()
+            .unwrap_or(item.config.clone());
         let config = json
             .get(&key)
             .ok_or_else(|| format_err(path, format!("config {} is missing", item.config)))?;
@@ -221,28 +226,42 @@ fn manifest_of(
             .map_err(|e| format_err(path, format!("manifest.json: {e}")));
     }
     let Some(index) = read("index.json")? else {
-        return Err(format_err(path, "it has neither manifest.json nor an OCI index.json"));
+        return Err(format_err(
+            path,
+            "it has neither manifest.json nor an OCI index.json",
+        ));
     };
     let json = |bytes: &[u8], what: &str| -> Result<serde_json::Value, ArchiveError> {
         serde_json::from_slice(bytes).map_err(|e| format_err(path, format!("{what}: {e}")))
     };
     let blob = |digest: &str| -> Result<(String, Vec<u8>), ArchiveError> {
         let key = format!("blobs/{}", digest.replacen(':', "/", 1));
-        let bytes = read(&key)?.ok_or_else(|| format_err(path, format!("blob {digest} is missing")))?;
+        let bytes =
+            read(&key)?.ok_or_else(|| format_err(path, format!("blob {digest} is missing")))?;
         Ok((key, bytes))
     };
     let digest_of = |v: &serde_json::Value| v["digest"].as_str().unwrap_or_default().to_owned();
     let mut items = Vec::new();
-    for descriptor in json(&index, "index.json")?["manifests"].as_array().into_iter().flatten() {
+    for descriptor in json(&index, "index.json")?["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let media = descriptor["mediaType"].as_str().unwrap_or_default();
         if media.contains("index") || media.contains("manifest.list") {
-            return Err(format_err(path, "multi-platform image indexes are not supported: save one platform"));
+            return Err(format_err(
+                path,
+                "multi-platform image indexes are not supported: save one platform",
+            ));
         }
         let annotations = &descriptor["annotations"];
-        let repo_tags: Vec<String> = ["io.containerd.image.name", "org.opencontainers.image.ref.name"]
-            .iter()
-            .filter_map(|k| annotations[*k].as_str().map(String::from))
-            .collect();
+        let repo_tags: Vec<String> = [
+            "io.containerd.image.name",
+            "org.opencontainers.image.ref.name",
+        ]
+        .iter()
+        .filter_map(|k| annotations[*k].as_str().map(String::from))
+        .collect();
         let (_, manifest) = blob(&digest_of(descriptor))?;
         let manifest = json(&manifest, "image manifest")?;
         let (config, _) = blob(&digest_of(&manifest["config"]))?;
@@ -298,21 +317,29 @@ impl Spool {
                 None => break,
             }
         }
-        Err(format_err(&self.archive, format!("member {name} is missing")))
+        Err(format_err(
+            &self.archive,
+            format!("member {name} is missing"),
+        ))
     }
 
     pub fn manifest(&self) -> Result<Vec<ManifestItem>, ArchiveError> {
         manifest_of(&self.archive, |key: &str| match self.member(key) {
             Err(_) => Ok(None),
-            Ok(path) => std::fs::read(path).map(Some).map_err(|source| ArchiveError::Io {
-                path: path.to_owned(),
-                source,
-            }),
+            Ok(path) => std::fs::read(path)
+                .map(Some)
+                .map_err(|source| ArchiveError::Io {
+                    path: path.to_owned(),
+                    source,
+                }),
         })
     }
 
     /// The manifest item and config of the image tagged `reference`.
-    pub fn image(&self, reference: &str) -> Result<(ManifestItem, ImageConfig, String), ArchiveError> {
+    pub fn image(
+        &self,
+        reference: &str,
+    ) -> Result<(ManifestItem, ImageConfig, String), ArchiveError> {
         let wanted = normalize_reference(reference);
         let item = self
             .manifest()?
@@ -365,6 +392,9 @@ mod tests {
 
     #[test]
     fn link_keys_resolve_relative_to_the_link() {
-        assert_eq!(link_key("abc/layer.tar", Path::new("../def/layer.tar")), "def/layer.tar");
+        assert_eq!(
+            link_key("abc/layer.tar", Path::new("../def/layer.tar")),
+            "def/layer.tar"
+        );
     }
 }

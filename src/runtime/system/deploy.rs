@@ -173,7 +173,10 @@ impl Layout<'_> {
     }
     /// Point `NAME` at `NAME.N` atomically: a new symlink renamed over the old one.
     fn swap_link(&self, slot: u8) -> Result<(), RuntimeError> {
-        let tmp = self.paths.checkout_dir.join(format!(".{}.link.tmp", self.name));
+        let tmp = self
+            .paths
+            .checkout_dir
+            .join(format!(".{}.link.tmp", self.name));
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(self.slot(slot), &tmp).map_err(io_err(&tmp))?;
         fs::rename(&tmp, self.link()).map_err(io_err(&tmp))?;
@@ -229,21 +232,21 @@ fn parse_setvalues(setvalues: &[String]) -> Result<Vec<(String, String)>, Runtim
 fn indexed(marks: &Marks, dir: &Path, name: &str) -> Result<Vec<IndexedImage>, String> {
     let path = dir.join(name);
     let meta = fs::metadata(&path).map_err(|e| e.to_string())?;
-    if let Some(mark) = marks.read(name) {
-        if same_fingerprint(&mark, &meta) {
-            return Ok(mark
-                .0
-                .iter()
-                .filter(|(k, _)| k.starts_with("image."))
-                .map(|(_, v)| {
-                    let mut words = v.split_whitespace().map(String::from);
-                    IndexedImage {
-                        id: words.next().unwrap_or_default(),
-                        tags: words.collect(),
-                    }
-                })
-                .collect());
-        }
+    if let Some(mark) = marks.read(name)
+        && same_fingerprint(&mark, &meta)
+    {
+        return Ok(mark
+            .0
+            .iter()
+            .filter(|(k, _)| k.starts_with("image."))
+            .map(|(_, v)| {
+                let mut words = v.split_whitespace().map(String::from);
+                IndexedImage {
+                    id: words.next().unwrap_or_default(),
+                    tags: words.collect(),
+                }
+            })
+            .collect());
     }
     let images = archive::index(&path).map_err(|e| match e {
         // The caller names the archive.
@@ -255,7 +258,10 @@ fn indexed(marks: &Marks, dir: &Path, name: &str) -> Result<Vec<IndexedImage>, S
         mark.set(k, v);
     }
     for (i, image) in images.iter().enumerate() {
-        mark.set(&format!("image.{i}"), format!("{} {}", image.id, image.tags.join(" ")));
+        mark.set(
+            &format!("image.{i}"),
+            format!("{} {}", image.id, image.tags.join(" ")),
+        );
     }
     // Only what was read from an unchanged file is remembered.
     if fs::metadata(&path).is_ok_and(|after| same_fingerprint(&mark, &after)) {
@@ -267,8 +273,7 @@ fn indexed(marks: &Marks, dir: &Path, name: &str) -> Result<Vec<IndexedImage>, S
 /// The archive in ostree/ holding `image`, and the image's ID.
 fn find_image(args: &InstallSystemArgs) -> Result<(PathBuf, String), RuntimeError> {
     let dir = args.preload_dir.join("ostree");
-    let marks =
-        Marks::new(&args.paths.state_dir, "loaded/ostree").map_err(RuntimeError::State)?;
+    let marks = Marks::new(&args.paths.state_dir, "loaded/ostree").map_err(RuntimeError::State)?;
     let names = if args.archive.is_empty() {
         list_archives(&dir)?
     } else {
@@ -290,8 +295,19 @@ fn find_image(args: &InstallSystemArgs) -> Result<(PathBuf, String), RuntimeErro
                 {
                     return Ok((dir.join(name), image.id.clone()));
                 }
-                let tags: Vec<&str> = images.iter().flat_map(|i| &i.tags).map(String::as_str).collect();
-                looked.push(format!("{name} (holds {})", if tags.is_empty() { "no tagged image".into() } else { tags.join(", ") }));
+                let tags: Vec<&str> = images
+                    .iter()
+                    .flat_map(|i| &i.tags)
+                    .map(String::as_str)
+                    .collect();
+                looked.push(format!(
+                    "{name} (holds {})",
+                    if tags.is_empty() {
+                        "no tagged image".into()
+                    } else {
+                        tags.join(", ")
+                    }
+                ));
             }
             Err(e) => looked.push(format!("{name} (unreadable: {e})")),
         }
@@ -399,9 +415,16 @@ fn checkout(
     for dir in [&rootfs_dir, &spool_dir] {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    println!("Extracting {} from {} to {}", args.image, archive_path.display(), dest.display());
+    println!(
+        "Extracting {} from {} to {}",
+        args.image,
+        archive_path.display(),
+        dest.display()
+    );
     let spool = Spool::create(archive_path, &spool_dir).map_err(|e| image_err(e.to_string()))?;
-    let (item, config, image_id) = spool.image(&args.image).map_err(|e| image_err(e.to_string()))?;
+    let (item, config, image_id) = spool
+        .image(&args.image)
+        .map_err(|e| image_err(e.to_string()))?;
     let root = Root::open(&rootfs_dir).map_err(io_err(&rootfs_dir))?;
     for (i, layer_name) in item.layers.iter().enumerate() {
         notify::status(&format!(
@@ -410,9 +433,12 @@ fn checkout(
             i + 1,
             item.layers.len()
         ));
-        let path = spool.member(layer_name).map_err(|e| image_err(e.to_string()))?;
+        let path = spool
+            .member(layer_name)
+            .map_err(|e| image_err(e.to_string()))?;
         let file = fs::File::open(path).map_err(io_err(path))?;
-        let reader = archive::layer_reader(file).map_err(|e| image_err(format!("layer {}: {e}", i + 1)))?;
+        let reader =
+            archive::layer_reader(file).map_err(|e| image_err(format!("layer {}: {e}", i + 1)))?;
         let stats = layer::apply(&root, reader).map_err(|e| layer_err(i, layer_name, e))?;
         let expected = &config.rootfs.diff_ids[i];
         if &stats.diff_id != expected {
@@ -447,7 +473,10 @@ fn checkout(
     let manifest: Option<serde_json::Value> = match read("manifest.json")? {
         None => None,
         Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
-            image_err(format!("Invalid manifest.json file in image {}: {e}", args.image))
+            image_err(format!(
+                "Invalid manifest.json file in image {}: {e}",
+                args.image
+            ))
         })?),
     };
     let facts = Facts {
@@ -481,7 +510,11 @@ fn checkout(
 
     let attr = |key: &str| manifest.as_ref().and_then(|m| m.get(key));
     let mut renames = BTreeMap::new();
-    for (from, to) in attr("renameFiles").and_then(|r| r.as_object()).into_iter().flatten() {
+    for (from, to) in attr("renameFiles")
+        .and_then(|r| r.as_object())
+        .into_iter()
+        .flatten()
+    {
         let to = to.as_str().unwrap_or_default();
         let to = template::substitute(to, &values, "manifest.json").map_err(template_err)?;
         renames.insert(from.clone(), to);
@@ -550,7 +583,10 @@ fn attempt_key(image_id: &str, setvalues: &[String]) -> String {
 /// `atomic-preload install-system`.
 pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
     if !is_valid_name(&args.name) {
-        return Err(RuntimeError::Usage(format!("--name {:?} is not a valid container name", args.name)));
+        return Err(RuntimeError::Usage(format!(
+            "--name {:?} is not a valid container name",
+            args.name
+        )));
     }
     let setvalues = parse_setvalues(&args.setvalues)?;
     // As atomic did: no runtime, no install (the unit would only fail later).
@@ -560,7 +596,8 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
             args.paths.runtime
         )));
     }
-    let _lock = marks::lock_file(&args.paths.state_dir, "lock-system").map_err(RuntimeError::State)?;
+    let _lock =
+        marks::lock_file(&args.paths.state_dir, "lock-system").map_err(RuntimeError::State)?;
     let layout = Layout {
         paths: &args.paths,
         name: &args.name,
@@ -568,7 +605,8 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
     let (archive_path, image_id) = find_image(args)?;
     let current = layout.active();
     if let Some((slot, info)) = &current {
-        if info.revision == image_id && info.setvalues == args.setvalues && info.image == args.image {
+        if info.revision == image_id && info.setvalues == args.setvalues && info.image == args.image
+        {
             if info.has_container_service && !layout.unit_out().exists() {
                 // Someone removed the unit: put the deployment's copy back.
                 let copy = layout.slot(*slot).join(layout.unit_name());
@@ -587,11 +625,11 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
             notify::status(&message);
             return Ok(());
         }
-        let failed = Marks::new(&args.paths.state_dir, "rolled-back").map_err(RuntimeError::State)?;
-        if failed
-            .read(&args.name)
-            .is_some_and(|m| m.get("attempt") == Some(attempt_key(&image_id, &args.setvalues).as_str()))
-        {
+        let failed =
+            Marks::new(&args.paths.state_dir, "rolled-back").map_err(RuntimeError::State)?;
+        if failed.read(&args.name).is_some_and(|m| {
+            m.get("attempt") == Some(attempt_key(&image_id, &args.setvalues).as_str())
+        }) {
             let message = format!(
                 "not updating {}: {} ({image_id}) with these values failed to start before and was rolled back; {} stays on {}",
                 args.name,
@@ -735,14 +773,21 @@ pub fn start(args: &StartSystemArgs) -> Result<(), RuntimeError> {
         )));
     };
     if !info.has_container_service {
-        println!("{} has no container service (noContainerService)", args.name);
+        println!(
+            "{} has no container service (noContainerService)",
+            args.name
+        );
         return Ok(());
     }
     let unit = layout.unit_name();
     let started = layout.systemctl_ok(&["start", &unit]);
     if info.verified {
         started?;
-        notify::status(&format!("started {unit} ({} in {})", info.image, layout.slot(slot).display()));
+        notify::status(&format!(
+            "started {unit} ({} in {})",
+            info.image,
+            layout.slot(slot).display()
+        ));
         return Ok(());
     }
     let ok = started.is_ok() && settled(&layout, Duration::from_secs(args.settle));
@@ -750,16 +795,28 @@ pub fn start(args: &StartSystemArgs) -> Result<(), RuntimeError> {
         let mut info = info;
         info.verified = true;
         let dir = layout.slot(slot);
-        write_atomic(&dir.join("info"), &serde_json::to_vec_pretty(&info).unwrap_or_default())?;
-        notify::status(&format!("started {unit} ({} in {})", info.image, dir.display()));
+        write_atomic(
+            &dir.join("info"),
+            &serde_json::to_vec_pretty(&info).unwrap_or_default(),
+        )?;
+        notify::status(&format!(
+            "started {unit} ({} in {})",
+            info.image,
+            dir.display()
+        ));
         return Ok(());
     }
     let failed = Marks::new(&args.paths.state_dir, "rolled-back").map_err(RuntimeError::State)?;
     let mut mark = Mark::default();
     mark.set("attempt", attempt_key(&info.revision, &info.setvalues));
     mark.set("image", &info.image);
-    failed.write(&args.name, &mark).map_err(RuntimeError::State)?;
-    eprintln!("{unit} failed to start from {}; rolling back", layout.slot(slot).display());
+    failed
+        .write(&args.name, &mark)
+        .map_err(RuntimeError::State)?;
+    eprintln!(
+        "{unit} failed to start from {}; rolling back",
+        layout.slot(slot).display()
+    );
     // It may be waiting to restart: stop it for good, and forget its failed starts so the
     // previous deployment gets a clean start.
     let _ = layout.systemctl(&["stop", &unit]);
@@ -780,7 +837,13 @@ fn settled(layout: &Layout<'_>, settle: Duration) -> bool {
     let deadline = Instant::now() + settle;
     loop {
         let state = layout
-            .systemctl(&["show", "--value", "-p", "ActiveState,SubState", &layout.unit_name()])
+            .systemctl(&[
+                "show",
+                "--value",
+                "-p",
+                "ActiveState,SubState",
+                &layout.unit_name(),
+            ])
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         let mut lines = state.lines();
@@ -797,7 +860,10 @@ fn settled(layout: &Layout<'_>, settle: Duration) -> bool {
 
 fn rollback_layout(layout: &Layout<'_>) -> Result<(), RuntimeError> {
     let Some((slot, current)) = layout.active() else {
-        return Err(RuntimeError::Usage(format!("{} is not installed", layout.name)));
+        return Err(RuntimeError::Usage(format!(
+            "{} is not installed",
+            layout.name
+        )));
     };
     let other = 1 - slot;
     let dir = layout.slot(other);
@@ -814,7 +880,11 @@ fn rollback_layout(layout: &Layout<'_>) -> Result<(), RuntimeError> {
             dir.display()
         )));
     }
-    println!("Rolling back container {} to the checkout at {}", layout.name, dir.display());
+    println!(
+        "Rolling back container {} to the checkout at {}",
+        layout.name,
+        dir.display()
+    );
     let was_active = current.has_container_service && layout.is_active();
     if was_active {
         layout.systemctl_ok(&["stop", &layout.unit_name()])?;
@@ -838,7 +908,8 @@ fn rollback_layout(layout: &Layout<'_>) -> Result<(), RuntimeError> {
     };
     hostfiles::remove(&current.installed_files_checksum, &layout.paths.host_root);
     if let Ok(root) = Root::open(&dir.join("rootfs")) {
-        let templates: BTreeSet<String> = previous.installed_files_template.iter().cloned().collect();
+        let templates: BTreeSet<String> =
+            previous.installed_files_template.iter().cloned().collect();
         match hostfiles::add(
             &root,
             &layout.paths.host_root,
@@ -854,7 +925,10 @@ fn rollback_layout(layout: &Layout<'_>) -> Result<(), RuntimeError> {
         }
     }
     previous.verified = true;
-    write_atomic(&dir.join("info"), &serde_json::to_vec_pretty(&previous).unwrap_or_default())?;
+    write_atomic(
+        &dir.join("info"),
+        &serde_json::to_vec_pretty(&previous).unwrap_or_default(),
+    )?;
     layout.swap_link(other)?;
     layout.systemctl_ok(&["daemon-reload"])?;
     if has_tmpfiles {
@@ -868,7 +942,8 @@ fn rollback_layout(layout: &Layout<'_>) -> Result<(), RuntimeError> {
 
 /// `atomic-preload rollback NAME`.
 pub fn rollback(args: &SystemNameArgs) -> Result<(), RuntimeError> {
-    let _lock = marks::lock_file(&args.paths.state_dir, "lock-system").map_err(RuntimeError::State)?;
+    let _lock =
+        marks::lock_file(&args.paths.state_dir, "lock-system").map_err(RuntimeError::State)?;
     rollback_layout(&Layout {
         paths: &args.paths,
         name: &args.name,
@@ -877,7 +952,8 @@ pub fn rollback(args: &SystemNameArgs) -> Result<(), RuntimeError> {
 
 /// `atomic-preload uninstall NAME`.
 pub fn uninstall(args: &SystemNameArgs) -> Result<(), RuntimeError> {
-    let _lock = marks::lock_file(&args.paths.state_dir, "lock-system").map_err(RuntimeError::State)?;
+    let _lock =
+        marks::lock_file(&args.paths.state_dir, "lock-system").map_err(RuntimeError::State)?;
     let layout = Layout {
         paths: &args.paths,
         name: &args.name,

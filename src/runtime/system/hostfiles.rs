@@ -198,11 +198,20 @@ mod tests {
     fn renames_apply_to_every_prefix() {
         let renames: BTreeMap<String, String> = [
             ("/etc/etcd".to_owned(), "/etc/etcd-main".to_owned()),
-            ("/usr/bin/etcdctl".to_owned(), "/usr/local/bin/etcdctl".to_owned()),
+            (
+                "/usr/bin/etcdctl".to_owned(),
+                "/usr/local/bin/etcdctl".to_owned(),
+            ),
         ]
         .into();
-        assert_eq!(rename("/etc/etcd/etcd.conf", &renames), "/etc/etcd-main/etcd.conf");
-        assert_eq!(rename("/usr/bin/etcdctl", &renames), "/usr/local/bin/etcdctl");
+        assert_eq!(
+            rename("/etc/etcd/etcd.conf", &renames),
+            "/etc/etcd-main/etcd.conf"
+        );
+        assert_eq!(
+            rename("/usr/bin/etcdctl", &renames),
+            "/usr/local/bin/etcdctl"
+        );
         assert_eq!(rename("/usr/bin/other", &renames), "/usr/bin/other");
     }
 }

@@ -18,8 +18,8 @@
 //! image config's `diff_id` by the caller.
 
 use super::rootfs::{self, Root, clear_dir, kind_at, remove_all_at};
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 use crate::runtime::digest::{Hashing, hex};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 use sha2::Digest;
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -161,8 +161,7 @@ fn apply_member<R: Read>(
     if name == OPAQUE.as_bytes() {
         let dir_path = path.parent().unwrap_or(Path::new(""));
         let dir = root.ensure_dir(dir_path).map_err(write_err)?;
-        clear_dir(&dir, |child| !created.contains(&dir_path.join(child)))
-            .map_err(write_err)?;
+        clear_dir(&dir, |child| !created.contains(&dir_path.join(child))).map_err(write_err)?;
         stats.whiteouts += 1;
         return Ok(());
     }
@@ -181,15 +180,11 @@ fn apply_member<R: Read>(
         return Ok(());
     }
 
-    let capability = entry
-        .pax_extensions()
-        .ok()
-        .flatten()
-        .and_then(|exts| {
-            exts.filter_map(Result::ok)
-                .find(|e| e.key_bytes() == format!("SCHILY.xattr.{CAPABILITY_XATTR}").as_bytes())
-                .map(|e| e.value_bytes().to_vec())
-        });
+    let capability = entry.pax_extensions().ok().flatten().and_then(|exts| {
+        exts.filter_map(Result::ok)
+            .find(|e| e.key_bytes() == format!("SCHILY.xattr.{CAPABILITY_XATTR}").as_bytes())
+            .map(|e| e.value_bytes().to_vec())
+    });
     let header = entry.header();
     let meta = Meta {
         uid: header.uid().map_err(LayerError::Read)?,

@@ -197,13 +197,8 @@ pub fn remove_all_at(dir: impl AsFd, name: &OsStr) -> io::Result<()> {
     match kind_at(dir, name)? {
         None => Ok(()),
         Some(FileType::Directory) => {
-            let sub = rfs::openat(
-                dir,
-                name,
-                DIR_FLAGS | OFlags::NOFOLLOW,
-                Mode::empty(),
-            )
-            .map_err(io_err)?;
+            let sub = rfs::openat(dir, name, DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty())
+                .map_err(io_err)?;
             clear_dir(&sub, |_| true)?;
             rfs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(io_err)
         }
@@ -236,8 +231,14 @@ mod tests {
 
     #[test]
     fn clean_strips_dots_and_refuses_parent_components() {
-        assert_eq!(clean(Path::new("./usr//bin/")).unwrap(), Path::new("usr/bin"));
-        assert_eq!(clean(Path::new("/etc/passwd")).unwrap(), Path::new("etc/passwd"));
+        assert_eq!(
+            clean(Path::new("./usr//bin/")).unwrap(),
+            Path::new("usr/bin")
+        );
+        assert_eq!(
+            clean(Path::new("/etc/passwd")).unwrap(),
+            Path::new("etc/passwd")
+        );
         assert_eq!(clean(Path::new("./")).unwrap(), Path::new(""));
         assert!(clean(Path::new("a/../../etc")).is_err());
     }
@@ -263,7 +264,11 @@ mod tests {
         }
         assert!(r.join("x/file").exists());
         // "out" points at a host path: inside the root that path is created instead.
-        assert!(r.join(outside.path().strip_prefix("/").unwrap()).join("x/file").exists());
+        assert!(
+            r.join(outside.path().strip_prefix("/").unwrap())
+                .join("x/file")
+                .exists()
+        );
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 

@@ -10,8 +10,14 @@ pub enum TemplateError {
     /// atomic's own wording, with the file it was in.
     #[error("the template file '{file}' still contains an unreplaced value for: '{name}'")]
     Unknown { file: String, name: String },
-    #[error("the template file '{file}' has an invalid placeholder at line {line}, column {column} (write $$ for a dollar sign)")]
-    Invalid { file: String, line: usize, column: usize },
+    #[error(
+        "the template file '{file}' has an invalid placeholder at line {line}, column {column} (write $$ for a dollar sign)"
+    )]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+    },
 }
 
 fn is_start(c: u8) -> bool {
@@ -44,9 +50,7 @@ pub fn substitute(
         } else if rest.first().copied().is_some_and(is_start) {
             let n = rest.iter().take_while(|c| is_rest(**c)).count();
             (&text[at + 1..at + 1 + n], n + 1)
-        } else if rest.first() == Some(&b'{')
-            && rest.get(1).copied().is_some_and(is_start)
-        {
+        } else if rest.first() == Some(&b'{') && rest.get(1).copied().is_some_and(is_start) {
             let n = rest[1..].iter().take_while(|c| is_rest(**c)).count();
             if rest.get(1 + n) != Some(&b'}') {
                 return Err(invalid(text, at, file));
@@ -87,17 +91,24 @@ mod tests {
     use super::*;
 
     fn values() -> BTreeMap<String, String> {
-        [("NAME", "etcd"), ("A_1", "x"), ("DESTDIR", "/var/lib/containers/atomic/etcd.0")]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
+        [
+            ("NAME", "etcd"),
+            ("A_1", "x"),
+            ("DESTDIR", "/var/lib/containers/atomic/etcd.0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
     }
 
     #[test]
     fn substitutes_like_python_string_template() {
         let v = values();
         let ok = |t: &str| substitute(t, &v, "f").unwrap();
-        assert_eq!(ok("$NAME ${NAME}x $$NAME $$ ${A_1}"), "etcd etcdx $NAME $ x");
+        assert_eq!(
+            ok("$NAME ${NAME}x $$NAME $$ ${A_1}"),
+            "etcd etcdx $NAME $ x"
+        );
         assert_eq!(ok("$NAME.service"), "etcd.service");
         assert_eq!(ok("a$NAME-b"), "aetcd-b");
         assert_eq!(ok("no dollars"), "no dollars");
@@ -108,13 +119,24 @@ mod tests {
     fn unknown_names_and_bad_placeholders_are_errors() {
         let v = values();
         assert_eq!(
-            substitute("x $NOPE", &v, "service.template").unwrap_err().to_string(),
+            substitute("x $NOPE", &v, "service.template")
+                .unwrap_err()
+                .to_string(),
             "the template file 'service.template' still contains an unreplaced value for: 'NOPE'"
         );
-        for (t, line, column) in [("$", 1, 1), ("a\n b $1", 2, 4), ("${ NAME}", 1, 1), ("${NAME", 1, 1)] {
+        for (t, line, column) in [
+            ("$", 1, 1),
+            ("a\n b $1", 2, 4),
+            ("${ NAME}", 1, 1),
+            ("${NAME", 1, 1),
+        ] {
             assert_eq!(
                 substitute(t, &v, "f").unwrap_err(),
-                TemplateError::Invalid { file: "f".into(), line, column },
+                TemplateError::Invalid {
+                    file: "f".into(),
+                    line,
+                    column
+                },
                 "{t:?}"
             );
         }

@@ -15,15 +15,47 @@ pub type Values = BTreeMap<String, String>;
 
 /// Capability names by number, as the kernel numbers them (include/uapi/linux/capability.h).
 const CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
-    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
-    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
-    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
-    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ];
 
 /// atomic's ALL_PROCESS_CAPABILITIES: every capability this kernel has, as JSON strings
@@ -87,10 +119,7 @@ pub fn amend(
         values.entry(key.to_owned()).or_insert(value);
     };
     default("RUN_DIRECTORY", "/run".into());
-    let pidfile = format!(
-        "{}/container-{}.pid",
-        values["RUN_DIRECTORY"], facts.name
-    );
+    let pidfile = format!("{}/container-{}.pid", values["RUN_DIRECTORY"], facts.name);
     let mut default = |key: &str, value: String| {
         values.entry(key.to_owned()).or_insert(value);
     };
@@ -162,16 +191,30 @@ mod tests {
         }});
         let set = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         let v = amend(
-            &[set("ETCD_NAME", "myetcd"), set("RUN_DIRECTORY", "/srv/run"), set("NAME", "x"), set("IMAGE_ID", "x")],
+            &[
+                set("ETCD_NAME", "myetcd"),
+                set("RUN_DIRECTORY", "/srv/run"),
+                set("NAME", "x"),
+                set("IMAGE_ID", "x"),
+            ],
             Some(&manifest),
             &facts(),
         );
         assert_eq!(v["ETCD_NAME"], "myetcd", "setvalues beat defaultValues");
-        assert_eq!(v["RUN_DIRECTORY"], "/srv/run", "setvalues beat built-in defaults");
-        assert_eq!(v["PIDFILE"], "/srv/run/container-etcd.pid", "PIDFILE follows RUN_DIRECTORY");
+        assert_eq!(
+            v["RUN_DIRECTORY"], "/srv/run",
+            "setvalues beat built-in defaults"
+        );
+        assert_eq!(
+            v["PIDFILE"], "/srv/run/container-etcd.pid",
+            "PIDFILE follows RUN_DIRECTORY"
+        );
         assert_eq!(v["PORT"], "2379");
         assert_eq!(v["FLAG"], "True", "Python's str() of a JSON boolean");
-        assert_eq!(v["UUID"], "from-manifest", "defaultValues come before the UUID default");
+        assert_eq!(
+            v["UUID"], "from-manifest",
+            "defaultValues come before the UUID default"
+        );
         assert_eq!(v["NAME"], "etcd", "NAME is always overwritten");
         assert_eq!(v["IMAGE_ID"], "sha256:abc");
         assert_eq!(v["DESTDIR"], "/var/lib/containers/atomic/etcd.0");
@@ -181,6 +224,9 @@ mod tests {
         assert!(v["EXEC_START"].starts_with("/usr/sbin/runc --systemd-cgroup run 'etcd'"));
         assert!(v["ALL_PROCESS_CAPABILITIES"].starts_with("\"CAP_CHOWN\",\n"));
         assert!(v["ALL_PROCESS_CAPABILITIES"].ends_with("\"CAP_CHECKPOINT_RESTORE\"\n"));
-        assert_eq!(all_capabilities(1), "\"CAP_CHOWN\",\n\"CAP_DAC_OVERRIDE\"\n");
+        assert_eq!(
+            all_capabilities(1),
+            "\"CAP_CHOWN\",\n\"CAP_DAC_OVERRIDE\"\n"
+        );
     }
 }
