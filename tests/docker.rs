@@ -733,3 +733,35 @@ fn uninstall_runs_the_uninstall_label() {
         "installed\nuninstalled web bye\ninstalled\n"
     );
 }
+
+/// Every boot after the first: a unit whose archives are unchanged and whose image is
+/// there asks the engine once and loads nothing, even when another entry's images are
+/// gone; that other entry's own unit loads its archive again.
+#[test]
+fn a_units_check_does_not_depend_on_other_entries_archives() {
+    if !docker_available() {
+        return;
+    }
+    let s = Setup::new();
+    let e = &s.engine;
+    e.build_archive("test/a:1", "a", &[], &s.archive("a.tar"));
+    e.build_archive("test/b:1", "b", &[], &s.archive("b.tar.gz"));
+    assert!(s.helper("load", &[]).status.success());
+    e.ok(&["rmi", "test/b:1"]);
+
+    let t = e.now();
+    let out = s.helper("load", &["--image", "test/a:1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("a.tar: already loaded"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(e.load_events(&t), 0, "a's unit loads nothing");
+
+    let out = s.helper("load", &["--image", "test/b:1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("b.tar.gz: loaded"), "{}", text(&out));
+    assert_eq!(e.load_events(&t), 1, "b's unit loads b again");
+    assert!(e.image_id("test/b:1").is_some());
+}
