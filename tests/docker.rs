@@ -765,3 +765,40 @@ fn a_units_check_does_not_depend_on_other_entries_archives() {
     assert_eq!(e.load_events(&t), 1, "b's unit loads b again");
     assert!(e.image_id("test/b:1").is_some());
 }
+
+/// While an archive loads, the unit's status line says how far along it is (sd_notify
+/// STATUS=), ending at 100%.
+#[test]
+fn load_progress_goes_to_the_status_line() {
+    if !docker_available() {
+        return;
+    }
+    let s = Setup::new();
+    s.engine
+        .build_archive("test/progress:1", "p", &[], &s.archive("progress.tar.gz"));
+    let socket_path = s.engine.dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    let out = s
+        .command("load", &["--image", "test/progress:1"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    socket.set_nonblocking(true).unwrap();
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = socket.recv(&mut buf) {
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        messages
+            .first()
+            .is_some_and(|m| m.starts_with("STATUS=loading progress.tar.gz: ")),
+        "{messages:?}"
+    );
+    let last = messages.last().unwrap();
+    assert!(
+        last.starts_with("STATUS=loading progress.tar.gz: ") && last.ends_with(" MB (100%)"),
+        "{messages:?}"
+    );
+}

@@ -11,6 +11,7 @@ use super::RuntimeError;
 use super::digest::{Hashing, hex, sha256_of};
 use super::docker::Engine;
 use super::marks::{self, Mark, Marks};
+use super::notify;
 use crate::cli::LoadArgs;
 use crate::config::{archive_problem, is_archive_name};
 use sha2::Digest;
@@ -104,7 +105,8 @@ fn load_one(
     // first, so a load interrupted from here on is retried.
     marks.remove(name).map_err(RuntimeError::State)?;
     let file = BufReader::new(File::open(&path).map_err(archive_err)?);
-    let mut hashing = Hashing::new(file);
+    let progress = notify::Progress::new(file, format!("loading {name}"), meta.len());
+    let mut hashing = Hashing::new(progress);
     let loaded = if name.ends_with(".tar.zst") {
         // Docker 20.10 cannot read zstd itself.
         let mut decoder = ruzstd::decoding::StreamingDecoder::new(&mut hashing).map_err(|e| {

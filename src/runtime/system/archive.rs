@@ -6,6 +6,7 @@
 //! cannot place anything anywhere.
 
 use crate::runtime::digest::hex;
+use crate::runtime::notify::Progress;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -53,11 +54,14 @@ pub enum ArchiveError {
 /// JSON members larger than this are not image metadata.
 const JSON_MAX: u64 = 16 << 20;
 
-/// The archive's bytes, decompressed according to its suffix.
-pub fn open_decompressed(path: &Path) -> io::Result<Box<dyn Read>> {
-    let file = BufReader::with_capacity(1 << 20, File::open(path)?);
+/// The archive's bytes, decompressed according to its suffix; how far along the file
+/// is goes to the unit's status line as "`doing` NAME: x of y MB".
+pub fn open_decompressed(path: &Path, doing: &str) -> io::Result<Box<dyn Read>> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    decompress(file, &name)
+    let progress = Progress::new(file, format!("{doing} {name}"), size);
+    decompress(BufReader::with_capacity(1 << 20, progress), &name)
 }
 
 /// A reader that decompresses `inner` by the name's suffix (.tar is as is).
@@ -149,13 +153,14 @@ fn link_key(link: &str, target: &Path) -> String {
 /// key → target key.
 fn walk(
     path: &Path,
+    doing: &str,
     mut file: impl FnMut(usize, String, &mut dyn Read) -> io::Result<()>,
 ) -> Result<HashMap<String, String>, ArchiveError> {
     let io_err = |source| ArchiveError::Io {
         path: path.to_owned(),
         source,
     };
-    let reader = open_decompressed(path).map_err(io_err)?;
+    let reader = open_decompressed(path, doing).map_err(io_err)?;
     let mut archive = tar::Archive::new(reader);
     let mut links = HashMap::new();
     for (n, entry) in archive.entries().map_err(io_err)?.enumerate() {
@@ -177,7 +182,7 @@ fn walk(
 /// One pass over the archive: its images (tags and IDs), without keeping any layer.
 pub fn index(path: &Path) -> Result<Vec<IndexedImage>, ArchiveError> {
     let mut json: HashMap<String, Vec<u8>> = HashMap::new();
-    let links = walk(path, |_, key, entry| {
+    let links = walk(path, "indexing", |_, key, entry| {
         // Configs are `<hex>.json` (docker save) or `blobs/sha256/<hex>` (OCI layout);
         // nothing larger than JSON_MAX is metadata.
         let wanted = key == "manifest.json" || key.ends_with(".json") || key.starts_with("blobs/");
@@ -290,7 +295,7 @@ impl Spool {
     /// Copy every regular member of `archive` into `dir` (which must exist and be ours).
     pub fn create(archive: &Path, dir: &Path) -> Result<Spool, ArchiveError> {
         let mut files = HashMap::new();
-        let links = walk(archive, |n, key, entry| {
+        let links = walk(archive, "unpacking", |n, key, entry| {
             // Numbered names: a member's name never decides where anything is written.
             let spooled = dir.join(format!("member-{n}"));
             io::copy(entry, &mut File::create(&spooled)?)?;
