@@ -4,6 +4,8 @@ use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::Path;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread::JoinHandle;
 
 /// A reader that hashes what passes through it.
 pub struct Hashing<R> {
@@ -37,4 +39,110 @@ pub fn sha256_of(path: &Path) -> io::Result<String> {
     let mut reader = Hashing::new(BufReader::new(File::open(path)?));
     io::copy(&mut reader, &mut io::sink())?;
     Ok(hex(&reader.hasher.finalize()))
+}
+
+/// What a reader thread hands over: a chunk, the end (empty), or an error.
+type Chunk = io::Result<Vec<u8>>;
+
+/// The consuming end of [`read_ahead_hashing`]: the stream's bytes, in order.
+pub struct Chunks {
+    rx: Receiver<Chunk>,
+    current: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.pos < self.current.len() {
+                let n = buf.len().min(self.current.len() - self.pos);
+                buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) if chunk.is_empty() => self.done = true,
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => self.done = true,
+            }
+        }
+    }
+}
+
+/// Read `reader` to its end on another thread, hashing every byte there, and hand the
+/// bytes over through a small queue: the SHA-256 is never in series with the consumer
+/// (a `docker load`, a decompressor). The thread reads and hashes to the end even when
+/// the consumer stops early (a zstd frame's end), so the digest is always the file's;
+/// it returns the lowercase hex digest.
+pub fn read_ahead_hashing<R: Read + Send + 'static>(
+    mut reader: R,
+) -> (Chunks, JoinHandle<io::Result<String>>) {
+    let (tx, rx) = sync_channel::<Chunk>(8);
+    let handle = std::thread::spawn(move || {
+        let mut hasher = Sha256::new();
+        let mut consumer = true;
+        loop {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut filled = 0;
+            while filled < buf.len() {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let message = e.to_string();
+                        let _ = tx.send(Err(e));
+                        return Err(io::Error::other(message));
+                    }
+                }
+            }
+            buf.truncate(filled);
+            hasher.update(&buf);
+            let end = filled == 0;
+            if consumer && tx.send(Ok(buf)).is_err() {
+                consumer = false;
+            }
+            if end {
+                return Ok(hex(&hasher.finalize()));
+            }
+        }
+    });
+    (
+        Chunks {
+            rx,
+            current: Vec::new(),
+            pos: 0,
+            done: false,
+        },
+        handle,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_ahead_gives_every_byte_and_the_files_digest() {
+        let data: Vec<u8> = (0..3_500_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut chunks, hashed) = read_ahead_hashing(io::Cursor::new(data.clone()));
+        let mut got = Vec::new();
+        chunks.read_to_end(&mut got).unwrap();
+        assert_eq!(got, data);
+        assert_eq!(hashed.join().unwrap().unwrap(), hex(&Sha256::digest(&data)));
+        // A consumer that stops early still gets the whole file's digest.
+        let (mut chunks, hashed) = read_ahead_hashing(io::Cursor::new(data.clone()));
+        let mut first = [0u8; 10];
+        chunks.read_exact(&mut first).unwrap();
+        drop(chunks);
+        assert_eq!(hashed.join().unwrap().unwrap(), hex(&Sha256::digest(&data)));
+    }
 }

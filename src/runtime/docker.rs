@@ -114,17 +114,7 @@ impl Engine {
     /// Stream an image archive into `docker load`; returns the images it loaded (the
     /// references, or IDs of untagged images, from its "Loaded image: …" lines).
     pub fn load(&self, archive: &mut dyn Read) -> Result<Vec<String>, RuntimeError> {
-        let spawn_err = |e| RuntimeError::Spawn {
-            program: self.docker.display().to_string(),
-            source: e,
-        };
-        let mut child = Command::new(&self.docker)
-            .args(["load", "--quiet"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn_err)?;
+        let mut child = self.spawn_load(Stdio::piped())?;
         let copied = {
             let mut stdin = child.stdin.take();
             match stdin.as_mut() {
@@ -133,7 +123,46 @@ impl Engine {
             }
             // stdin dropped here: docker sees end of input.
         };
-        let out = child.wait_with_output().map_err(spawn_err)?;
+        self.finish_load(child, copied)
+    }
+
+    /// `docker load` reading the archive file itself (no copy through us: the engine's
+    /// own speed); `watch(docker's pid)` runs while it loads, e.g. to report progress.
+    pub fn load_file(
+        &self,
+        file: std::fs::File,
+        watch: impl FnOnce(u32, &mut dyn FnMut() -> bool),
+    ) -> Result<Vec<String>, RuntimeError> {
+        let mut child = self.spawn_load(Stdio::from(file))?;
+        let pid = child.id();
+        // `child` is only polled here; its output is read once it has exited.
+        let mut still_running = || matches!(child.try_wait(), Ok(None));
+        watch(pid, &mut still_running);
+        self.finish_load(child, Ok(()))
+    }
+
+    fn spawn_load(&self, stdin: Stdio) -> Result<std::process::Child, RuntimeError> {
+        Command::new(&self.docker)
+            .args(["load", "--quiet"])
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| RuntimeError::Spawn {
+                program: self.docker.display().to_string(),
+                source: e,
+            })
+    }
+
+    fn finish_load(
+        &self,
+        child: std::process::Child,
+        copied: io::Result<()>,
+    ) -> Result<Vec<String>, RuntimeError> {
+        let out = child.wait_with_output().map_err(|e| RuntimeError::Spawn {
+            program: self.docker.display().to_string(),
+            source: e,
+        })?;
         if !out.status.success() {
             return Err(RuntimeError::Docker {
                 what: "docker load".into(),

@@ -8,13 +8,12 @@
 //! first load hashes while streaming into Docker.
 
 use super::RuntimeError;
-use super::digest::{Hashing, hex, sha256_of};
+use super::digest::{self, sha256_of};
 use super::docker::Engine;
 use super::marks::{self, Mark, Marks};
 use super::notify;
 use crate::cli::LoadArgs;
 use crate::config::{archive_problem, is_archive_name};
-use sha2::Digest;
 use std::fs::{self, File};
 use std::io::{self, BufReader};
 use std::os::unix::fs::MetadataExt;
@@ -104,32 +103,48 @@ fn load_one(
     // Nothing recorded for this content (or a failed earlier try): forget the old record
     // first, so a load interrupted from here on is retried.
     marks.remove(name).map_err(RuntimeError::State)?;
-    let file = BufReader::new(File::open(&path).map_err(archive_err)?);
-    let progress = notify::Progress::new(file, format!("loading {name}"), meta.len());
-    let mut hashing = Hashing::new(progress);
-    let loaded = if name.ends_with(".tar.zst") {
-        // Docker 20.10 cannot read zstd itself.
-        let mut decoder = ruzstd::decoding::StreamingDecoder::new(&mut hashing).map_err(|e| {
-            archive_err(io::Error::new(
+    let (loaded, sha256) = if name.ends_with(".tar.zst") {
+        // Docker 20.10 cannot read zstd: decompressed here (libzstd), while the file is
+        // read and hashed on another thread.
+        let file = BufReader::with_capacity(1 << 20, File::open(&path).map_err(archive_err)?);
+        let progress = notify::Progress::new(file, format!("loading {name}"), meta.len());
+        let (mut chunks, hashed) = digest::read_ahead_hashing(progress);
+        let loaded = match zstd::stream::read::Decoder::new(&mut chunks) {
+            Ok(mut decoder) => engine.load(&mut decoder),
+            Err(e) => Err(RuntimeError::ReadArchive(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("zstd: {e}"),
-            ))
-        })?;
-        let loaded = engine.load(&mut decoder);
-        // The decoder stops at the frame's end: hash whatever follows too.
-        io::copy(&mut hashing, &mut io::sink()).map_err(archive_err)?;
-        loaded
+            ))),
+        };
+        drop(chunks);
+        let sha256 = hashed
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the reading thread panicked")));
+        (loaded, sha256)
     } else {
-        engine.load(&mut hashing)
-    }
-    .map_err(|e| RuntimeError::LoadFailed {
+        // Docker reads the file itself (the engine's own speed); it is hashed meanwhile
+        // on another thread, through a descriptor of its own.
+        let file = File::open(&path).map_err(archive_err)?;
+        let hash_path = path.clone();
+        let hashed = std::thread::spawn(move || sha256_of(&hash_path));
+        let what = format!("loading {name}");
+        let loaded = engine.load_file(file, |pid, running| {
+            notify::watch_stdin_offset(&what, pid, meta.len(), running)
+        });
+        let sha256 = hashed
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the hashing thread panicked")));
+        (loaded, sha256)
+    };
+    let loaded = loaded.map_err(|e| RuntimeError::LoadFailed {
         path: path.clone(),
         message: e.to_string(),
     })?;
+    let sha256 = sha256.map_err(archive_err)?;
     // Record only what we actually read: if the file changed meanwhile, load it next time.
     let after = fs::metadata(&path).map_err(archive_err)?;
     if same_fingerprint(&mark, &after) {
-        mark.set("sha256", hex(&hashing.hasher.finalize()));
+        mark.set("sha256", sha256);
         mark.set("images", loaded.join(" "));
         marks.write(name, &mark).map_err(RuntimeError::State)?;
     }
@@ -225,9 +240,35 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
     let _lock = marks::lock(&args.engine.state_dir).map_err(RuntimeError::State)?;
     let marks = Marks::new(&args.engine.state_dir, MARKS).map_err(RuntimeError::State)?;
 
+    // Several archives load at once, one per core: the engine unpacks layers in parallel,
+    // and one archive's decompression or digest never waits for another's.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, names.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<(usize, Result<Loaded, RuntimeError>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(name) = names.get(i) else { break done };
+                        done.push((i, load_one(&engine, &marks, &dir, name)));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
     let mut failures = Vec::new();
-    for name in &names {
-        match load_one(&engine, &marks, &dir, name) {
+    for (i, result) in results {
+        let name = &names[i];
+        match result {
             Ok(Loaded::AlreadyLoaded) => println!("{name}: already loaded"),
             Ok(Loaded::SameContent) => println!("{name}: same content as already loaded"),
             Ok(Loaded::Loaded(images)) => println!("{name}: loaded {}", images.join(", ")),

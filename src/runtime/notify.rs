@@ -27,6 +27,40 @@ pub fn status(text: &str) {
     let _ = socket.send_to_addr(format!("STATUS={line}").as_bytes(), &addr);
 }
 
+/// `WHAT: 312.5 of 470.0 MB (66%)` on the status line.
+pub fn progress(what: &str, done: u64, total: u64) {
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    let percent = (done * 100).checked_div(total).unwrap_or(100).min(100);
+    status(&format!(
+        "{what}: {:.1} of {:.1} MB ({percent}%)",
+        mb(done),
+        mb(total)
+    ));
+}
+
+/// While `running()`, how far process `pid` has read its standard input (a file): its
+/// offset from /proc, on the status line every 250 ms, and once more at the end.
+pub fn watch_stdin_offset(what: &str, pid: u32, total: u64, running: &mut dyn FnMut() -> bool) {
+    let fdinfo = format!("/proc/{pid}/fdinfo/0");
+    let offset = || -> Option<u64> {
+        let text = std::fs::read_to_string(&fdinfo).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("pos:"))
+            .and_then(|p| p.trim().parse().ok())
+    };
+    let mut last = None::<std::time::Instant>;
+    let mut done = 0;
+    while running() {
+        if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(250)) {
+            done = offset().unwrap_or(done);
+            progress(what, done, total);
+            last = Some(std::time::Instant::now());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    progress(what, total, total);
+}
+
 /// A reader that reports how far along it is on the unit's status line: the first read,
 /// then at most every 250 ms, then the end (`loading app.tar: 312.5 of 470.0 MB (66%)`),
 /// so `systemctl status` during a long first boot answers "is it stuck?".
@@ -50,17 +84,7 @@ impl<R> Progress<R> {
     }
 
     fn report(&mut self) {
-        let mb = |b: u64| b as f64 / (1 << 20) as f64;
-        let percent = (self.done * 100)
-            .checked_div(self.total)
-            .unwrap_or(100)
-            .min(100);
-        status(&format!(
-            "{}: {:.1} of {:.1} MB ({percent}%)",
-            self.what,
-            mb(self.done),
-            mb(self.total)
-        ));
+        progress(&self.what, self.done, self.total);
         self.last = Some(std::time::Instant::now());
     }
 }

@@ -73,10 +73,7 @@ pub fn decompress(inner: impl Read + 'static, name: &str) -> io::Result<Box<dyn 
     } else if name.ends_with(".tar.bz2") {
         Box::new(bzip2::read::MultiBzDecoder::new(inner))
     } else if name.ends_with(".tar.zst") {
-        Box::new(
-            ruzstd::decoding::StreamingDecoder::new(inner)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))?,
-        )
+        Box::new(zstd::stream::read::Decoder::new(inner)?)
     } else {
         Box::new(inner)
     })
@@ -90,10 +87,7 @@ pub fn layer_reader(file: File) -> io::Result<Box<dyn Read>> {
     Ok(if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(reader))
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(
-            ruzstd::decoding::StreamingDecoder::new(reader)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))?,
-        )
+        Box::new(zstd::stream::read::Decoder::with_buffer(reader)?)
     } else {
         Box::new(reader)
     })

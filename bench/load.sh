@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Load speed: `atomic-preload load` against the engine's own `docker load -i` of the same
+# file, for every archive format; .tar.zst against docker loading the uncompressed tar
+# (Docker 20.10 cannot read zstd); two .tar.gz archives against docker loading them one
+# after the other. A private dockerd (--bridge=none --iptables=false, own data root and
+# socket, stopped by PID); the image (3 layers, SIZE_MB in all, half compressible) is made
+# here. Each measurement starts from an empty engine. Interleaved rounds, best of RUNS.
+# Needs: root, dockerd + Debian's docker CLI, python3, gzip, xz, bzip2, zstd.
+# Usage: bench/load.sh [SIZE_MB] [RUNS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size_mb=${1:-470}
+runs=${2:-2}
+cargo build --release --quiet
+helper=$PWD/target/release/atomic-preload
+docker=${DOCKER:-/usr/bin/docker}
+work=$(mktemp -d -p /var/tmp apl-XXXXXX)
+sock=/tmp/apl-$$.sock
+export DOCKER_HOST=unix://$sock
+ns=atomic-preload-loadbench-$$
+dockerd --bridge=none --iptables=false --ip6tables=false --data-root="$work/data" \
+  --exec-root="/tmp/apl-exec-$$" --pidfile="$work/dockerd.pid" --host="$DOCKER_HOST" \
+  --containerd-namespace="$ns" --containerd-plugins-namespace="$ns-plugins" \
+  >"$work/dockerd.log" 2>&1 &
+dockerd_pid=$!
+cleanup() { kill "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid" 2>/dev/null; rm -rf "$work" "/tmp/apl-exec-$$" "$sock"; }
+trap cleanup EXIT
+for _ in $(seq 100); do $docker info >/dev/null 2>&1 && break; sleep 0.2; done
+
+python3 - "$work" "$size_mb" <<'PY'
+import hashlib, io, json, os, sys, tarfile
+work, size_mb = sys.argv[1], int(sys.argv[2])
+noise = os.urandom(1 << 20)
+text = (b"the quick brown fox jumps over the lazy dog 0123456789\n" * 20000)[: 1 << 20]
+def make(tag, seed):
+    layers = []
+    for l in range(3):
+        path = os.path.join(work, f"{tag}-l{l}.tar")
+        with tarfile.open(path, "w") as t:
+            for j in range(size_mb // 3):
+                data = (noise if j % 2 else text)[seed + j:] + bytes([seed, l, j % 256])
+                ti = tarfile.TarInfo(f"layer{l}/f{j}"); ti.size = len(data)
+                t.addfile(ti, io.BytesIO(data))
+        layers.append(path)
+    diff_ids = ["sha256:" + hashlib.sha256(open(p, "rb").read()).hexdigest() for p in layers]
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    cname = hashlib.sha256(config).hexdigest() + ".json"
+    with tarfile.open(os.path.join(work, f"{tag}.tar"), "w") as t:
+        names = []
+        for i, p in enumerate(layers):
+            names.append(f"{i}/layer.tar"); t.add(p, names[-1]); os.remove(p)
+        for name, data in [(cname, config), ("manifest.json", json.dumps([{"Config": cname, "RepoTags": [f"bench/{tag}:1"], "Layers": names}]).encode())]:
+            ti = tarfile.TarInfo(name); ti.size = len(data); t.addfile(ti, io.BytesIO(data))
+make("one", 1)
+make("two", 2)
+PY
+gzip -1 -k "$work/one.tar"; gzip -1 -k "$work/two.tar"
+xz -1 -T0 -k "$work/one.tar"; bzip2 -1 -k "$work/one.tar"; zstd -q -T0 -k "$work/one.tar"
+echo "image: $(du -m "$work/one.tar" | cut -f1) MB, 3 layers; $(nproc) cores"
+
+reset() { $docker rmi -f bench/one:1 bench/two:1 >/dev/null 2>&1 || true; rm -rf "$work/state" "$work/p"; mkdir -p "$work/p/docker"; sync; }
+timed() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
+ours() { reset; for f in "$@"; do ln "$work/$f" "$work/p/docker/$f"; done; timed "$helper" load --preload-dir "$work/p" --state-dir "$work/state" --docker "$docker"; }
+theirs() { reset; timed bash -c "for f in $*; do $docker load -q -i $work/\$f; done"; }
+best() { sort -n | head -1; }
+declare -A t
+for round in $(seq "$runs"); do
+  for f in one.tar one.tar.gz one.tar.xz one.tar.bz2; do
+    t[docker-$f]+="$(theirs "$f") "; t[ours-$f]+="$(ours "$f") "
+  done
+  t[ours-one.tar.zst]+="$(ours one.tar.zst) "
+  t[docker-2gz]+="$(theirs one.tar.gz two.tar.gz) "; t[ours-2gz]+="$(ours one.tar.gz two.tar.gz) "
+done
+b() { tr ' ' '\n' <<<"${t[$1]}" | grep . | best; }
+printf '| archive | docker load | atomic-preload load | ratio |\n|---|---|---|---|\n'
+for f in one.tar one.tar.gz one.tar.xz one.tar.bz2; do
+  printf '| %s | %.2f s | %.2f s | %.2f |\n' "$f" "$(b docker-$f)" "$(b ours-$f)" "$(echo "$(b ours-$f) / $(b docker-$f)" | bc -l)"
+done
+printf '| one.tar.zst (vs docker load of one.tar) | %.2f s | %.2f s | %.2f |\n' "$(b docker-one.tar)" "$(b ours-one.tar.zst)" "$(echo "$(b ours-one.tar.zst) / $(b docker-one.tar)" | bc -l)"
+printf '| two .tar.gz (docker: one after the other) | %.2f s | %.2f s | %.2f |\n' "$(b docker-2gz)" "$(b ours-2gz)" "$(echo "$(b ours-2gz) / $(b docker-2gz)" | bc -l)"
