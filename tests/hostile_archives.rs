@@ -10,8 +10,7 @@ mod support;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use support::sysimage::{Image, Layer, fake_systemctl};
+use support::sysimage::{FakeHost, Image, Layer};
 
 /// What hostile members aim at. Fixed, so messages are the same on every machine.
 const OUTSIDE: &str = "/tmp/ap-hostile-outside";
@@ -187,31 +186,6 @@ fn rows() -> Vec<Row> {
     ]
 }
 
-fn helper(host: &Path, args: &[&str]) -> std::process::Output {
-    let p = |r: &str| host.join(r).display().to_string();
-    Command::new(support::helper())
-        .args(args)
-        .args([
-            "--checkout-dir",
-            &p("checkout"),
-            "--unit-dir",
-            &p("units"),
-            "--tmpfiles-dir",
-            &p("tmpfiles"),
-            "--host-root",
-            &p("host"),
-            "--state-dir",
-            &p("state"),
-            "--systemctl",
-            &p("systemctl"),
-            "--systemd-tmpfiles",
-            "/bin/true",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
 fn listing(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = fs::read_dir(dir)
         .map(|d| d.map(|e| e.unwrap().path()).collect())
@@ -221,22 +195,8 @@ fn listing(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn run_row(row: &Row) -> Result<String, String> {
-    let host = tempfile::Builder::new()
-        .prefix("ap-hostile")
-        .tempdir()
-        .unwrap();
-    let h = host.path();
-    for d in [
-        "preload/ostree",
-        "checkout",
-        "units",
-        "tmpfiles",
-        "host",
-        "state",
-    ] {
-        fs::create_dir_all(h.join(d)).unwrap();
-    }
-    fake_systemctl(h);
+    let host = FakeHost::new();
+    let h = host.dir.path();
     let mut image = Image::new("hostile:1", (row.layers)());
     image.diff_ids = row.diff_ids.clone();
     let archive = h.join("preload/ostree/image.tar");
@@ -246,18 +206,7 @@ fn run_row(row: &Row) -> Result<String, String> {
     }
     fs::write(&archive, bytes).unwrap();
     let preload = h.join("preload").display().to_string();
-    let out = helper(
-        h,
-        &[
-            "install-system",
-            "--preload-dir",
-            &preload,
-            "--name",
-            "hostile",
-            "--image",
-            "hostile:1",
-        ],
-    );
+    let out = host.install("hostile:1", "hostile", &[]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).replace(&preload, "PREFIX");
     // The oracle: the target outside is exactly as it was.

@@ -6,112 +6,30 @@
 mod support;
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use support::sysimage::{Image, Layer, fake_systemctl};
+use support::sysimage::{FakeHost, Image, Layer};
 
 const IMAGE: &str = "example.org/test/etcd:1";
 
-/// One fake host: every directory install-system writes to, under a temp dir.
-struct Host {
-    dir: tempfile::TempDir,
+/// A fake host for this file's image.
+struct Host(FakeHost);
+
+impl std::ops::Deref for Host {
+    type Target = FakeHost;
+    fn deref(&self) -> &FakeHost {
+        &self.0
+    }
 }
 
 impl Host {
     fn new() -> Host {
-        let dir = tempfile::Builder::new().prefix("ap-sys").tempdir().unwrap();
-        for d in [
-            "preload/ostree",
-            "checkout",
-            "units",
-            "tmpfiles",
-            "host",
-            "state",
-        ] {
-            fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
-        fake_systemctl(dir.path());
-        let tmpfiles = dir.path().join("systemd-tmpfiles");
-        fs::write(
-            &tmpfiles,
-            format!(
-                "#!/bin/sh\necho \"$*\" >> {}/tmpfiles.log\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        fs::set_permissions(&tmpfiles, fs::Permissions::from_mode(0o755)).unwrap();
-        Host { dir }
-    }
-    fn p(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    fn path_args(&self) -> Vec<String> {
-        let p = |r: &str| self.p(r).display().to_string();
-        vec![
-            "--checkout-dir".into(),
-            p("checkout"),
-            "--unit-dir".into(),
-            p("units"),
-            "--tmpfiles-dir".into(),
-            p("tmpfiles"),
-            "--host-root".into(),
-            p("host"),
-            "--state-dir".into(),
-            p("state"),
-            "--systemctl".into(),
-            p("systemctl"),
-            "--systemd-tmpfiles".into(),
-            p("systemd-tmpfiles"),
-        ]
-    }
-    fn helper(&self, args: &[&str]) -> Output {
-        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        all.extend(self.path_args());
-        Command::new(support::helper())
-            .args(&all)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        Host(FakeHost::new())
     }
     fn install(&self, name: &str, sets: &[&str]) -> Output {
-        let preload = self.p("preload").display().to_string();
-        let mut args = vec![
-            "install-system",
-            "--preload-dir",
-            &preload,
-            "--name",
-            name,
-            "--image",
-            IMAGE,
-        ];
-        for s in sets {
-            args.extend(["--set", s]);
-        }
-        self.helper(&args)
-    }
-    fn log(&self, which: &str) -> String {
-        fs::read_to_string(self.p(which)).unwrap_or_default()
-    }
-    /// Everything below the fake host, as sorted relative paths (for "nothing left").
-    fn tree(&self, rel: &str) -> Vec<String> {
-        let base = self.p(rel);
-        let mut out = Vec::new();
-        let mut stack = vec![base.clone()];
-        while let Some(d) = stack.pop() {
-            for e in fs::read_dir(&d).unwrap() {
-                let e = e.unwrap();
-                let p = e.path();
-                out.push(p.strip_prefix(&base).unwrap().display().to_string());
-                if e.file_type().unwrap().is_dir() {
-                    stack.push(p);
-                }
-            }
-        }
-        out.sort();
-        out
+        self.0.install(IMAGE, name, sets)
     }
 }
 

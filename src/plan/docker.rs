@@ -76,21 +76,22 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
         stages.push(Command::new(argv));
     }
 
-    let unit_name = paths::container_unit(&entry.name);
+    let unit = |start_pre, start, stop, runs| ContainerUnit {
+        unit_name: paths::container_unit(&entry.name),
+        name: entry.name.clone(),
+        image: entry.image.clone(),
+        description: description(entry),
+        mounts: vec![settings.preload_dir.clone()],
+        engine_unit: Some(ENGINE_UNIT.into()),
+        wants_network: runs,
+        start_pre,
+        start,
+        stop,
+        runs,
+    };
     let Some(run) = &entry.run else {
-        return ContainerUnit {
-            unit_name,
-            name: entry.name.clone(),
-            image: entry.image.clone(),
-            description: description(entry),
-            mounts: vec![settings.preload_dir.clone()],
-            engine_unit: Some(ENGINE_UNIT.into()),
-            wants_network: false,
-            start_pre: vec![],
-            start: stages,
-            stop: None,
-            runs: false,
-        };
+        // Load (and install) only: the stages are the oneshot's own commands.
+        return unit(vec![], stages, None, false);
     };
 
     // A container left over from a crash or an unclean shutdown would make `--name` clash.
@@ -125,18 +126,6 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
     }
     start.push("--".into());
     start.extend(argv);
-
-    ContainerUnit {
-        unit_name,
-        name: entry.name.clone(),
-        image: entry.image.clone(),
-        description: description(entry),
-        mounts: vec![settings.preload_dir.clone()],
-        engine_unit: Some(ENGINE_UNIT.into()),
-        wants_network: true,
-        start_pre: stages,
-        start: vec![Command::new(start)],
-        stop: Some(Command::new([paths::DOCKER, "stop", &entry.name])),
-        runs: true,
-    }
+    let stop = Command::new([paths::DOCKER, "stop", &entry.name]);
+    unit(stages, vec![Command::new(start)], Some(stop), true)
 }

@@ -2,7 +2,10 @@
 //! hostile one) and docker-archives around them, with real diff_ids unless told otherwise.
 
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 /// One layer's tar stream, member by member.
 #[derive(Default)]
@@ -118,6 +121,16 @@ impl Layer {
     }
 }
 
+/// A plain file member of an outer archive (names there are ours, never hostile).
+fn add_member(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(name).unwrap();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
 /// A docker-archive (`docker save` layout) holding one image tagged `tag`.
 pub struct Image {
     pub tag: String,
@@ -160,14 +173,7 @@ impl Image {
         let config = self.config();
         let config_name = format!("{}.json", &self.id()[7..]);
         let mut b = tar::Builder::new(Vec::new());
-        let mut add = |name: &str, data: &[u8]| {
-            let mut h = tar::Header::new_gnu();
-            h.set_path(name).unwrap();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append(&h, data).unwrap();
-        };
+        let mut add = |name: &str, data: &[u8]| add_member(&mut b, name, data);
         let mut layer_names = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             let name = format!("layer{}/layer.tar", i + 1);
@@ -187,14 +193,7 @@ impl Image {
     pub fn oci_archive_bytes(&self) -> Vec<u8> {
         use std::io::Write;
         let mut b = tar::Builder::new(Vec::new());
-        let mut add = |name: &str, data: &[u8]| {
-            let mut h = tar::Header::new_gnu();
-            h.set_path(name).unwrap();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append(&h, data).unwrap();
-        };
+        let mut add = |name: &str, data: &[u8]| add_member(&mut b, name, data);
         let blob = |bytes: &[u8]| format!("blobs/sha256/{}", &sha256(bytes)[7..]);
         let config = self.config();
         let mut layers = Vec::new();
@@ -247,4 +246,107 @@ pub fn fake_systemctl(dir: &Path) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
+}
+
+/// One fake host: every directory install-system writes to, under a temp dir, with
+/// stand-ins for systemctl and systemd-tmpfiles that log their arguments.
+pub struct FakeHost {
+    pub dir: tempfile::TempDir,
+}
+
+impl FakeHost {
+    pub fn new() -> FakeHost {
+        let dir = tempfile::Builder::new().prefix("ap-sys").tempdir().unwrap();
+        for d in [
+            "preload/ostree",
+            "checkout",
+            "units",
+            "tmpfiles",
+            "host",
+            "state",
+        ] {
+            fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        fake_systemctl(dir.path());
+        let tmpfiles = dir.path().join("systemd-tmpfiles");
+        fs::write(
+            &tmpfiles,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {}/tmpfiles.log\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&tmpfiles, fs::Permissions::from_mode(0o755)).unwrap();
+        FakeHost { dir }
+    }
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn path_args(&self) -> Vec<String> {
+        let p = |r: &str| self.p(r).display().to_string();
+        vec![
+            "--checkout-dir".into(),
+            p("checkout"),
+            "--unit-dir".into(),
+            p("units"),
+            "--tmpfiles-dir".into(),
+            p("tmpfiles"),
+            "--host-root".into(),
+            p("host"),
+            "--state-dir".into(),
+            p("state"),
+            "--systemctl".into(),
+            p("systemctl"),
+            "--systemd-tmpfiles".into(),
+            p("systemd-tmpfiles"),
+        ]
+    }
+    pub fn helper(&self, args: &[&str]) -> Output {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(self.path_args());
+        Command::new(super::helper())
+            .args(&all)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+    /// `install-system` of `image` as `name` from the fake preload dir.
+    pub fn install(&self, image: &str, name: &str, sets: &[&str]) -> Output {
+        let preload = self.p("preload").display().to_string();
+        let mut args = vec![
+            "install-system",
+            "--preload-dir",
+            &preload,
+            "--name",
+            name,
+            "--image",
+            image,
+        ];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        self.helper(&args)
+    }
+    pub fn log(&self, which: &str) -> String {
+        fs::read_to_string(self.p(which)).unwrap_or_default()
+    }
+    /// Everything below the fake host, as sorted relative paths (for "nothing left").
+    pub fn tree(&self, rel: &str) -> Vec<String> {
+        let base = self.p(rel);
+        let mut out = Vec::new();
+        let mut stack = vec![base.clone()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let p = e.path();
+                out.push(p.strip_prefix(&base).unwrap().display().to_string());
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
 }
