@@ -669,18 +669,38 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
         }
     };
 
+    activate(
+        &layout,
+        args,
+        current.as_ref(),
+        slot,
+        &tmp,
+        &prepared,
+        &archive_path,
+    )
+}
+
+/// Put a prepared deployment in place: rename it to its slot, stop the running service,
+/// swap host files, record `info`, install unit and tmpfiles, swap the link, reload.
+fn activate(
+    layout: &Layout<'_>,
+    args: &InstallSystemArgs,
+    current: Option<&(u8, Info)>,
+    slot: u8,
+    tmp: &Path,
+    prepared: &Prepared,
+    archive_path: &Path,
+) -> Result<(), RuntimeError> {
+    let dest = layout.slot(slot);
     // From here on the host changes. The new deployment goes in under its final name
     // first: a crash leaves it unreferenced, and the next start builds it again.
     if dest.exists() {
         fs::remove_dir_all(&dest).map_err(io_err(&dest))?;
     }
-    fs::rename(&tmp, &dest).map_err(io_err(&tmp))?;
+    fs::rename(tmp, &dest).map_err(io_err(tmp))?;
     sync_dir(&args.paths.checkout_dir);
 
-    let was_active = current
-        .as_ref()
-        .is_some_and(|(_, i)| i.has_container_service)
-        && layout.is_active();
+    let was_active = current.is_some_and(|(_, i)| i.has_container_service) && layout.is_active();
     if was_active {
         layout.systemctl_ok(&["stop", &layout.unit_name()])?;
     }
@@ -688,7 +708,7 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
     if tmpfiles_out.exists() {
         let _ = layout.tmpfiles("--remove", &tmpfiles_out);
     }
-    if let Some((_, old)) = &current {
+    if let Some((_, old)) = current {
         hostfiles::remove(&old.installed_files_checksum, &args.paths.host_root);
     }
     let root = Root::open(&dest.join("rootfs")).map_err(io_err(&dest))?;
