@@ -676,3 +676,17 @@ fn an_oci_layout_archive_installs_too() {
     assert!(host.p("units/etcd.service").exists());
     assert!(ok(&host.install("etcd", &[])).contains("etcd is installed from"));
 }
+
+/// A whiteout under a directory the image does not have removes nothing and creates
+/// nothing (no empty directory appears).
+#[test]
+fn a_whiteout_never_creates_its_directory() {
+    let host = Host::new();
+    let layers = vec![
+        Layer::new().busybox().bytes(),
+        Layer::new().file("not/there/.wh.gone", b"", 0o644).bytes(),
+    ];
+    Image::new(IMAGE, layers).save(&host.p("preload/ostree/w.tar"));
+    ok(&host.install("w1", &[]));
+    assert!(!host.p("checkout/w1/rootfs/not").exists());
+}

@@ -173,8 +173,17 @@ fn apply_member<R: Read>(
             )));
         }
         if !created.contains(&target) {
-            let (dir, name) = root.parent(&target).map_err(write_err)?;
-            remove_all_at(&dir, &name).map_err(write_err)?;
+            // Nothing to hide when the directory is not there: never create it for that.
+            let parent = target.parent().unwrap_or(Path::new(""));
+            match root.dir(parent) {
+                Ok(dir) => remove_all_at(&dir, OsStr::from_bytes(hidden)).map_err(write_err)?,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) => {}
+                Err(e) => return Err(write_err(e)),
+            }
         }
         stats.whiteouts += 1;
         return Ok(());
