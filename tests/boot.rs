@@ -197,10 +197,16 @@ impl Machine {
                 .arg(nspawn.id().to_string())
                 .output()
                 .unwrap();
-            if let Some(pid) = String::from_utf8_lossy(&out.stdout)
+            // The guest's PID 1 once it runs systemd: nspawn's first child can be a
+            // short-lived helper, and a pid taken too early then vanishes under nsenter.
+            let systemd = String::from_utf8_lossy(&out.stdout)
                 .split_whitespace()
-                .next()
-            {
+                .find(|pid| {
+                    fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|comm| comm.trim() == "systemd")
+                })
+                .map(str::to_owned);
+            if let Some(pid) = systemd {
                 break pid.parse().unwrap();
             }
             assert!(
@@ -209,14 +215,28 @@ impl Machine {
             );
             std::thread::sleep(Duration::from_millis(100));
         };
-        let machine = Machine { nspawn, init };
+        let mut machine = Machine { nspawn, init };
         // Up to the point where systemd answers; scenarios wait for their own units (a
         // boot with the engine down never finishes while docker.service keeps restarting).
-        machine.wait_for("systemd to answer", 60, |m| {
-            let state = m.sh(&["systemctl", "is-system-running"]);
-            ["starting", "running", "degraded"].contains(&state.trim())
-        });
-        machine
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let state = machine.sh(&["systemctl", "is-system-running"]);
+            if ["starting", "running", "degraded"].contains(&state.trim()) {
+                return machine;
+            }
+            // A machine that is gone says why on its console, not through nsenter.
+            let exited = machine.nspawn.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                let console =
+                    fs::read_to_string(engine.dir.path().join("console.log")).unwrap_or_default();
+                let tail: Vec<&str> = console.lines().rev().take(40).collect();
+                panic!(
+                    "systemd did not answer (nspawn: {exited:?}); console:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// Run a command inside the machine; stdout and stderr together.
