@@ -15,17 +15,8 @@ cargo build --release --quiet
 helper=$PWD/target/release/atomic-preload
 docker=${DOCKER:-/usr/bin/docker}
 work=$(mktemp -d -p /var/tmp apl-XXXXXX)
-sock=/tmp/apl-$$.sock
-export DOCKER_HOST=unix://$sock
-ns=atomic-preload-loadbench-$$
-dockerd --bridge=none --iptables=false --ip6tables=false --data-root="$work/data" \
-  --exec-root="/tmp/apl-exec-$$" --pidfile="$work/dockerd.pid" --host="$DOCKER_HOST" \
-  --containerd-namespace="$ns" --containerd-plugins-namespace="$ns-plugins" \
-  >"$work/dockerd.log" 2>&1 &
-dockerd_pid=$!
-cleanup() { kill "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid" 2>/dev/null; rm -rf "$work" "/tmp/apl-exec-$$" "$sock"; }
-trap cleanup EXIT
-for _ in $(seq 100); do $docker info >/dev/null 2>&1 && break; sleep 0.2; done
+. bench/engine.sh
+start_engine
 
 python3 - "$work" "$size_mb" <<'PY'
 import hashlib, io, json, os, sys, tarfile

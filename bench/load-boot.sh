@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every boot, at scale: N preload units' load stages started at once with their marks in
+# place (a second boot), against a private dockerd (--bridge=none --iptables=false, own
+# data root and socket, stopped by PID). Images are built here from busybox-static.
+# Needs: root, dockerd (docker.io), busybox-static, hyperfine.
+# Usage: bench/load-boot.sh [ARCHIVES] [RUNS]   (prints 1, 10 and 40 concurrent units)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+archives=${1:-2}
+runs=${2:-5}
+cargo build --release --quiet
+helper=$PWD/target/release/atomic-preload
+work=$(mktemp -d -p /tmp apb-XXXXXX)
+docker=${DOCKER:-/usr/bin/docker}  # what the units call (Debian: docker.io 20.10)
+. bench/engine.sh
+start_engine
+
+mkdir -p "$work/preload/docker" "$work/rootfs/bin"
+cp /bin/busybox "$work/rootfs/bin/"
+for i in $(seq "$archives"); do
+  echo "$i" > "$work/rootfs/marker"
+  tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
+  "$docker" import "$work/rootfs.tar" "bench/image-$i:1" >/dev/null
+  "$docker" save -o "$work/preload/docker/image-$i.tar" "bench/image-$i:1"
+done
+load="$helper load --preload-dir $work/preload --state-dir $work/state --docker $docker"
+$load >/dev/null   # the first boot: marks written
+# N units at once, each checking its own image (as the generated units do).
+cat > "$work/units" <<UNITS
+#!/usr/bin/env bash
+pids=()
+for ((i = 0; i < \$1; i++)); do
+  $load --image "bench/image-\$((i % $archives + 1)):1" >/dev/null & pids+=(\$!)
+done
+for p in "\${pids[@]}"; do wait "\$p" || exit 1; done
+UNITS
+chmod +x "$work/units"
+hyperfine --runs "$runs" --warmup 1 -N --export-markdown "$work/boot.md" \
+  -n "1 unit" "$work/units 1" -n "10 units" "$work/units 10" -n "40 units" "$work/units 40" >/dev/null
+echo "$archives archives, marks in place, docker CLI $docker"
+cat "$work/boot.md"
