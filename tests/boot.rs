@@ -333,6 +333,13 @@ impl Machine {
 impl Drop for Machine {
     fn drop(&mut self) {
         if let Ok(None) = self.nspawn.try_wait() {
+            // The guest's PID 1 first: its death takes every process of its PID namespace
+            // (and the containers nested in it) along. Killing only nspawn leaves the
+            // guest's systemd, journald and runc containers running.
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(self.init.to_string())
+                .status();
             let _ = Command::new("kill")
                 .arg("-KILL")
                 .arg(self.nspawn.id().to_string())
