@@ -68,12 +68,12 @@ pub enum HelperCommand {
         #[arg(default_value = paths::CONFIG_FILE)]
         file: PathBuf,
     },
-    /// Load archives into Docker, once per archive content, and check an image is there.
+    /// Load archives into the engine, once per archive content, and check an image is there.
     Load(LoadArgs),
     /// Run an image's INSTALL label, once per image ID and settings.
     Install(InstallArgs),
-    /// Run a Docker image's container in the foreground: its RUN label when it has one
-    /// (atomic run), else the unit's default command; then docker replaces this process.
+    /// Run an image's container: its RUN label when it has one (atomic run), else the
+    /// unit's default command; then the engine's client replaces this process.
     Run(RunArgs),
     /// Apply a config.yaml changed after the generator ran: reload systemd, start new
     /// units, restart changed ones, stop removed ones.
@@ -101,9 +101,16 @@ pub enum HelperCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
+    /// The engine: docker, podman, or auto (Docker when its client is installed, else
+    /// Podman when its client is, else Docker).
+    #[arg(long, value_name = "ENGINE", default_value = "docker", value_parser = clap::builder::PossibleValuesParser::new(crate::engine::ENGINE_VALUES))]
+    pub engine: String,
     /// The Docker client to call (it honours $DOCKER_HOST).
     #[arg(long, value_name = "PATH", default_value = paths::DOCKER)]
     pub docker: PathBuf,
+    /// The Podman client to call (it honours containers.conf and storage.conf).
+    #[arg(long, value_name = "PATH", default_value = paths::PODMAN)]
+    pub podman: PathBuf,
     /// Where load-once and install-once marks are kept.
     #[arg(long, value_name = "DIR", default_value = paths::STATE_DIR)]
     pub state_dir: PathBuf,
@@ -234,6 +241,9 @@ pub struct SystemNameArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
+    /// The engine the default command runs (its client is the command's first word).
+    #[arg(long, value_name = "ENGINE", default_value = "docker", value_parser = ["docker", "podman"])]
+    pub engine: String,
     /// The container name (NAME in the label).
     #[arg(long)]
     pub name: String,
@@ -263,6 +273,9 @@ pub struct UninstallArgs {
     /// The Docker client to call.
     #[arg(long, value_name = "PATH", default_value = paths::DOCKER)]
     pub docker: PathBuf,
+    /// The Podman client to call (entries with engine: podman, or on a host without Docker).
+    #[arg(long, value_name = "PATH", default_value = paths::PODMAN)]
+    pub podman: PathBuf,
     #[command(flatten)]
     pub paths: SystemPaths,
 }

@@ -3,6 +3,7 @@
 
 use crate::config::{self, Position, Problem};
 use crate::log::{Level, Logger};
+use crate::engine::EngineKind;
 use crate::plan::{self, Plan, Settings};
 use crate::{render, write};
 use std::io::{self, Read};
@@ -113,6 +114,7 @@ pub fn plan_for(options: &Options) -> Result<(Plan, Vec<String>), String> {
         config_file: absolute(options.config_file.as_ref(), defaults.config_file),
         preload_dir: absolute(options.preload_dir.as_ref(), defaults.preload_dir),
         selinux: in_root(&options.root, "/sys/fs/selinux").is_dir(),
+        engine: EngineKind::detect(options.root.as_deref().unwrap_or(Path::new("/"))),
     };
     check_host_path("--config", &settings.config_file)?;
     check_host_path("--preload-dir", &settings.preload_dir)?;

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod escape;
 pub mod generator;
 pub mod log;

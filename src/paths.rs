@@ -12,6 +12,8 @@ const fn or(value: Option<&'static str>, default: &'static str) -> &'static str 
 pub const BINDIR: &str = or(option_env!("ATOMIC_PRELOAD_BINDIR"), "/usr/bin");
 /// The Docker client the units run.
 pub const DOCKER: &str = or(option_env!("ATOMIC_PRELOAD_DOCKER"), "/usr/bin/docker");
+/// The Podman client the units of Podman entries run.
+pub const PODMAN: &str = or(option_env!("ATOMIC_PRELOAD_PODMAN"), "/usr/bin/podman");
 /// The OCI runtime system containers run with (Debian ships runc in /usr/sbin).
 pub const RUNTIME: &str = or(option_env!("ATOMIC_PRELOAD_RUNTIME"), "/usr/sbin/runc");
 /// System containers' deployments, where atomic kept them.

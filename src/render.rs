@@ -4,7 +4,7 @@
 //! template sees it (see `escape`), so a template can only place text, never shape it.
 
 use crate::escape::{self, EscapeError};
-use crate::plan::{Command, ContainerUnit, FailingUnit, Unit};
+use crate::plan::{Command, ContainerUnit, FailingUnit, ServiceKind, Unit};
 use serde::Serialize;
 use std::sync::OnceLock;
 
@@ -59,10 +59,14 @@ struct ContainerContext {
     engine_unit: Option<String>,
     wants_network: bool,
     name: String,
-    runs: bool,
+    kind: &'static str,
     start_pre: Vec<String>,
     start: Vec<String>,
     stop: Option<String>,
+    stop_post: Vec<String>,
+    environment: Vec<String>,
+    delegate: bool,
+    kill_mode: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -90,10 +94,19 @@ fn container_context(source: &str, u: &ContainerUnit) -> Result<ContainerContext
             .transpose()?,
         wants_network: u.wants_network,
         name: escape::setting_value(&u.name)?,
-        runs: u.runs,
+        kind: match u.kind {
+            ServiceKind::Oneshot => "oneshot",
+            ServiceKind::Exec => "exec",
+            ServiceKind::Notify => "notify",
+        },
         start_pre: lines(&u.start_pre)?,
         start: lines(&u.start)?,
         stop: u.stop.as_ref().map(line).transpose()?,
+        stop_post: lines(&u.stop_post)?,
+        // Fixed by the engine's plan, specifiers included (`%n`): placed as they are.
+        environment: u.environment.iter().map(|e| e.to_string()).collect(),
+        delegate: u.delegate,
+        kill_mode: u.kill_mode,
     })
 }
 

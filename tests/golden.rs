@@ -1,5 +1,6 @@
 //! Golden tests: each `golden/<case>/` is an input (config.yaml, optional `args` with one
-//! generator argument per line) and the expected output of the real generator binary:
+//! generator argument per line, optional `host/`: files the fake root has, such as
+//! `usr/bin/podman`) and the expected output of the real generator binary:
 //! `expected/` (units and symlinks, byte for byte) and `stderr` (what it logged).
 //! `UPDATE_GOLDEN=1 cargo test --test golden` rewrites them; review the diff by hand.
 //!
@@ -106,6 +107,10 @@ fn run_generator(case: &Path) -> Run {
         });
     } else if input.exists() {
         fs::copy(&input, &dest).unwrap();
+    }
+    // Files the host has (e.g. usr/bin/podman without usr/bin/docker: engine detection).
+    if case.join("host").is_dir() {
+        copy_tree(&case.join("host"), root.path());
     }
     let out = Command::new(env!("CARGO_BIN_EXE_atomic-preload-generator"))
         .args(&args)

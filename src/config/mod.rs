@@ -5,6 +5,7 @@
 
 mod node;
 
+use crate::engine::EngineKind;
 use node::{Node, SNode};
 use std::fmt;
 
@@ -65,6 +66,8 @@ pub struct Entry {
     pub archives: Vec<String>,
     pub install: Option<Install>,
     pub run: Option<Run>,
+    /// `engine:`; none means the host's (see `EngineKind::detect`).
+    pub engine: Option<EngineKind>,
 }
 
 impl Entry {
@@ -352,7 +355,7 @@ fn is_env_name(key: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-const ENTRY_KEYS: &[&str] = &["name", "image", "archive", "install", "run"];
+const ENTRY_KEYS: &[&str] = &["name", "image", "archive", "engine", "install", "run"];
 const INSTALL_KEYS: &[&str] = &["system", "user", "remote", "setvalues", "extra_args"];
 const RUN_KEYS: &[&str] = &["spc", "extra_args"];
 
@@ -572,10 +575,14 @@ fn validate_entry(text: &str, node: &SNode) -> Item {
     let archives = get("archive")
         .map(|n| archives(&mut c, n))
         .unwrap_or_default();
+    let engine = get("engine").and_then(|n| engine(&mut c, n));
     let install = get("install").map(|n| install(&mut c, n));
     let run = get("run").map(|n| run(&mut c, n));
     if install.as_ref().is_some_and(|i| i.system) {
         system_only_keys(&mut c, get("install"), get("run"));
+        if let Some(n) = get("engine") {
+            c.problem(n, "\"engine\" does not apply to system containers (runc runs them from a checkout, with no engine)");
+        }
     }
 
     match (c.problems.is_empty(), image) {
@@ -585,6 +592,7 @@ fn validate_entry(text: &str, node: &SNode) -> Item {
             archives,
             install,
             run,
+            engine,
         }),
         _ => Item::Invalid(InvalidEntry {
             name,
@@ -634,6 +642,18 @@ fn archives(c: &mut Checker<'_>, node: &SNode) -> Vec<String> {
         }
     }
     out
+}
+
+fn engine(c: &mut Checker<'_>, node: &SNode) -> Option<EngineKind> {
+    let value = c.string(node, "engine")?;
+    let kind = EngineKind::parse(&value);
+    if kind.is_none() {
+        c.problem(
+            node,
+            format!("\"engine\" must be docker or podman (or left out: the host's engine), found {value:?}"),
+        );
+    }
+    kind
 }
 
 fn install(c: &mut Checker<'_>, node: &SNode) -> Install {

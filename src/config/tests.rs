@@ -68,6 +68,7 @@ fn every_key() {
 - name: all.keys-1
   image: registry.example:5000/team/app@sha256:abc
   archive: [app.tar.gz, base.tar]
+  engine: podman
   install:
     system: false
     user: false
@@ -100,9 +101,11 @@ fn every_key() {
                     .map(String::from)
                     .into()
             }),
+            engine: Some(EngineKind::Podman),
         }
     );
     assert_eq!(entries[1].archives, ["one.tar.zst"]);
+    assert_eq!(entries[1].engine, None);
 }
 
 #[test]
@@ -128,7 +131,8 @@ fn later_entry_replaces_earlier_entirely() {
             image: "z".into(),
             archives: vec![],
             install: None,
-            run: None
+            run: None,
+            engine: None,
         }
     );
 }
@@ -144,7 +148,7 @@ fn invalid_override_replaces_valid_entry_and_keeps_others() {
     assert_eq!(
         problems("- {name: app, image: x}\n- {name: app, image: x, typo: 1}\n"),
         [
-            "c.yaml:2:25: unknown key \"typo\" in an entry (known keys: name, image, archive, install, run)"
+            "c.yaml:2:25: unknown key \"typo\" in an entry (known keys: name, image, archive, engine, install, run)"
         ]
     );
 }
@@ -353,4 +357,17 @@ fn aliases_are_followed_and_bounded() {
     let c = parse(bomb.as_bytes());
     assert!(c.items.is_empty());
     assert_eq!(c.problems.len(), 1, "{c:?}");
+}
+
+#[test]
+fn engine_must_be_docker_or_podman_and_not_for_system_containers() {
+    assert_eq!(
+        problems("- {name: ab, image: x, engine: Docker}\n"),
+        ["c.yaml:1:32: \"engine\" must be docker or podman (or left out: the host's engine), found \"Docker\""]
+    );
+    assert_eq!(
+        problems("- {name: ab, image: x, engine: podman, install: {system: true}}\n"),
+        ["c.yaml:1:32: \"engine\" does not apply to system containers (runc runs them from a checkout, with no engine)"]
+    );
+    assert_eq!(valid("- {name: ab, image: x, engine: docker}\n")[0].engine, Some(EngineKind::Docker));
 }

@@ -1,7 +1,7 @@
 //! Docker images: `atomic-preload load` into the engine, the INSTALL label, then a
 //! supervised `docker run` in the foreground.
 
-use super::{Command, ContainerUnit, Settings};
+use super::{Command, ContainerUnit, ServiceKind, Settings, image_stages};
 use crate::config::Entry;
 use crate::paths;
 
@@ -12,9 +12,15 @@ fn description(entry: &Entry) -> String {
     format!("Preloaded container {} ({})", entry.name, entry.image)
 }
 
+/// The options every `docker run` of a unit starts with, also in front of a RUN label's
+/// (`atomic-preload run` gets them from here too).
+pub fn run_options(name: &str) -> Vec<String> {
+    ["--rm", "--pull=never", "--name", name].map(String::from).into()
+}
+
 /// atomic's super-privileged container flags (`atomic run --spc`), minus `-i`: under
-/// systemd there is no terminal to keep open.
-fn spc_flags(name: &str, image: &str, selinux: bool) -> Vec<String> {
+/// systemd there is no terminal to keep open. Podman takes the same ones.
+pub fn spc_flags(name: &str, image: &str, selinux: bool) -> Vec<String> {
     let mut flags: Vec<String> = [
         "--privileged",
         "-v",
@@ -43,38 +49,7 @@ fn spc_flags(name: &str, image: &str, selinux: bool) -> Vec<String> {
 
 /// The unit of an entry Docker runs.
 pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
-    let helper = paths::helper();
-    let mut load = vec![
-        helper.clone(),
-        "load".into(),
-        "--preload-dir".into(),
-        settings.preload_dir.clone(),
-        "--image".into(),
-        entry.image.clone(),
-    ];
-    for archive in &entry.archives {
-        load.extend(["--archive".into(), archive.clone()]);
-    }
-    let mut stages = vec![Command::new(load)];
-
-    if let Some(install) = &entry.install {
-        let mut argv = vec![
-            helper,
-            "install".into(),
-            "--name".into(),
-            entry.name.clone(),
-            "--image".into(),
-            entry.image.clone(),
-        ];
-        for set in &install.setvalues {
-            argv.extend(["--set".into(), set.clone()]);
-        }
-        if !install.extra_args.is_empty() {
-            argv.push("--".into());
-            argv.extend(install.extra_args.iter().cloned());
-        }
-        stages.push(Command::new(argv));
-    }
+    let mut stages = image_stages(entry, settings, &[]);
 
     let unit = |start_pre, start, stop, runs| ContainerUnit {
         unit_name: paths::container_unit(&entry.name),
@@ -87,7 +62,15 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
         start_pre,
         start,
         stop,
-        runs,
+        stop_post: vec![],
+        kind: if runs {
+            ServiceKind::Exec
+        } else {
+            ServiceKind::Oneshot
+        },
+        environment: vec![],
+        delegate: false,
+        kill_mode: None,
     };
     let Some(run) = &entry.run else {
         // Load (and install) only: the stages are the oneshot's own commands.
@@ -96,16 +79,8 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
 
     // A container left over from a crash or an unclean shutdown would make `--name` clash.
     stages.push(Command::new([paths::DOCKER, "rm", "--force", &entry.name]).ignoring_failure());
-    let mut argv: Vec<String> = [
-        paths::DOCKER,
-        "run",
-        "--rm",
-        "--pull=never",
-        "--name",
-        &entry.name,
-    ]
-    .map(String::from)
-    .into();
+    let mut argv: Vec<String> = vec![paths::DOCKER.into(), "run".into()];
+    argv.extend(run_options(&entry.name));
     if run.spc {
         argv.extend(spc_flags(&entry.name, &entry.image, settings.selinux));
     }

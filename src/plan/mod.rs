@@ -8,9 +8,11 @@
 //! this one says which engine an entry uses and what every unit shares.
 
 pub mod docker;
+pub mod podman;
 pub mod system;
 
-use crate::config::{Effective, Named, Problem};
+use crate::config::{Effective, Entry, Named, Problem};
+use crate::engine::EngineKind;
 use crate::paths;
 
 /// The generator's view of the machine: where the config and the archives are, as seen
@@ -21,6 +23,8 @@ pub struct Settings {
     pub preload_dir: String,
     /// Whether `/sys/fs/selinux` exists: atomic's super-privileged mode binds it.
     pub selinux: bool,
+    /// The engine of entries without `engine:` (detected on the host at generation).
+    pub engine: EngineKind,
 }
 
 impl Default for Settings {
@@ -29,6 +33,7 @@ impl Default for Settings {
             config_file: paths::CONFIG_FILE.into(),
             preload_dir: paths::PRELOAD_DIR.into(),
             selinux: false,
+            engine: EngineKind::Docker,
         }
     }
 }
@@ -54,6 +59,17 @@ impl Command {
     }
 }
 
+/// How systemd knows the unit has started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// The stages are the unit's work: `Type=oneshot`, `RemainAfterExit=yes`.
+    Oneshot,
+    /// The engine's client runs the container in the foreground: `Type=exec`.
+    Exec,
+    /// The container's monitor says it is up (`sd_notify`): `Type=notify`.
+    Notify,
+}
+
 /// A container's service: load → install → run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerUnit {
@@ -72,8 +88,53 @@ pub struct ContainerUnit {
     /// ... and `ExecStart=` lines: the run command, or for a oneshot the load/install stages.
     pub start: Vec<Command>,
     pub stop: Option<Command>,
-    /// Runs a long-lived container (`Type=exec`), else `Type=oneshot` + `RemainAfterExit=`.
-    pub runs: bool,
+    /// `ExecStopPost=` lines: cleanup after the container stopped or failed to start.
+    pub stop_post: Vec<Command>,
+    pub kind: ServiceKind,
+    /// `Environment=` assignments, fixed by the engine's module (never from the config).
+    pub environment: Vec<&'static str>,
+    /// `Delegate=yes`: the container's monitor manages cgroups below the unit's.
+    pub delegate: bool,
+    /// `KillMode=`, when not systemd's default.
+    pub kill_mode: Option<&'static str>,
+}
+
+/// The load stage, then the install stage when the entry has `install:`, of an image an
+/// engine runs; `engine` is the stages' `--engine` option (none: Docker, the default).
+pub(crate) fn image_stages(entry: &Entry, settings: &Settings, engine: &[&str]) -> Vec<Command> {
+    let helper = paths::helper();
+    let mut load = vec![helper.clone(), "load".into()];
+    load.extend(engine.iter().map(|s| s.to_string()));
+    load.extend([
+        "--preload-dir".into(),
+        settings.preload_dir.clone(),
+        "--image".into(),
+        entry.image.clone(),
+    ]);
+    for archive in &entry.archives {
+        load.extend(["--archive".into(), archive.clone()]);
+    }
+    let mut stages = vec![Command::new(load)];
+
+    if let Some(install) = &entry.install {
+        let mut argv = vec![helper, "install".into()];
+        argv.extend(engine.iter().map(|s| s.to_string()));
+        argv.extend([
+            "--name".into(),
+            entry.name.clone(),
+            "--image".into(),
+            entry.image.clone(),
+        ]);
+        for set in &install.setvalues {
+            argv.extend(["--set".into(), set.clone()]);
+        }
+        if !install.extra_args.is_empty() {
+            argv.push("--".into());
+            argv.extend(install.extra_args.iter().cloned());
+        }
+        stages.push(Command::new(argv));
+    }
+    stages
 }
 
 /// A unit whose only job is to fail and say why, so `systemctl --failed` shows it.
@@ -154,6 +215,11 @@ fn invalid_entry_unit(name: &str, problems: &[Problem], source: &str) -> Failing
     }
 }
 
+/// The engine a (non-system) entry's image goes to: its own `engine:`, else the host's.
+pub fn engine_of(entry: &Entry, settings: &Settings) -> EngineKind {
+    entry.engine.unwrap_or(settings.engine)
+}
+
 /// Decide every unit and symlink. Pure: the same config and settings give the same plan.
 pub fn plan(config: &Effective, settings: &Settings) -> Plan {
     let source = settings.config_file.clone();
@@ -163,7 +229,10 @@ pub fn plan(config: &Effective, settings: &Settings) -> Plan {
             Named::Valid(entry) if entry.is_system() => {
                 Unit::Container(system::unit(entry, settings))
             }
-            Named::Valid(entry) => Unit::Container(docker::unit(entry, settings)),
+            Named::Valid(entry) => Unit::Container(match engine_of(entry, settings) {
+                EngineKind::Docker => docker::unit(entry, settings),
+                EngineKind::Podman => podman::unit(entry, settings),
+            }),
             Named::Invalid { name, problems } => {
                 Unit::Failing(invalid_entry_unit(name, problems, &source))
             }

@@ -7,7 +7,7 @@
 //! leaves the container running. There is no ordering between them either: the run stage
 //! waits for `NAME.service`'s start job, which an `After=` would deadlock.
 
-use super::{Command, ContainerUnit, Settings};
+use super::{Command, ContainerUnit, ServiceKind, Settings};
 use crate::config::Entry;
 use crate::paths;
 
@@ -55,6 +55,10 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
         start_pre: vec![],
         start,
         stop: None,
-        runs: false,
+        stop_post: vec![],
+        kind: ServiceKind::Oneshot,
+        environment: vec![],
+        delegate: false,
+        kill_mode: None,
     }
 }

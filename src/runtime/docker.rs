@@ -1,184 +1,113 @@
-//! The few things we ask of the Docker engine, through its own client (so `$DOCKER_HOST`,
-//! contexts and TLS settings work as the admin configured them).
+//! Docker: the stages ask its client (see [`engine`](super::engine)), except the one
+//! question every unit asks at every boot, which goes over the API socket when the client
+//! would use a local one anyway.
 
 use super::RuntimeError;
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use super::engine::{self, Client, Feed, ImageEngine, ImageInfo};
+use crate::engine::EngineKind;
+use std::io::Read;
+use std::path::Path;
+use std::process::Stdio;
 
-pub struct Engine {
-    docker: PathBuf,
+pub struct Docker {
+    client: Client,
 }
 
-/// What `docker image inspect` tells about an image.
-pub struct ImageInfo {
-    pub id: String,
-    /// The `INSTALL` label, empty when the image has none.
-    pub install_label: String,
-}
-
-/// The last line of what docker printed: its own error message, after any progress.
-fn last_line(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes)
-        .trim()
-        .lines()
-        .last()
-        .unwrap_or("")
-        .to_owned()
-}
-
-impl Engine {
+impl Docker {
     pub fn new(docker: &Path) -> Self {
-        Engine {
-            docker: docker.to_owned(),
+        Docker {
+            client: Client {
+                path: docker.to_owned(),
+            },
         }
     }
+}
 
-    pub fn docker(&self) -> &Path {
-        &self.docker
+impl ImageEngine for Docker {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Docker
     }
 
-    fn output(&self, args: &[&str]) -> Result<std::process::Output, RuntimeError> {
-        Command::new(&self.docker)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| RuntimeError::Spawn {
-                program: self.docker.display().to_string(),
-                source: e,
-            })
+    fn client(&self) -> &Path {
+        &self.client.path
     }
 
-    /// The first contact: an engine that does not answer is reported as such, rather
-    /// than as a failed load or a missing image.
-    pub fn ping(&self) -> Result<(), RuntimeError> {
-        let out = self.output(&["version", "--format", "{{.Server.Version}}"])?;
+    fn ping(&self) -> Result<(), RuntimeError> {
+        let out = self
+            .client
+            .output(&["version", "--format", "{{.Server.Version}}"])?;
         if !out.status.success() || out.stdout.trim_ascii().is_empty() {
-            return Err(RuntimeError::EngineUnreachable(last_line(&out.stderr)));
+            return Err(RuntimeError::EngineUnreachable(
+                "the Docker engine",
+                engine::last_line(&out.stderr),
+            ));
         }
         Ok(())
     }
 
-    /// `None` when the engine does not have the image.
-    pub fn image(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError> {
-        let format = r#"{{.Id}}{{"\n"}}{{with .Config.Labels}}{{index . "INSTALL"}}{{end}}"#;
-        let out = self.output(&["image", "inspect", "--format", format, "--", image])?;
-        if !out.status.success() {
-            let err = last_line(&out.stderr);
-            if err.to_ascii_lowercase().contains("no such image") {
-                return Ok(None);
-            }
-            return Err(RuntimeError::Docker {
-                what: format!("inspect image {image}"),
-                message: err,
-            });
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let (id, label) = text.split_once('\n').unwrap_or((&text, ""));
-        Ok(Some(ImageInfo {
-            id: id.trim().to_owned(),
-            install_label: label.trim_end_matches('\n').to_owned(),
-        }))
+    fn image(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError> {
+        self.client.image(image, |err| err.contains("no such image"))
     }
 
-    /// One label of an image, empty when it has none.
-    pub fn label(&self, image: &str, key: &str) -> Result<String, RuntimeError> {
-        // The key goes in as a Go template string literal: quote it as JSON does.
-        let key = serde_json::to_string(key).unwrap_or_default();
-        let format = format!("{{{{with .Config.Labels}}}}{{{{index . {key}}}}}{{{{end}}}}");
-        let out = self.output(&["image", "inspect", "--format", &format, "--", image])?;
-        if !out.status.success() {
-            return Err(RuntimeError::Docker {
-                what: format!("inspect image {image}"),
-                message: last_line(&out.stderr),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .trim_end_matches('\n')
-            .to_owned())
+    fn label(&self, image: &str, key: &str) -> Result<String, RuntimeError> {
+        self.client.label(image, key)
     }
 
-    /// Whether the engine has every one of these images (names or IDs).
-    pub fn has_images(&self, images: &[&str]) -> Result<bool, RuntimeError> {
+    fn has_images(&self, images: &[&str]) -> Result<bool, RuntimeError> {
         if images.is_empty() {
             return Ok(true);
         }
         if let Some(answer) = api::has_images(images) {
             return Ok(answer);
         }
-        let mut args = vec!["image", "inspect", "--format", "{{.Id}}", "--"];
-        args.extend(images);
-        Ok(self.output(&args)?.status.success())
+        self.client.has_images(images)
     }
 
-    /// Stream an image archive into `docker load`; returns the images it loaded (the
-    /// references, or IDs of untagged images, from its "Loaded image: …" lines).
-    pub fn load(&self, archive: &mut dyn Read) -> Result<Vec<String>, RuntimeError> {
-        let mut child = self.spawn_load(Stdio::piped())?;
-        let copied = {
-            let mut stdin = child.stdin.take();
-            match stdin.as_mut() {
-                Some(stdin) => io::copy(archive, stdin).and_then(|_| stdin.flush()),
-                None => Ok(()),
-            }
-            // stdin dropped here: docker sees end of input.
-        };
-        self.finish_load(child, copied)
-    }
-
-    /// `docker load` reading the archive file itself (no copy through us: the engine's
-    /// own speed); `watch(docker's pid)` runs while it loads, e.g. to report progress.
-    pub fn load_file(
-        &self,
-        file: std::fs::File,
-        watch: impl FnOnce(u32, &mut dyn FnMut() -> bool),
-    ) -> Result<Vec<String>, RuntimeError> {
-        let mut child = self.spawn_load(Stdio::from(file))?;
-        let pid = child.id();
-        // `child` is only polled here; its output is read once it has exited.
-        let mut still_running = || matches!(child.try_wait(), Ok(None));
-        watch(pid, &mut still_running);
-        self.finish_load(child, Ok(()))
-    }
-
-    fn spawn_load(&self, stdin: Stdio) -> Result<std::process::Child, RuntimeError> {
-        Command::new(&self.docker)
-            .args(["load", "--quiet"])
-            .stdin(stdin)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| RuntimeError::Spawn {
-                program: self.docker.display().to_string(),
-                source: e,
-            })
-    }
-
-    fn finish_load(
-        &self,
-        child: std::process::Child,
-        copied: io::Result<()>,
-    ) -> Result<Vec<String>, RuntimeError> {
-        let out = child.wait_with_output().map_err(|e| RuntimeError::Spawn {
-            program: self.docker.display().to_string(),
-            source: e,
-        })?;
-        if !out.status.success() {
-            return Err(RuntimeError::Docker {
-                what: "docker load".into(),
-                message: last_line(&out.stderr),
-            });
+    fn feed(&self, archive_name: &str) -> Feed {
+        // Docker 20.10 cannot read zstd; everything else it decompresses as fast as we do.
+        if archive_name.ends_with(".tar.zst") {
+            Feed::Decompressed
+        } else {
+            Feed::File
         }
-        // A read error on our side is the archive's fault even if docker took what it got.
-        copied.map_err(RuntimeError::ReadArchive)?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix("Loaded image: ")
-                    .or_else(|| l.strip_prefix("Loaded image ID: "))
-            })
-            .map(|image| image.trim().to_owned())
-            .collect())
+    }
+
+    fn load_file(
+        &self,
+        path: &Path,
+        watch: &mut dyn FnMut(&mut dyn FnMut() -> Option<u64>, &mut dyn FnMut() -> bool),
+    ) -> Result<Vec<String>, RuntimeError> {
+        // `docker load` reads the file as its stdin: no copy through us; its offset there
+        // is how far along it is.
+        let file = engine::open_archive(path)?;
+        self.client.load(
+            &["--quiet"],
+            Stdio::from(file),
+            None,
+            &mut |pid, running| watch(&mut || engine::read_offset(pid, "0"), running),
+        )
+    }
+
+    fn load_stream(&self, archive: &mut dyn Read) -> Result<Vec<String>, RuntimeError> {
+        self.client
+            .load(&["--quiet"], Stdio::piped(), Some(archive), &mut |_, _| {})
+    }
+
+    fn run_options(&self, name: &str) -> Vec<String> {
+        crate::plan::docker::run_options(name)
+    }
+
+    fn is_client_word(&self, word: &str) -> bool {
+        word == "docker" || word.ends_with("/docker")
+    }
+
+    fn remove_container(&self, name: &str) {
+        let _ = std::process::Command::new(&self.client.path)
+            .args(["rm", "--force", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

@@ -6,14 +6,17 @@
 //! then the environment (undefined variables become empty, as atomic did), the config's
 //! extra arguments appended, and the command run with those variables in its environment.
 //! Under systemd there is no terminal, so `-t`/`--tty` are dropped from a `docker run`.
-//! It runs once per image ID and settings: a mark in `<state-dir>/installed/NAME` records both.
+//! A label's `docker` runs the entry's engine's client (for Podman, `podman` too, as
+//! `podman container runlabel` does).
+//! It runs once per engine, image ID and settings: a mark in `<state-dir>/installed/NAME`
+//! records them.
 
 use super::RuntimeError;
-use super::docker::Engine;
+use super::engine::{self, ImageEngine};
+use super::load::engine_name;
 use super::marks::{Mark, Marks};
 use crate::cli::InstallArgs;
 use sha2::{Digest, Sha256};
-use std::path::Path;
 use std::process::Command;
 
 /// The variables atomic always defined, then the `--set` ones (which may override them).
@@ -112,9 +115,9 @@ fn drop_tty(argv: Vec<String>, image: &str) -> Vec<String> {
 pub fn install_command(
     label: &str,
     args: &InstallArgs,
-    docker: &Path,
+    engine: &dyn ImageEngine,
 ) -> Result<Vec<String>, RuntimeError> {
-    label_command("INSTALL", label, args, docker)
+    label_command("INSTALL", label, args, engine)
 }
 
 /// The command for an INSTALL or UNINSTALL label (atomic treated both alike), as argv.
@@ -122,7 +125,7 @@ pub fn label_command(
     kind: &str,
     label: &str,
     args: &InstallArgs,
-    docker: &Path,
+    engine: &dyn ImageEngine,
 ) -> Result<Vec<String>, RuntimeError> {
     let words = shell_words::split(label).map_err(|e| {
         RuntimeError::Label(format!(
@@ -147,9 +150,12 @@ pub fn label_command(
         argv.push(replaced);
     }
     argv.extend(args.extra_args.iter().cloned());
+    if argv.first().is_some_and(|p| engine.is_client_word(p)) {
+        argv[0] = "docker".into();
+    }
     let mut argv = drop_tty(argv, &args.image);
     if argv.first().is_some_and(|p| p == "docker") {
-        argv[0] = docker.display().to_string();
+        argv[0] = engine.client().display().to_string();
     }
     if argv.is_empty() {
         return Err(RuntimeError::Label(format!(
@@ -175,24 +181,29 @@ fn settings_digest(args: &InstallArgs) -> String {
 }
 
 pub fn run(args: &InstallArgs) -> Result<(), RuntimeError> {
-    let engine = Engine::new(&args.engine.docker);
+    let engine = engine::open(&args.engine);
+    let engine = engine.as_ref();
     let Some(info) = engine.image(&args.image)? else {
         return Err(RuntimeError::ImageMissing(format!(
-            "image {} is not in the Docker engine, so it cannot be installed",
-            args.image
+            "image {} is not in {}, so it cannot be installed",
+            args.image,
+            engine_name(engine)
         )));
     };
     let marks = Marks::new(&args.engine.state_dir, "installed").map_err(RuntimeError::State)?;
     let digest = settings_digest(args);
     if let Some(done) = marks.read(&args.name) {
+        // Marks written before Podman was supported name no engine: Docker's.
         if done.get("image") == Some(info.id.as_str())
             && done.get("settings") == Some(digest.as_str())
+            && done.get("engine").unwrap_or("docker") == engine.kind().as_str()
         {
             println!("{}: already installed from image {}", args.name, info.id);
             return Ok(());
         }
     }
     let mut mark = Mark::default();
+    mark.set("engine", engine.kind().as_str());
     mark.set("image", info.id.clone());
     mark.set("settings", digest);
     if info.install_label.trim().is_empty() {
@@ -210,7 +221,7 @@ pub fn run(args: &InstallArgs) -> Result<(), RuntimeError> {
             .join(lookup(&vars, dir).trim_start_matches('/'));
         std::fs::create_dir_all(&path).map_err(|source| RuntimeError::Io { path, source })?;
     }
-    run_label("INSTALL", &info.install_label, args, engine.docker())?;
+    run_label("INSTALL", &info.install_label, args, engine)?;
     marks.write(&args.name, &mark).map_err(RuntimeError::State)
 }
 
@@ -220,9 +231,9 @@ pub(crate) fn run_label(
     kind: &str,
     label: &str,
     args: &InstallArgs,
-    docker: &Path,
+    engine: &dyn ImageEngine,
 ) -> Result<(), RuntimeError> {
-    let argv = label_command(kind, label, args, docker)?;
+    let argv = label_command(kind, label, args, engine)?;
     println!(
         "{}: running {kind}: {}",
         args.name,
@@ -249,6 +260,37 @@ pub(crate) fn run_label(
 mod tests {
     use super::*;
     use crate::cli::EngineArgs;
+    use crate::runtime::docker::Docker;
+    use crate::runtime::podman::Podman;
+    use std::path::Path;
+
+    #[test]
+    fn podman_runs_docker_and_podman_labels_with_its_own_client() {
+        let podman = Podman::new(Path::new("/usr/bin/podman"));
+        for label in [
+            "docker run --rm IMAGE /install.sh",
+            "/usr/bin/docker run --rm IMAGE /install.sh",
+            "podman run --rm IMAGE /install.sh",
+            "/usr/local/bin/podman run -t --rm IMAGE /install.sh",
+        ] {
+            assert_eq!(
+                install_command(label, &args(&[], &[]), &podman).unwrap().join(" "),
+                "/usr/bin/podman run --rm example/httpd:1 /install.sh",
+                "{label}"
+            );
+        }
+        // Docker keeps a podman label as it is (and fails running it when podman is missing).
+        let docker = Docker::new(Path::new("/usr/bin/docker"));
+        assert_eq!(
+            install_command("podman run IMAGE", &args(&[], &[]), &docker).unwrap()[0],
+            "podman"
+        );
+        // Anything else runs as written.
+        assert_eq!(
+            install_command("/bin/sh -c 'echo $NAME'", &args(&[], &[]), &podman).unwrap(),
+            ["/bin/sh", "-c", "echo web"]
+        );
+    }
 
     fn args(set: &[&str], extra: &[&str]) -> InstallArgs {
         InstallArgs {
@@ -257,7 +299,9 @@ mod tests {
             setvalues: set.iter().map(|s| s.to_string()).collect(),
             host_root: "/".into(),
             engine: EngineArgs {
+                engine: "docker".into(),
                 docker: "/usr/bin/docker".into(),
+                podman: "/usr/bin/podman".into(),
                 state_dir: "/nonexistent".into(),
             },
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
@@ -270,7 +314,7 @@ mod tests {
         let argv = install_command(
             label,
             &args(&[], &["--verbose"]),
-            Path::new("/usr/bin/docker"),
+            &Docker::new(Path::new("/usr/bin/docker")),
         )
         .unwrap();
         assert_eq!(
@@ -287,7 +331,7 @@ mod tests {
         let argv = install_command(
             label,
             &args(&["GREETING=hello world", "CONFDIR=/srv/conf"], &[]),
-            Path::new("/d"),
+            &Docker::new(Path::new("/d")),
         )
         .unwrap();
         assert_eq!(
@@ -320,7 +364,7 @@ mod tests {
     #[test]
     fn unsplittable_label_is_an_error() {
         assert!(matches!(
-            install_command("docker run \"open", &args(&[], &[]), Path::new("/d")),
+            install_command("docker run \"open", &args(&[], &[]), &Docker::new(Path::new("/d"))),
             Err(RuntimeError::Label(_))
         ));
     }

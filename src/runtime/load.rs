@@ -1,15 +1,17 @@
-//! The load stage: archives in `<preload-dir>/docker/` into the Docker engine, once per
-//! archive content and engine. Archives are only ever read, never changed or deleted.
+//! The load stage: archives in `<preload-dir>/docker/` into the engine (Docker or Podman),
+//! once per archive content and engine. Archives are only ever read, never changed or
+//! deleted.
 //!
-//! An archive counts as loaded when a mark in `<state-dir>/loaded/docker/` records its
+//! An archive counts as loaded when a mark in `<state-dir>/loaded/<engine>/` records its
 //! SHA-256, its inode, size, mtime and ctime, and the images it loaded, and the engine still
 //! has those images. At the next start, unchanged metadata means "loaded" without reading a
 //! byte; changed metadata means hashing it, and loading only if the content differs. A
-//! first load hashes while streaming into Docker.
+//! first load hashes on another thread while the engine reads.
 
 use super::RuntimeError;
+use super::compression::decompress;
 use super::digest::{self, sha256_of};
-use super::docker::Engine;
+use super::engine::{self, Feed, ImageEngine};
 use super::marks::{self, Mark, Marks};
 use super::notify;
 use crate::cli::LoadArgs;
@@ -57,7 +59,7 @@ fn recorded_images(mark: &Mark) -> Vec<&str> {
 }
 
 fn load_one(
-    engine: &Engine,
+    engine: &dyn ImageEngine,
     marks: &Marks,
     dir: &Path,
     name: &str,
@@ -103,38 +105,36 @@ fn load_one(
     // Nothing recorded for this content (or a failed earlier try): forget the old record
     // first, so a load interrupted from here on is retried.
     marks.remove(name).map_err(RuntimeError::State)?;
-    let (loaded, sha256) = if name.ends_with(".tar.zst") {
-        // Docker 20.10 cannot read zstd: decompressed here (libzstd), while the file is
-        // read and hashed on another thread.
-        let file = BufReader::with_capacity(1 << 20, File::open(&path).map_err(archive_err)?);
-        let progress = notify::Progress::new(file, format!("loading {name}"), meta.len());
-        let (mut chunks, hashed) = digest::read_ahead_hashing(progress);
-        let loaded = match zstd::stream::read::Decoder::new(&mut chunks) {
-            Ok(mut decoder) => engine.load(&mut decoder),
-            Err(e) => Err(RuntimeError::ReadArchive(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("zstd: {e}"),
-            ))),
-        };
-        drop(chunks);
-        let sha256 = hashed
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the reading thread panicked")));
-        (loaded, sha256)
-    } else {
-        // Docker reads the file itself (the engine's own speed); it is hashed meanwhile
-        // on another thread, through a descriptor of its own.
-        let file = File::open(&path).map_err(archive_err)?;
-        let hash_path = path.clone();
-        let hashed = std::thread::spawn(move || sha256_of(&hash_path));
-        let what = format!("loading {name}");
-        let loaded = engine.load_file(file, |pid, running| {
-            notify::watch_stdin_offset(&what, pid, meta.len(), running)
-        });
-        let sha256 = hashed
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the hashing thread panicked")));
-        (loaded, sha256)
+    let what = format!("loading {name}");
+    let (loaded, sha256) = match engine.feed(name) {
+        Feed::Decompressed => {
+            // Decompressed here (a format the engine cannot read, or reads slowly), while
+            // the file is read and hashed on another thread.
+            let file = BufReader::with_capacity(1 << 20, File::open(&path).map_err(archive_err)?);
+            let progress = notify::Progress::new(file, what, meta.len());
+            let (chunks, hashed) = digest::read_ahead_hashing(progress);
+            let loaded = match decompress(chunks, name) {
+                Ok(mut tar) => engine.load_stream(&mut tar),
+                Err(e) => Err(RuntimeError::ReadArchive(e)),
+            };
+            let sha256 = hashed
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the reading thread panicked")));
+            (loaded, sha256)
+        }
+        Feed::File => {
+            // The engine reads the file itself (its own speed); it is hashed meanwhile on
+            // another thread, through a descriptor of its own.
+            let hash_path = path.clone();
+            let hashed = std::thread::spawn(move || sha256_of(&hash_path));
+            let loaded = engine.load_file(&path, &mut |offset, running| {
+                notify::watch_offset(&what, meta.len(), offset, running)
+            });
+            let sha256 = hashed
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the hashing thread panicked")));
+            (loaded, sha256)
+        }
     };
     let loaded = loaded.map_err(|e| RuntimeError::LoadFailed {
         path: path.clone(),
@@ -172,8 +172,11 @@ pub(crate) fn list_archives(dir: &Path) -> Result<Vec<String>, RuntimeError> {
     Ok(names)
 }
 
-/// Where load marks live in the state directory.
-const MARKS: &str = "loaded/docker";
+/// Where load marks live in the state directory: one directory per engine, since each
+/// engine has its own images.
+fn marks_dir(engine: &dyn ImageEngine) -> String {
+    format!("loaded/{}", engine.kind().as_str())
+}
 
 /// Every boot after the first: nothing to load when every archive is unchanged since its
 /// mark (a `stat` each, no lock, no byte read) and the engine has, in one question, the
@@ -183,7 +186,7 @@ const MARKS: &str = "loaded/docker";
 /// changed or unmarked archive, a missing image, an engine that does not answer — takes
 /// the full path under the lock, which also says what went wrong.
 fn all_loaded(
-    engine: &Engine,
+    engine: &dyn ImageEngine,
     marks: &Marks,
     dir: &Path,
     names: &[String],
@@ -211,7 +214,8 @@ fn all_loaded(
 
 pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
     let dir: PathBuf = args.preload_dir.join("docker");
-    let engine = Engine::new(&args.engine.docker);
+    let engine = engine::open(&args.engine);
+    let engine = engine.as_ref();
     let named = !args.archive.is_empty();
     let names = if named {
         // The config was validated, but the units can be edited by hand.
@@ -225,10 +229,10 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
         list_archives(&dir)?
     };
     // Marks exist only after a first load: before it, nothing is created here.
-    let marks_dir = args.engine.state_dir.join(MARKS);
-    if marks_dir.is_dir() {
-        let marks = Marks::new(&args.engine.state_dir, MARKS).map_err(RuntimeError::State)?;
-        if all_loaded(&engine, &marks, &dir, &names, args) {
+    let marks_kind = marks_dir(engine);
+    if args.engine.state_dir.join(&marks_kind).is_dir() {
+        let marks = Marks::new(&args.engine.state_dir, &marks_kind).map_err(RuntimeError::State)?;
+        if all_loaded(engine, &marks, &dir, &names, args) {
             for name in &names {
                 println!("{name}: already loaded");
             }
@@ -238,7 +242,7 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
 
     engine.ping()?;
     let _lock = marks::lock(&args.engine.state_dir).map_err(RuntimeError::State)?;
-    let marks = Marks::new(&args.engine.state_dir, MARKS).map_err(RuntimeError::State)?;
+    let marks = Marks::new(&args.engine.state_dir, &marks_kind).map_err(RuntimeError::State)?;
 
     // Several archives load at once, one per core: the engine unpacks layers in parallel,
     // and one archive's decompression or digest never waits for another's.
@@ -254,7 +258,7 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(name) = names.get(i) else { break done };
-                        done.push((i, load_one(&engine, &marks, &dir, name)));
+                        done.push((i, load_one(engine, &marks, &dir, name)));
                     }
                 })
             })
@@ -292,7 +296,8 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
                 format!("; failed: {}", failures.join("; "))
             };
             return Err(RuntimeError::ImageMissing(format!(
-                "image {image} is not in the Docker engine after loading archives from {}: {looked}{failed}",
+                "image {image} is not in {} after loading archives from {}: {looked}{failed}",
+                engine_name(engine),
                 dir.display()
             )));
         }
@@ -303,4 +308,12 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
         return Err(RuntimeError::LoadFailures(failures.len()));
     }
     Ok(())
+}
+
+/// "the Docker engine", "Podman": for messages.
+pub(crate) fn engine_name(engine: &dyn ImageEngine) -> &'static str {
+    match engine.kind() {
+        crate::engine::EngineKind::Docker => "the Docker engine",
+        crate::engine::EngineKind::Podman => "Podman",
+    }
 }

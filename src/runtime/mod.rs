@@ -2,12 +2,15 @@
 //! They talk to the Docker engine and keep small marks in the state directory; their
 //! output goes to the unit's journal.
 
+pub mod compression;
 pub mod digest;
 pub mod docker;
+pub mod engine;
 pub mod install;
 pub mod load;
 pub mod marks;
 pub mod notify;
+pub mod podman;
 pub mod refresh;
 pub mod run;
 pub mod system;
@@ -20,8 +23,9 @@ use std::path::PathBuf;
 pub enum RuntimeError {
     #[error("cannot run {program}: {source}")]
     Spawn { program: String, source: io::Error },
-    #[error("the Docker engine does not answer: {0}")]
-    EngineUnreachable(String),
+    /// Who does not answer ("the Docker engine", "Podman"), and what its client said.
+    #[error("{0} does not answer: {1}")]
+    EngineUnreachable(&'static str, String),
     #[error("{what}: {message}")]
     Docker { what: String, message: String },
     #[error("{}: {source}", path.display())]

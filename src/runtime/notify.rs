@@ -38,16 +38,14 @@ pub fn progress(what: &str, done: u64, total: u64) {
     ));
 }
 
-/// While `running()`, how far process `pid` has read its standard input (a file): its
-/// offset from /proc, on the status line every 250 ms, and once more at the end.
-pub fn watch_stdin_offset(what: &str, pid: u32, total: u64, running: &mut dyn FnMut() -> bool) {
-    let fdinfo = format!("/proc/{pid}/fdinfo/0");
-    let offset = || -> Option<u64> {
-        let text = std::fs::read_to_string(&fdinfo).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("pos:"))
-            .and_then(|p| p.trim().parse().ok())
-    };
+/// While `running()`, how far an engine has read an archive (`offset()`, when it can be
+/// known), on the status line every 250 ms, and once more at the end.
+pub fn watch_offset(
+    what: &str,
+    total: u64,
+    offset: &mut dyn FnMut() -> Option<u64>,
+    running: &mut dyn FnMut() -> bool,
+) {
     let mut last = None::<std::time::Instant>;
     let mut done = 0;
     while running() {

@@ -1,20 +1,23 @@
-//! The run stage of a Docker image: atomic's `run`, under systemd's supervision.
+//! The run stage of an engine's image: atomic's `run`, under systemd's supervision.
 //!
 //! The unit carries the default command (`docker run --rm --pull=never --name NAME
-//! [spc flags] IMAGE extra_args…`). When the image has a `RUN` label, that label is used
+//! [spc flags] IMAGE extra_args…`, or Podman's, see `plan::podman`). When the image has
+//! a `RUN` label, that label is used
 //! instead, as `atomic run` did: split like a shell line, `run.extra_args` appended, the
 //! words IMAGE, NAME, IMAGE=IMAGE, NAME=NAME replaced and `$VAR` expanded from NAME, IMAGE
-//! and the environment (undefined variables vanish). It must be a `docker run`; the
-//! options that break supervision are dropped and said so in the journal (`-d`, `-t`,
-//! `-i`, `--rm`, `--name`, `--restart`, `--pull`, `--detach-keys`: our `--rm
-//! --pull=never --name NAME` stand instead); everything else is kept, in the foreground.
-//! Then the helper replaces itself with docker, so systemd supervises the client as before.
+//! and the environment (undefined variables vanish). It must be a `docker run` (for
+//! Podman also `podman run`); the options that break supervision are dropped and said so
+//! in the journal (`-d`, `-t`, `-i`, `--rm`, `--name`, `--restart`, `--pull`,
+//! `--detach-keys`, and any other option the unit's own run options set: those stand
+//! instead); everything else is kept. Then the helper replaces itself with the engine's
+//! client, so systemd supervises it as it would the default command.
 
 use super::RuntimeError;
-use super::docker::Engine;
+use super::engine::ImageEngine;
 use super::install::expand;
 use crate::cli::RunArgs;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 
 /// Options dropped from a RUN label, with the reason the journal shows.
@@ -43,7 +46,7 @@ pub fn label_command(
     name: &str,
     image: &str,
     extra_args: &[String],
-    docker: &str,
+    engine: &dyn ImageEngine,
 ) -> Result<(Vec<String>, Vec<String>), RuntimeError> {
     let label_err =
         |message: String| RuntimeError::Label(format!("RUN label of {image}: {message}"));
@@ -67,14 +70,22 @@ pub fn label_command(
             argv.push(replaced);
         }
     }
-    let is_docker = argv
-        .first()
-        .is_some_and(|p| p == "docker" || p.ends_with("/docker"));
-    if !is_docker || argv.get(1).map(String::as_str) != Some("run") {
+    let is_client = argv.first().is_some_and(|p| engine.is_client_word(p));
+    if !is_client || argv.get(1).map(String::as_str) != Some("run") {
+        let engines = match engine.kind() {
+            crate::engine::EngineKind::Docker => "a `docker run`",
+            crate::engine::EngineKind::Podman => "a `docker run` or `podman run`",
+        };
         return Err(label_err(format!(
-            "not a `docker run` command, so it cannot run under systemd: {label:?}"
+            "not {engines} command, so it cannot run under systemd: {label:?}"
         )));
     }
+    let own = engine.run_options(name);
+    // An option the unit's own run options set (by name, `--opt=value` or `--opt value`).
+    let owned = |option: &str| {
+        let key = option.split('=').next().unwrap_or(option);
+        key.starts_with('-') && own.iter().any(|o| o.split('=').next() == Some(key))
+    };
     let Some(at) = argv.iter().skip(2).position(|w| w == image).map(|i| i + 2) else {
         return Err(label_err(format!(
             "it does not name the image (IMAGE): {label:?}"
@@ -91,13 +102,17 @@ pub fn label_command(
             && option[1..].chars().all(|c| matches!(c, 'd' | 'i' | 't'));
         let reason = if group {
             Some("systemd supervises the container in the foreground, with no terminal")
+        } else if let Some(reason) = dropped(option) {
+            Some(reason)
+        } else if owned(option) {
+            Some("the unit sets it itself")
         } else {
-            dropped(option)
+            None
         };
         match reason {
             Some(reason) => {
                 let mut shown = option.clone();
-                if takes_value(option)
+                if (takes_value(option) || (owned(option) && option.starts_with("--")))
                     && !option.contains('=')
                     && let Some(value) = options.next()
                 {
@@ -120,9 +135,8 @@ pub fn label_command(
             }
         }
     }
-    let mut command: Vec<String> = [docker, "run", "--rm", "--pull=never", "--name", name]
-        .map(String::from)
-        .into();
+    let mut command = vec![engine.client().display().to_string(), "run".into()];
+    command.extend(own);
     command.extend(kept);
     command.extend(argv[at..].iter().cloned());
     Ok((command, notes))
@@ -133,14 +147,18 @@ pub fn run(args: &RunArgs) -> Result<(), RuntimeError> {
     let Some((program, _)) = args.default_command.split_first() else {
         return Err(RuntimeError::Usage("no default command after --".into()));
     };
-    let engine = Engine::new(std::path::Path::new(program));
+    let engine: Box<dyn ImageEngine> = match args.engine.as_str() {
+        "podman" => Box::new(super::podman::Podman::new(Path::new(program))),
+        _ => Box::new(super::docker::Docker::new(Path::new(program))),
+    };
+    let engine = engine.as_ref();
     let label = engine.label(&args.image, "RUN")?;
     let command = if label.trim().is_empty() {
         args.default_command.clone()
     } else {
         let extra_count = args.extra.min(args.default_command.len());
         let extra = &args.default_command[args.default_command.len() - extra_count..];
-        let (command, notes) = label_command(&label, &args.name, &args.image, extra, program)?;
+        let (command, notes) = label_command(&label, &args.name, &args.image, extra, engine)?;
         for note in notes {
             println!("{note}");
         }
@@ -165,7 +183,7 @@ mod tests {
             "rsyslog",
             "docker.io/example/rsyslog",
             &extra,
-            "/usr/bin/docker",
+            &super::super::docker::Docker::new(Path::new("/usr/bin/docker")),
         )
     }
 
@@ -221,5 +239,34 @@ mod tests {
         assert!(err("docker run --privileged busybox").contains("does not name the image"));
         assert!(err("docker run -itv /a:/b IMAGE").contains("option -itv mixes -d/-i/-t"));
         assert!(err("docker run 'IMAGE").contains("cannot be split into words"));
+    }
+
+    #[test]
+    fn podman_runs_a_label_detached_under_conmon_with_the_units_own_options() {
+        let podman = super::super::podman::Podman::new(Path::new("/usr/bin/podman"));
+        let (argv, notes) = label_command(
+            "podman run -d --cidfile /tmp/x.cid --cgroups=enabled --privileged -v /etc:/host/etc IMAGE /bin/rsyslog.sh",
+            "rsyslog",
+            "docker.io/example/rsyslog",
+            &[],
+            &podman,
+        )
+        .unwrap();
+        assert_eq!(
+            argv.join(" "),
+            "/usr/bin/podman run --name rsyslog --cidfile=/run/preload-rsyslog.cid --replace --rm \
+             --cgroups=split --sdnotify=conmon -d --pull=never --privileged -v /etc:/host/etc \
+             docker.io/example/rsyslog /bin/rsyslog.sh"
+        );
+        assert_eq!(
+            notes,
+            [
+                "RUN label: dropped -d (systemd supervises the container in the foreground)",
+                "RUN label: dropped --cidfile /tmp/x.cid (the unit sets it itself)",
+                "RUN label: dropped --cgroups=enabled (the unit sets it itself)",
+            ]
+        );
+        let err = label_command("/usr/bin/runc run IMAGE", "a", "b", &[], &podman).unwrap_err();
+        assert!(err.to_string().contains("not a `docker run` or `podman run` command"));
     }
 }

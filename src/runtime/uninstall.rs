@@ -1,20 +1,19 @@
 //! `atomic-preload uninstall NAME`: atomic's `uninstall` for both kinds of entry.
 //!
 //! A system container (a checkout named NAME exists) is removed by
-//! [`system::uninstall`](super::system::uninstall). Otherwise NAME is a Docker entry: its
-//! container is removed, the image's `UNINSTALL` label is run with the same substitutions
+//! [`system::uninstall`](super::system::uninstall). Otherwise NAME is an engine's entry
+//! (its `engine:`, else the host's): its container is removed, the image's `UNINSTALL` label is run with the same substitutions
 //! as the INSTALL label (NAME, IMAGE, CONFDIR, LOGDIR, DATADIR, the entry's setvalues),
 //! and the install mark is dropped, so a later start installs again. The image stays in
 //! the engine (its archive would load it again anyway).
 
 use super::RuntimeError;
-use super::docker::Engine;
+use super::engine;
 use super::install::run_label;
 use super::marks::Marks;
 use crate::cli::{EngineArgs, InstallArgs, SystemNameArgs, UninstallArgs};
 use crate::config::Named;
 use crate::generator;
-use std::process::{Command, Stdio};
 
 pub fn run(args: &UninstallArgs) -> Result<(), RuntimeError> {
     let system = SystemNameArgs {
@@ -40,7 +39,7 @@ pub fn run(args: &UninstallArgs) -> Result<(), RuntimeError> {
         (None, Some(entry)) => entry.image.clone(),
         (None, None) => {
             return Err(RuntimeError::Usage(format!(
-                "{} is not an installed system container nor an entry of {}; give --image for a Docker image",
+                "{} is not an installed system container nor an entry of {}; give --image for an engine's image",
                 args.name,
                 args.config.display()
             )));
@@ -55,26 +54,28 @@ pub fn run(args: &UninstallArgs) -> Result<(), RuntimeError> {
             .collect(),
         host_root: "/".into(),
         engine: EngineArgs {
+            engine: entry
+                .as_ref()
+                .and_then(|e| e.engine)
+                .map_or("auto", |kind| kind.as_str())
+                .into(),
             docker: args.docker.clone(),
+            podman: args.podman.clone(),
             state_dir: args.paths.state_dir.clone(),
         },
         extra_args: vec![],
     };
-    let engine = Engine::new(&args.docker);
+    let engine = engine::open(&install.engine);
+    let engine = engine.as_ref();
     engine.ping()?;
     // The container first, as atomic did; "no such container" is fine.
-    let _ = Command::new(&args.docker)
-        .args(["rm", "--force", &args.name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    engine.remove_container(&args.name);
     if engine.image(&image)?.is_some() {
         let label = engine.label(&image, "UNINSTALL")?;
         if label.trim().is_empty() {
             println!("{}: image {image} has no UNINSTALL label", args.name);
         } else {
-            run_label("UNINSTALL", &label, &install, engine.docker())?;
+            run_label("UNINSTALL", &label, &install, engine)?;
         }
     } else {
         println!(

@@ -390,6 +390,7 @@ impl VerifyRoot {
             "usr/bin/atomic-preload",
             "usr/bin/docker",
             "usr/bin/dockerd",
+            "usr/bin/podman",
         ] {
             std::fs::write(r.join(exe), "#!/bin/sh\n").unwrap();
             std::fs::set_permissions(

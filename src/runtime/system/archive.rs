@@ -5,6 +5,7 @@
 //! scratch directory under numbered names and looked up through a table, so member names
 //! cannot place anything anywhere.
 
+use crate::runtime::compression::decompress;
 use crate::runtime::digest::hex;
 use crate::runtime::notify::Progress;
 use serde::Deserialize;
@@ -64,20 +65,6 @@ pub fn open_decompressed(path: &Path, doing: &str) -> io::Result<Box<dyn Read>> 
     decompress(BufReader::with_capacity(1 << 20, progress), &name)
 }
 
-/// A reader that decompresses `inner` by the name's suffix (.tar is as is).
-pub fn decompress(inner: impl Read + 'static, name: &str) -> io::Result<Box<dyn Read>> {
-    Ok(if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
-        Box::new(flate2::read::MultiGzDecoder::new(inner))
-    } else if name.ends_with(".tar.xz") {
-        Box::new(xz2::read::XzDecoder::new_multi_decoder(inner))
-    } else if name.ends_with(".tar.bz2") {
-        Box::new(bzip2::read::MultiBzDecoder::new(inner))
-    } else if name.ends_with(".tar.zst") {
-        Box::new(zstd::stream::read::Decoder::new(inner)?)
-    } else {
-        Box::new(inner)
-    })
-}
 
 /// A layer blob, decompressed by its magic bytes (docker save writes plain tars; OCI
 /// layouts and newer tools write gzip or zstd).
