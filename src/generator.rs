@@ -2,8 +2,8 @@
 //! only parses arguments and calls [`run`].
 
 use crate::config::{self, Position, Problem};
-use crate::log::{Level, Logger};
 use crate::engine::EngineKind;
+use crate::log::{Level, Logger};
 use crate::plan::{self, Plan, Settings};
 use crate::{render, write};
 use std::io::{self, Read};

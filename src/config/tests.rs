@@ -363,11 +363,18 @@ fn aliases_are_followed_and_bounded() {
 fn engine_must_be_docker_or_podman_and_not_for_system_containers() {
     assert_eq!(
         problems("- {name: ab, image: x, engine: Docker}\n"),
-        ["c.yaml:1:32: \"engine\" must be docker or podman (or left out: the host's engine), found \"Docker\""]
+        [
+            "c.yaml:1:32: \"engine\" must be docker or podman (or left out: the host's engine), found \"Docker\""
+        ]
     );
     assert_eq!(
         problems("- {name: ab, image: x, engine: podman, install: {system: true}}\n"),
-        ["c.yaml:1:32: \"engine\" does not apply to system containers (runc runs them from a checkout, with no engine)"]
+        [
+            "c.yaml:1:32: \"engine\" does not apply to system containers (runc runs them from a checkout, with no engine)"
+        ]
     );
-    assert_eq!(valid("- {name: ab, image: x, engine: docker}\n")[0].engine, Some(EngineKind::Docker));
+    assert_eq!(
+        valid("- {name: ab, image: x, engine: docker}\n")[0].engine,
+        Some(EngineKind::Docker)
+    );
 }

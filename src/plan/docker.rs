@@ -15,7 +15,9 @@ fn description(entry: &Entry) -> String {
 /// The options every `docker run` of a unit starts with, also in front of a RUN label's
 /// (`atomic-preload run` gets them from here too).
 pub fn run_options(name: &str) -> Vec<String> {
-    ["--rm", "--pull=never", "--name", name].map(String::from).into()
+    ["--rm", "--pull=never", "--name", name]
+        .map(String::from)
+        .into()
 }
 
 /// atomic's super-privileged container flags (`atomic run --spc`), minus `-i`: under

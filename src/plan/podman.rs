@@ -20,7 +20,10 @@ const STORAGE: &str = "/var/lib/containers/storage";
 /// one quoting function escapes every `%` (a config value can never inject a specifier),
 /// so the path is written out: the same file for a system unit.
 pub fn cidfile(name: &str) -> String {
-    format!("/run/{}.cid", paths::container_unit(name).trim_end_matches(".service"))
+    format!(
+        "/run/{}.cid",
+        paths::container_unit(name).trim_end_matches(".service")
+    )
 }
 
 /// The options every `podman run` of a unit starts with, also in front of a RUN label's

@@ -46,7 +46,8 @@ impl ImageEngine for Docker {
     }
 
     fn image(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError> {
-        self.client.image(image, |err| err.contains("no such image"))
+        self.client
+            .image(image, |err| err.contains("no such image"))
     }
 
     fn label(&self, image: &str, key: &str) -> Result<String, RuntimeError> {

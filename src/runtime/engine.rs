@@ -93,6 +93,19 @@ pub(crate) fn last_line(bytes: &[u8]) -> String {
         .to_owned()
 }
 
+/// What a failed load said. Podman lists why each format it tried did not match; the
+/// docker-archive line is the one that matters (that is what archives here are).
+fn load_error(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let docker_archive = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("* docker-archive: "));
+    match docker_archive {
+        Some(why) => format!("not a readable docker-archive: {}", why.trim()),
+        None => last_line(stderr),
+    }
+}
+
 impl Client {
     pub fn spawn_error(&self, source: std::io::Error) -> RuntimeError {
         RuntimeError::Spawn {
@@ -195,7 +208,7 @@ impl Client {
         if !out.status.success() {
             return Err(RuntimeError::Docker {
                 what: format!("{} load", self.path.display()),
-                message: last_line(&out.stderr),
+                message: load_error(&out.stderr),
             });
         }
         // A read error on our side is the archive's fault even if the engine took what

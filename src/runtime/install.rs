@@ -274,7 +274,9 @@ mod tests {
             "/usr/local/bin/podman run -t --rm IMAGE /install.sh",
         ] {
             assert_eq!(
-                install_command(label, &args(&[], &[]), &podman).unwrap().join(" "),
+                install_command(label, &args(&[], &[]), &podman)
+                    .unwrap()
+                    .join(" "),
                 "/usr/bin/podman run --rm example/httpd:1 /install.sh",
                 "{label}"
             );
@@ -364,7 +366,11 @@ mod tests {
     #[test]
     fn unsplittable_label_is_an_error() {
         assert!(matches!(
-            install_command("docker run \"open", &args(&[], &[]), &Docker::new(Path::new("/d"))),
+            install_command(
+                "docker run \"open",
+                &args(&[], &[]),
+                &Docker::new(Path::new("/d"))
+            ),
             Err(RuntimeError::Label(_))
         ));
     }

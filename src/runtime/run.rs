@@ -267,6 +267,9 @@ mod tests {
             ]
         );
         let err = label_command("/usr/bin/runc run IMAGE", "a", "b", &[], &podman).unwrap_err();
-        assert!(err.to_string().contains("not a `docker run` or `podman run` command"));
+        assert!(
+            err.to_string()
+                .contains("not a `docker run` or `podman run` command")
+        );
     }
 }

@@ -139,6 +139,8 @@ pub struct Image {
     pub diff_ids: Option<Vec<String>>,
     /// Anything that makes the image ID differ.
     pub marker: String,
+    /// More image labels (INSTALL, RUN, ...).
+    pub labels: Vec<(String, String)>,
 }
 
 impl Image {
@@ -148,6 +150,7 @@ impl Image {
             layers,
             diff_ids: None,
             marker: String::new(),
+            labels: Vec::new(),
         }
     }
 
@@ -156,9 +159,14 @@ impl Image {
             .diff_ids
             .clone()
             .unwrap_or_else(|| self.layers.iter().map(|l| sha256(l)).collect());
+        let mut labels = serde_json::Map::new();
+        labels.insert("marker".into(), self.marker.clone().into());
+        for (k, v) in &self.labels {
+            labels.insert(k.clone(), v.clone().into());
+        }
         serde_json::to_vec(&serde_json::json!({
             "architecture": "amd64", "os": "linux",
-            "config": {"Labels": {"marker": self.marker}},
+            "config": {"Labels": labels},
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         }))
         .unwrap()

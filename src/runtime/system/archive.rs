@@ -65,7 +65,6 @@ pub fn open_decompressed(path: &Path, doing: &str) -> io::Result<Box<dyn Read>> 
     decompress(BufReader::with_capacity(1 << 20, progress), &name)
 }
 
-
 /// A layer blob, decompressed by its magic bytes (docker save writes plain tars; OCI
 /// layouts and newer tools write gzip or zstd).
 pub fn layer_reader(file: File) -> io::Result<Box<dyn Read>> {

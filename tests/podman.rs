@@ -1,0 +1,328 @@
+//! The runtime stages against a real Podman (see `support::podman`: private storage, vfs):
+//! load once per content, reload on change, every archive format, corrupt archives,
+//! missing images, INSTALL labels run with Podman's client, marks kept per engine, and
+//! progress on the status line. Running a container under systemd (conmon, cgroups
+//! split) is proven in the boot suite, where systemd is PID 1.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use support::helper;
+use support::podman::{Podman, podman_available};
+use support::sysimage::{Image, Layer};
+
+struct Setup {
+    podman: Podman,
+    preload: PathBuf,
+    state: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let podman = Podman::new();
+        let preload = podman.dir.path().join("preload");
+        let state = podman.dir.path().join("state");
+        fs::create_dir_all(preload.join("docker")).unwrap();
+        Setup {
+            podman,
+            preload,
+            state,
+        }
+    }
+
+    fn archive(&self, name: &str) -> PathBuf {
+        self.preload.join("docker").join(name)
+    }
+
+    /// `atomic-preload SUBCOMMAND --engine podman …` with this storage and state dir.
+    fn command(&self, subcommand: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(helper());
+        cmd.arg(subcommand).args(["--engine", "podman"]);
+        if subcommand == "load" {
+            cmd.arg("--preload-dir").arg(&self.preload);
+        }
+        cmd.arg("--state-dir").arg(&self.state).args(args);
+        cmd.envs(self.podman.env());
+        cmd
+    }
+
+    fn helper(&self, subcommand: &str, args: &[&str]) -> Output {
+        self.command(subcommand, args).output().unwrap()
+    }
+}
+
+/// A busybox image tagged `tag`; `marker` makes its ID differ.
+fn image(tag: &str, marker: &str) -> Image {
+    let mut image = Image::new(tag, vec![Layer::new().busybox().bytes()]);
+    image.marker = marker.into();
+    image
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn sha(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn load_once_then_reload_only_when_content_changes() {
+    if !podman_available() {
+        return;
+    }
+    let s = Setup::new();
+    let p = &s.podman;
+    image("test/app:1", "v1").save(&s.archive("app.tar"));
+
+    let out = s.helper("load", &["--image", "test/app:1"]);
+    assert!(out.status.success(), "first load: {}", text(&out));
+    assert!(text(&out).contains("app.tar: loaded"), "{}", text(&out));
+    assert_eq!(p.loads(), 1, "first start loads the archive once");
+    let first_id = p.image_id("test/app:1").expect("image present after load");
+    assert!(s.state.join("loaded/podman/app.tar").is_file());
+    assert!(
+        !s.state.join("loaded/docker").exists(),
+        "marks are kept per engine"
+    );
+
+    let out = s.helper("load", &["--image", "test/app:1"]);
+    assert!(
+        text(&out).contains("app.tar: already loaded"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        p.loads(),
+        1,
+        "an unchanged archive must not be loaded again"
+    );
+
+    let copy = p.dir.path().join("copy.tar");
+    fs::copy(s.archive("app.tar"), &copy).unwrap();
+    fs::rename(&copy, s.archive("app.tar")).unwrap();
+    let out = s.helper("load", &["--image", "test/app:1"]);
+    assert!(
+        text(&out).contains("app.tar: same content"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(p.loads(), 1, "same content must not be loaded again");
+
+    image("test/app:1", "v2").save(&s.archive("app.tar"));
+    let out = s.helper("load", &["--image", "test/app:1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(p.loads(), 2, "changed content must be loaded");
+    assert_ne!(p.image_id("test/app:1").unwrap(), first_id);
+
+    // Podman lost the image (storage wiped or pruned): loaded again.
+    p.ok(&["rmi", "test/app:1"]);
+    let out = s.helper("load", &["--image", "test/app:1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        p.loads(),
+        3,
+        "the archive must be loaded into the wiped storage"
+    );
+}
+
+#[test]
+fn every_archive_format_loads() {
+    if !podman_available() {
+        return;
+    }
+    let s = Setup::new();
+    let names = [
+        "a.tar",
+        "b.tar.gz",
+        "c.tgz",
+        "d.tar.xz",
+        "e.tar.bz2",
+        "f.tar.zst",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        image(&format!("test/fmt:{i}"), name).save(&s.archive(name));
+    }
+    fs::write(s.archive("notes.txt"), "not an archive").unwrap();
+    let before: Vec<String> = names.iter().map(|n| sha(&s.archive(n))).collect();
+    let out = s.helper("load", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(
+            s.podman.image_id(&format!("test/fmt:{i}")),
+            Some(image(&format!("test/fmt:{i}"), name).id()[7..].to_owned()),
+            "{name} not loaded: {}",
+            text(&out)
+        );
+    }
+    let after: Vec<String> = names.iter().map(|n| sha(&s.archive(n))).collect();
+    assert_eq!(before, after, "archives must never be modified");
+    // Marked: the next start loads nothing.
+    let out = s.helper("load", &[]);
+    assert_eq!(
+        text(&out).matches("already loaded").count(),
+        names.len(),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(s.podman.loads(), 6);
+}
+
+#[test]
+fn corrupt_archive_fails_permanently_and_is_kept() {
+    if !podman_available() {
+        return;
+    }
+    let s = Setup::new();
+    image("test/good:1", "good").save(&s.archive("good.tar"));
+    fs::write(s.archive("bad.tar.xz"), b"\xfd7zXZ\0 this is not xz at all").unwrap();
+    fs::write(s.archive("worse.tar"), b"not a tar").unwrap();
+    let out = s.helper("load", &[]);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("cannot load") && t.contains("bad.tar.xz"), "{t}");
+    assert!(
+        t.contains("worse.tar: /usr/bin/podman load: not a readable docker-archive: "),
+        "Podman's reason for the format that matters: {t}"
+    );
+    assert!(
+        s.podman.image_id("test/good:1").is_some(),
+        "the good one loads: {t}"
+    );
+    assert!(s.archive("bad.tar.xz").exists() && s.archive("worse.tar").exists());
+    assert!(!s.state.join("loaded/podman/bad.tar.xz").exists());
+
+    // A unit whose image is in a good archive does not fail for another's bad one.
+    let out = s.helper("load", &["--image", "test/good:1"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn missing_image_names_podman_and_where_it_looked() {
+    if !podman_available() {
+        return;
+    }
+    let s = Setup::new();
+    image("test/other:1", "o").save(&s.archive("other.tar.gz"));
+    let out = s.helper("load", &["--image", "test/absent:1"]);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    let want = format!(
+        "image test/absent:1 is not in Podman after loading archives from {}: other.tar.gz",
+        s.preload.join("docker").display()
+    );
+    assert!(text(&out).contains(&want), "{}", text(&out));
+}
+
+/// atomic's INSTALL semantics with Podman's client: `docker` in the label runs podman
+/// (as `podman container runlabel` does), NAME/IMAGE/$VARs substituted, once per image
+/// and settings.
+#[test]
+fn install_label_runs_with_podman_once_per_image_and_settings() {
+    if !podman_available() {
+        return;
+    }
+    let s = Setup::new();
+    let mut img = image("test/inst:1", "i1");
+    // A label that needs no container: what it does shows in Podman's storage.
+    img.labels.push((
+        "INSTALL".into(),
+        "docker tag IMAGE installed/$NAME:${MODE}".into(),
+    ));
+    img.save(&s.archive("inst.tar"));
+    assert!(
+        s.helper("load", &["--image", "test/inst:1"])
+            .status
+            .success()
+    );
+
+    let install = |mode: &str| {
+        s.helper(
+            "install",
+            &[
+                "--name",
+                "web",
+                "--image",
+                "test/inst:1",
+                "--set",
+                &format!("MODE={mode}"),
+            ],
+        )
+    };
+    let out = install("fast");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("running INSTALL: /usr/bin/podman tag test/inst:1 installed/web:fast"),
+        "{}",
+        text(&out)
+    );
+    assert!(s.podman.image_id("installed/web:fast").is_some());
+
+    let out = install("fast");
+    assert!(
+        text(&out).contains("web: already installed"),
+        "{}",
+        text(&out)
+    );
+
+    let out = install("slow");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        s.podman.image_id("installed/web:slow").is_some(),
+        "new settings install again"
+    );
+
+    // An image that is not there: permanent failure naming Podman.
+    let out = s.helper("install", &["--name", "x", "--image", "test/none:1"]);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    assert!(
+        text(&out).contains("test/none:1 is not in Podman"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// The status line says how far a load is: a plain tar Podman reads itself (its read
+/// offset), a .tar.gz we decompress for it (our own read); both end at 100%.
+#[test]
+fn load_progress_goes_to_the_status_line() {
+    if !podman_available() {
+        return;
+    }
+    let s = Setup::new();
+    for (i, name) in ["progress.tar", "progress.tar.gz"].iter().enumerate() {
+        let tag = format!("test/progress:{i}");
+        image(&tag, name).save(&s.archive(name));
+        let socket_path = s.podman.dir.path().join(format!("notify{i}.sock"));
+        let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+        let out = s
+            .command("load", &["--image", &tag, "--archive", name])
+            .env("NOTIFY_SOCKET", &socket_path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        socket.set_nonblocking(true).unwrap();
+        let mut messages = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = socket.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        let prefix = format!("STATUS=loading {name}: ");
+        assert!(
+            messages.iter().all(|m| m.starts_with(&prefix)),
+            "{messages:?}"
+        );
+        let last = messages.last().expect("status messages");
+        assert!(last.ends_with(" MB (100%)"), "{messages:?}");
+    }
+}
