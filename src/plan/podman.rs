@@ -4,7 +4,10 @@
 //! process is conmon (the container's monitor) and it is "started" when the container
 //! is; `--cgroups=split` with `Delegate=yes`, so conmon and the container live in the
 //! unit's own cgroup; `KillMode=mixed`; the container ID in a cidfile that stopping and
-//! cleaning up use; `--replace` instead of a `rm` before the start; `--rm`.
+//! cleaning up use; `--replace` instead of a `rm` before the start; `--rm`. As in
+//! `podman generate systemd --new`, a stale cidfile is removed before the start: Podman
+//! 4.3 refuses to run when the file exists, and after a container exited on its own
+//! (removed by `--rm`), `podman rm --ignore --cidfile` leaves the file behind.
 //!
 //! Podman has no daemon: no engine unit to require or order after.
 
@@ -111,6 +114,8 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
     start.extend(argv);
 
     unit.start_pre = std::mem::take(&mut unit.start);
+    unit.start_pre
+        .push(Command::new(["/bin/rm".to_owned(), "-f".into(), cidfile(&entry.name)]));
     unit.start = vec![Command::new(start)];
     unit.stop = Some(remove(&entry.name));
     unit.stop_post = vec![remove(&entry.name).ignoring_failure()];
