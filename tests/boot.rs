@@ -3,7 +3,8 @@
 //! on this machine through its socket. Each test is one scenario an operator cares about.
 //!
 //! Harness: `debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus bookworm`
-//! cached in /var/cache/atomic-preload-tests (made on first use, ~40 s); per scenario a copy
+//! cached in /var/cache/atomic-preload-tests (made on first use, ~40 s; a second one with
+//! Debian's podman for the Podman scenario, ~40 s more); per scenario a copy
 //! of it, our release build installed into it, Debian's docker client, a `docker.service`
 //! stand-in that is up only while the engine answers, and the engine's socket directory
 //! bound at /run/dockerhost (/run/docker.sock points there). The engine is started with
@@ -23,7 +24,13 @@ use support::Engine;
 use support::sysimage::{Image, Layer};
 
 const CACHE: &str = "/var/cache/atomic-preload-tests";
-const BASE: &str = "bookworm-minbase";
+/// Cached roots: (directory, debootstrap --include).
+const BASE: (&str, &str) = ("bookworm-minbase", "systemd,systemd-sysv,dbus");
+/// With Podman (netavark provides the container-network-stack it depends on).
+const BASE_PODMAN: (&str, &str) = (
+    "bookworm-minbase-podman",
+    "systemd,systemd-sysv,dbus,podman,netavark",
+);
 const PRELOAD: &str = "var/lib/atomic/preload";
 
 /// One scenario at a time: each boots a machine and runs an engine.
@@ -60,22 +67,18 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// The cached minimal Debian root, made once.
-fn base_root() -> PathBuf {
-    let base = Path::new(CACHE).join(BASE);
+/// A cached minimal Debian root, made once.
+fn base_root((name, include): (&str, &str)) -> PathBuf {
+    let base = Path::new(CACHE).join(name);
     if base.join("usr/lib/systemd/systemd").exists() {
         return base;
     }
     fs::create_dir_all(CACHE).unwrap();
-    let tmp = Path::new(CACHE).join(format!("{BASE}.tmp-{}", std::process::id()));
+    let tmp = Path::new(CACHE).join(format!("{name}.tmp-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     eprintln!("debootstrap into {} (cached for later runs)", tmp.display());
     run(Command::new("debootstrap")
-        .args([
-            "--variant=minbase",
-            "--include=systemd,systemd-sysv,dbus",
-            "bookworm",
-        ])
+        .args(["--variant=minbase", &format!("--include={include}"), "bookworm"])
         .arg(&tmp)
         .arg("http://deb.debian.org/debian"));
     fs::rename(&tmp, &base).unwrap();
@@ -84,6 +87,10 @@ fn base_root() -> PathBuf {
 
 /// A fresh root for one scenario: the base, our install, a docker client and stand-ins.
 fn prepare_root() -> tempfile::TempDir {
+    prepare_root_from(BASE)
+}
+
+fn prepare_root_from(base: (&str, &str)) -> tempfile::TempDir {
     let root = tempfile::Builder::new()
         .prefix("ap-boot")
         .tempdir_in("/var/tmp")
@@ -91,7 +98,7 @@ fn prepare_root() -> tempfile::TempDir {
     let r = root.path();
     run(Command::new("cp")
         .arg("-a")
-        .arg(format!("{}/.", base_root().display()))
+        .arg(format!("{}/.", base_root(base).display()))
         .arg(r));
     run(Command::new("make")
         .arg("install")
@@ -153,6 +160,38 @@ fn prepare_root_without_docker() -> tempfile::TempDir {
     ] {
         fs::remove_file(r.join(p)).unwrap();
     }
+    root
+}
+
+/// A Podman host: Debian's podman (no docker client, no docker.service), with test-only
+/// settings for this sandbox in /etc/containers/containers.conf: runc (behind the
+/// --no-new-keyring wrapper; crun raises RLIMIT_MEMLOCK, which the sandbox refuses), no
+/// pids limit (nspawn's guest has no cgroup controllers), ulimits within the sandbox's,
+/// and no network namespace setup (loopback only, as Docker scenarios have).
+fn prepare_root_with_podman() -> tempfile::TempDir {
+    let root = prepare_root_from(BASE_PODMAN);
+    let r = root.path();
+    for p in [
+        "usr/bin/docker",
+        "etc/systemd/system/docker.service",
+        "etc/systemd/system/multi-user.target.wants/docker.service",
+        "etc/tmpfiles.d/dockerhost.conf",
+    ] {
+        fs::remove_file(r.join(p)).unwrap();
+    }
+    fs::create_dir_all(r.join("etc/containers")).unwrap();
+    fs::write(
+        r.join("etc/containers/containers.conf"),
+        "# Test only: fits podman to the test sandbox (see tests/boot.rs).
+[containers]
+         default_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]
+         pids_limit = 0
+netns = \"none\"
+[engine]
+runtime = \"runc\"
+",
+    )
+    .unwrap();
     root
 }
 
@@ -365,6 +404,13 @@ impl Scenario {
         Scenario {
             engine: Engine::start(),
             root: prepare_root(),
+        }
+    }
+    /// A host with Podman and no Docker.
+    fn with_podman() -> Scenario {
+        Scenario {
+            engine: Engine::stopped(),
+            root: prepare_root_with_podman(),
         }
     }
     /// A host with no container engine: no daemon, no client, no docker.service.
@@ -963,4 +1009,83 @@ fn json_exec_argv(json: &str) -> Vec<String> {
         .iter()
         .map(|v| v.as_str().unwrap().to_owned())
         .collect()
+}
+
+/// A busybox image for Podman whose INSTALL label runs a container that writes a file on
+/// the host, with atomic's substitutions.
+fn podman_image(marker: &str) -> Image {
+    let mut image = Image::new("test/podapp:1", vec![Layer::new().busybox().bytes()]);
+    image.marker = marker.into();
+    image.labels.push((
+        "INSTALL".into(),
+        "docker run --rm -v /var/lib:/host IMAGE sh -c 'echo installed $NAME $MODE > /host/installed-by-label'"
+            .into(),
+    ));
+    image
+}
+
+/// A Podman host (no Docker at all): the entry without `engine:` goes to Podman; the unit
+/// has the Quadlet shape and really behaves so under systemd: conmon is its main process,
+/// the container runs in the unit's cgroup, a crash is restarted, a stop removes the
+/// container, and the next boot loads and installs nothing again.
+#[test]
+fn s10_podman_host_runs_preloaded_containers_under_conmon() {
+    let _serial = scenario!();
+    let s = Scenario::with_podman();
+    podman_image("v1").save(&s.archive("podapp.tar.gz"));
+    s.config(
+        "- name: podapp\n  image: test/podapp:1\n  install:\n    setvalues: [MODE=fast]\n  run:\n    extra_args: [sh, -c, \"trap 'exit 0' TERM; while :; do sleep 1; done\"]\n",
+    );
+    let unit = "preload-podapp.service";
+
+    let m = s.boot();
+    m.wait_state(unit, "active/running");
+    let main = m.prop(unit, "MainPID");
+    assert_eq!(
+        m.sh(&["cat", &format!("/proc/{main}/comm")]).trim(),
+        "conmon",
+        "conmon is the unit's main process\n{}",
+        m.diagnostics()
+    );
+    let pid = m.sh(&["podman", "inspect", "--format", "{{.State.Pid}}", "podapp"]);
+    let cgroup = m.sh(&["cat", &format!("/proc/{}/cgroup", pid.trim())]);
+    assert!(
+        cgroup.contains("/system.slice/preload-podapp.service/"),
+        "the container runs below the unit's cgroup (--cgroups=split, Delegate=yes): {cgroup}"
+    );
+    assert_eq!(
+        fs::read_to_string(s.path("var/lib/installed-by-label")).unwrap_or_default(),
+        "installed podapp fast\n",
+        "the INSTALL label ran with Podman\n{}",
+        m.diagnostics()
+    );
+    let deps = m.sh(&["systemctl", "show", "-p", "Requires", "-p", "After", unit]);
+    assert!(!deps.contains("docker"), "no Docker dependency: {deps}");
+    assert_eq!(
+        m.sh(&["systemctl", "--failed", "--no-legend"]),
+        "",
+        "nothing failed on a Podman host\n{}",
+        m.diagnostics()
+    );
+
+    // The container dies: systemd restarts the unit (a stale cidfile does not stop it).
+    m.sh(&["podman", "kill", "podapp"]);
+    m.wait_for("the restart after a crash", 60, |m| {
+        m.prop(unit, "NRestarts") == "1" && m.state(unit) == "active/running"
+    });
+    // Stopping the unit removes the container.
+    m.sh(&["systemctl", "stop", unit]);
+    assert_eq!(m.state(unit), "inactive/dead");
+    assert_eq!(m.sh(&["podman", "ps", "-a", "--format", "{{.Names}}"]), "");
+    m.poweroff();
+
+    // Second boot: running again, nothing loaded or installed again.
+    fs::remove_file(s.path("var/lib/installed-by-label")).unwrap();
+    let m = s.boot();
+    m.wait_state(unit, "active/running");
+    let journal = m.sh(&["journalctl", "--no-pager", "-b", "-u", unit]);
+    assert!(journal.contains("podapp.tar.gz: already loaded"), "{journal}");
+    assert!(journal.contains("podapp: already installed"), "{journal}");
+    assert!(!s.path("var/lib/installed-by-label").exists());
+    m.poweroff();
 }
