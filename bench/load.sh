@@ -5,8 +5,11 @@
 # after the other. A private dockerd (--bridge=none --iptables=false, own data root and
 # socket, stopped by PID); the image (3 layers, SIZE_MB in all, half compressible) is made
 # here. Each measurement starts from an empty engine. Interleaved rounds, best of RUNS.
-# Needs: root, dockerd + Debian's docker CLI, python3, gzip, xz, bzip2, zstd.
-# Usage: bench/load.sh [SIZE_MB] [RUNS]
+# Then the same against `podman load -i` when podman is installed (private storage under
+# the work dir, overlay driver as on a real host); Podman 4.3 cannot load a .tar.gz
+# docker-archive, so that row compares with its load of the uncompressed tar.
+# Needs: root, dockerd + Debian's docker CLI, python3, gzip, xz, bzip2, zstd, bc.
+# Usage: bench/load.sh [SIZE_MB] [RUNS]   (ENGINES="docker podman" by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mb=${1:-470}
@@ -50,6 +53,8 @@ gzip -1 -k "$work/one.tar"; gzip -1 -k "$work/two.tar"
 xz -1 -T0 -k "$work/one.tar"; bzip2 -1 -k "$work/one.tar"; zstd -q -T0 -k "$work/one.tar"
 echo "image: $(du -m "$work/one.tar" | cut -f1) MB, 3 layers; $(nproc) cores"
 
+engines=${ENGINES:-docker podman}
+if [[ " $engines " == *" docker "* ]]; then
 reset() { $docker rmi -f bench/one:1 bench/two:1 >/dev/null 2>&1 || true; rm -rf "$work/state" "$work/p"; mkdir -p "$work/p/docker"; sync; }
 timed() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
 ours() { reset; for f in "$@"; do ln "$work/$f" "$work/p/docker/$f"; done; timed "$helper" load --preload-dir "$work/p" --state-dir "$work/state" --docker "$docker"; }
@@ -70,3 +75,28 @@ for f in one.tar one.tar.gz one.tar.xz one.tar.bz2; do
 done
 printf '| one.tar.zst (vs docker load of one.tar) | %.2f s | %.2f s | %.2f |\n' "$(b docker-one.tar)" "$(b ours-one.tar.zst)" "$(echo "$(b ours-one.tar.zst) / $(b docker-one.tar)" | bc -l)"
 printf '| two .tar.gz (docker: one after the other) | %.2f s | %.2f s | %.2f |\n' "$(b docker-2gz)" "$(b ours-2gz)" "$(echo "$(b ours-2gz) / $(b docker-2gz)" | bc -l)"
+fi
+
+if [[ " $engines " == *" podman "* ]] && command -v podman >/dev/null; then
+export CONTAINERS_STORAGE_CONF=$work/storage.conf
+printf '[storage]\ndriver = "overlay"\nrunroot = "%s"\ngraphroot = "%s"\n' "$work/podman-run" "$work/podman-root" >"$CONTAINERS_STORAGE_CONF"
+reset() { podman rmi -f bench/one:1 bench/two:1 >/dev/null 2>&1 || true; rm -rf "$work/state" "$work/p"; mkdir -p "$work/p/docker"; sync; }
+ours() { reset; for f in "$@"; do ln "$work/$f" "$work/p/docker/$f"; done; timed "$helper" load --engine podman --preload-dir "$work/p" --state-dir "$work/state"; }
+theirs() { reset; timed bash -c "for f in $*; do podman load -q -i $work/\$f; done"; }
+declare -A p
+for round in $(seq "$runs"); do
+  for f in one.tar one.tar.xz one.tar.bz2 one.tar.zst; do
+    p[podman-$f]+="$(theirs "$f") "; p[ours-$f]+="$(ours "$f") "
+  done
+  p[ours-one.tar.gz]+="$(ours one.tar.gz) "
+  p[podman-2tar]+="$(theirs one.tar two.tar) "; p[ours-2tar]+="$(ours one.tar two.tar) "
+done
+b() { tr ' ' '\n' <<<"${p[$1]}" | grep . | best; }
+echo
+printf '| archive | podman load | atomic-preload load --engine podman | ratio |\n|---|---|---|---|\n'
+for f in one.tar one.tar.xz one.tar.bz2 one.tar.zst; do
+  printf '| %s | %.2f s | %.2f s | %.2f |\n' "$f" "$(b podman-$f)" "$(b ours-$f)" "$(echo "$(b ours-$f) / $(b podman-$f)" | bc -l)"
+done
+printf '| one.tar.gz (podman 4.3 cannot; vs its load of one.tar) | %.2f s | %.2f s | %.2f |\n' "$(b podman-one.tar)" "$(b ours-one.tar.gz)" "$(echo "$(b ours-one.tar.gz) / $(b podman-one.tar)" | bc -l)"
+printf '| two .tar (podman: one after the other) | %.2f s | %.2f s | %.2f |\n' "$(b podman-2tar)" "$(b ours-2tar)" "$(echo "$(b ours-2tar) / $(b podman-2tar)" | bc -l)"
+fi
