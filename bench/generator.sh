@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark the generator over configs of 10, 100 and 1000 entries (release build):
-# wall time with hyperfine against /bin/true, peak RSS with GNU time.
+# wall time with hyperfine against /bin/true, peak RSS with GNU time. STATIC=0 measures
+# the dynamically linked build.
 # Needs: hyperfine, time (Debian packages). Usage: bench/generator.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-200}
-cargo build --release --quiet
-gen=$PWD/target/release/atomic-preload-generator
+# The binary `make` builds and installs (statically linked unless STATIC=0).
+make --quiet build >/dev/null
+gen=$PWD/$(make --no-print-directory release-dir)/atomic-preload-generator
 # Output on tmpfs, as systemd gives generators (/run/systemd/generator).
 work=$(mktemp -d -p /dev/shm)
 trap 'rm -rf "$work"' EXIT

@@ -53,13 +53,13 @@ gzip -1 -k "$work/one.tar"; gzip -1 -k "$work/two.tar"
 xz -1 -T0 -k "$work/one.tar"; bzip2 -1 -k "$work/one.tar"; zstd -q -T0 -k "$work/one.tar"
 echo "image: $(du -m "$work/one.tar" | cut -f1) MB, 3 layers; $(nproc) cores"
 
+timed() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
+best() { sort -n | head -1; }
 engines=${ENGINES:-docker podman}
 if [[ " $engines " == *" docker "* ]]; then
 reset() { $docker rmi -f bench/one:1 bench/two:1 >/dev/null 2>&1 || true; rm -rf "$work/state" "$work/p"; mkdir -p "$work/p/docker"; sync; }
-timed() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
 ours() { reset; for f in "$@"; do ln "$work/$f" "$work/p/docker/$f"; done; timed "$helper" load --preload-dir "$work/p" --state-dir "$work/state" --docker "$docker"; }
 theirs() { reset; timed bash -c "for f in $*; do $docker load -q -i $work/\$f; done"; }
-best() { sort -n | head -1; }
 declare -A t
 for round in $(seq "$runs"); do
   for f in one.tar one.tar.gz one.tar.xz one.tar.bz2; do

@@ -284,7 +284,7 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
     }
 
     if let Some(image) = &args.image {
-        if engine.image(image)?.is_none() {
+        if !engine.has_images(&[image])? {
             let looked = if names.is_empty() {
                 "no archives there".to_owned()
             } else {
