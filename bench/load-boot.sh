@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every boot, at scale: N preload units' load stages started at once with their marks in
 # place (a second boot), against a private dockerd (--bridge=none --iptables=false, own
-# data root and socket, stopped by PID). Images are built here from busybox-static.
-# Needs: root, dockerd (docker.io), busybox-static, hyperfine.
-# Usage: bench/load-boot.sh [ARCHIVES] [RUNS]   (prints 1, 10 and 40 concurrent units)
+# data root and socket, stopped by PID), or with ENGINE=podman against Podman with private
+# storage (overlay). Images are built here from busybox-static.
+# Needs: root, dockerd (docker.io) or podman, busybox-static, hyperfine.
+# Usage: [ENGINE=podman] bench/load-boot.sh [ARCHIVES] [RUNS]   (1, 10 and 40 units)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 archives=${1:-2}
@@ -12,18 +13,29 @@ cargo build --release --quiet
 helper=$PWD/target/release/atomic-preload
 work=$(mktemp -d -p /tmp apb-XXXXXX)
 docker=${DOCKER:-/usr/bin/docker}  # what the units call (Debian: docker.io 20.10)
-. bench/engine.sh
-start_engine
+engine=${ENGINE:-docker}
+if [ "$engine" = podman ]; then
+  export CONTAINERS_STORAGE_CONF=$work/storage.conf
+  printf '[storage]\ndriver = "overlay"\nrunroot = "%s"\ngraphroot = "%s"\n' "$work/run" "$work/root" >"$CONTAINERS_STORAGE_CONF"
+  trap 'podman rmi -af >/dev/null 2>&1; rm -rf "$work"' EXIT
+  client=podman
+  save_format=(--format docker-archive)
+else
+  . bench/engine.sh
+  start_engine
+  client=$docker
+  save_format=()
+fi
 
 mkdir -p "$work/preload/docker" "$work/rootfs/bin"
 cp /bin/busybox "$work/rootfs/bin/"
 for i in $(seq "$archives"); do
   echo "$i" > "$work/rootfs/marker"
   tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
-  "$docker" import "$work/rootfs.tar" "bench/image-$i:1" >/dev/null
-  "$docker" save -o "$work/preload/docker/image-$i.tar" "bench/image-$i:1"
+  "$client" import "$work/rootfs.tar" "bench/image-$i:1" >/dev/null
+  "$client" save "${save_format[@]}" -o "$work/preload/docker/image-$i.tar" "bench/image-$i:1"
 done
-load="$helper load --preload-dir $work/preload --state-dir $work/state --docker $docker"
+load="$helper load --engine $engine --preload-dir $work/preload --state-dir $work/state --docker $docker"
 $load >/dev/null   # the first boot: marks written
 # N units at once, each checking its own image (as the generated units do).
 cat > "$work/units" <<UNITS
@@ -37,5 +49,5 @@ UNITS
 chmod +x "$work/units"
 hyperfine --runs "$runs" --warmup 1 -N --export-markdown "$work/boot.md" \
   -n "1 unit" "$work/units 1" -n "10 units" "$work/units 10" -n "40 units" "$work/units 40" >/dev/null
-echo "$archives archives, marks in place, docker CLI $docker"
+echo "$archives archives, marks in place, engine $engine ($client)"
 cat "$work/boot.md"

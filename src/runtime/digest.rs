@@ -41,6 +41,41 @@ pub fn sha256_of(path: &Path) -> io::Result<String> {
     Ok(hex(&reader.hasher.finalize()))
 }
 
+/// The recorded digest of an archive: `NAME.sha256` beside it, in `sha256sum`'s format
+/// (`HEX  NAME`, so `sha256sum -c` checks it too), written by `atomic-preload stage`.
+pub fn sidecar_path(archive: &Path) -> std::path::PathBuf {
+    let mut name = archive.as_os_str().to_owned();
+    name.push(".sha256");
+    name.into()
+}
+
+/// The sidecar's text for an archive file name.
+pub fn sidecar_text(hex: &str, archive_name: &str) -> String {
+    format!("{hex}  {archive_name}\n")
+}
+
+/// The digest recorded for `archive`, lowercase hex; `None` when it has no sidecar. A
+/// sidecar that is not `sha256sum` output is an error (it would otherwise check nothing).
+pub fn recorded_digest(archive: &Path) -> io::Result<Option<String>> {
+    let path = sidecar_path(archive);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let hex = text.split_whitespace().next().unwrap_or("");
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is not a SHA-256 digest (sha256sum format: HEX  NAME)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Some(hex.to_ascii_lowercase()))
+}
+
 /// What a reader thread hands over: a chunk, the end (empty), or an error.
 type Chunk = io::Result<Vec<u8>>;
 
@@ -129,6 +164,21 @@ pub fn read_ahead_hashing<R: Read + Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sidecars_round_trip_and_bad_ones_are_errors() {
+        let dir = std::env::temp_dir().join(format!("ap-sidecar-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let archive = dir.join("a.tar.gz");
+        assert_eq!(recorded_digest(&archive).unwrap(), None);
+        let hex = "AB".repeat(32);
+        std::fs::write(sidecar_path(&archive), sidecar_text(&hex, "a.tar.gz")).unwrap();
+        assert_eq!(recorded_digest(&archive).unwrap(), Some("ab".repeat(32)));
+        assert_eq!(sidecar_path(&archive), dir.join("a.tar.gz.sha256"));
+        std::fs::write(sidecar_path(&archive), "not a digest\n").unwrap();
+        assert!(recorded_digest(&archive).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn read_ahead_gives_every_byte_and_the_files_digest() {

@@ -76,31 +76,51 @@ fn load_one(
             "not a regular file",
         )));
     }
+    // A digest recorded when the archive was staged: its content must match, or nothing
+    // is loaded from it.
+    let expected = digest::recorded_digest(&path).map_err(archive_err)?;
     // A mark counts only while the engine still has what the archive loaded: a wiped
     // or replaced engine (same ID: it lives in /etc/docker) loads everything again.
     let previous = match marks.read(name) {
         Some(mark) if engine.has_images(&recorded_images(&mark))? => Some(mark),
         _ => None,
     };
-    if previous
-        .as_ref()
-        .is_some_and(|m| same_fingerprint(m, &meta))
-    {
+    if previous.as_ref().is_some_and(|m| {
+        same_fingerprint(m, &meta) && expected.as_deref().is_none_or(|e| m.get("sha256") == Some(e))
+    }) {
         return Ok(Loaded::AlreadyLoaded);
     }
     let mut mark = Mark::default();
     for (k, v) in fingerprint(&meta) {
         mark.set(k, v);
     }
+    // The content's digest, when it must be known before loading (checked against the
+    // record, or compared with what was loaded); else it is computed while loading.
+    let mut known = None;
+    if let Some(expected) = &expected {
+        let actual = sha256_of(&path).map_err(archive_err)?;
+        if &actual != expected {
+            return Err(RuntimeError::DigestMismatch {
+                path: path.clone(),
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        known = Some(actual);
+    }
     if let Some(previous) = &previous {
         // Touched, copied or replaced: load again only if the bytes differ.
-        let sha = sha256_of(&path).map_err(archive_err)?;
+        let sha = match known.take() {
+            Some(sha) => sha,
+            None => sha256_of(&path).map_err(archive_err)?,
+        };
         if previous.get("sha256") == Some(sha.as_str()) {
             mark.set("sha256", sha);
             mark.set("images", previous.get("images").unwrap_or(""));
             marks.write(name, &mark).map_err(RuntimeError::State)?;
             return Ok(Loaded::SameContent);
         }
+        known = Some(sha);
     }
     // Nothing recorded for this content (or a failed earlier try): forget the old record
     // first, so a load interrupted from here on is retried.
@@ -124,9 +144,13 @@ fn load_one(
         }
         Feed::File => {
             // The engine reads the file itself (its own speed); it is hashed meanwhile on
-            // another thread, through a descriptor of its own.
+            // another thread, through a descriptor of its own (unless already known).
             let hash_path = path.clone();
-            let hashed = std::thread::spawn(move || sha256_of(&hash_path));
+            let known = known.clone();
+            let hashed = std::thread::spawn(move || match known {
+                Some(sha) => Ok(sha),
+                None => sha256_of(&hash_path),
+            });
             let loaded = engine.load_file(&path, &mut |offset, running| {
                 notify::watch_offset(&what, meta.len(), offset, running)
             });
@@ -179,7 +203,8 @@ fn marks_dir(engine: &dyn ImageEngine) -> String {
 }
 
 /// Every boot after the first: nothing to load when every archive is unchanged since its
-/// mark (a `stat` each, no lock, no byte read) and the engine has, in one question, the
+/// mark (a `stat` each, and its recorded digest if it has one; no lock, no archive byte
+/// read) and the engine has, in one question, the
 /// image this unit needs and what its own archives loaded. Another unit's archive whose
 /// images the engine lost is that unit's (and atomic-preload-load.service's) business, so
 /// a unit's cost does not grow with the images other entries use. Anything else — a
@@ -199,6 +224,12 @@ fn all_loaded(
         };
         if !same_fingerprint(&mark, &meta) {
             return false;
+        }
+        // A digest recorded (or re-recorded) since: the full path checks it.
+        match digest::recorded_digest(&dir.join(name)) {
+            Ok(None) => {}
+            Ok(Some(expected)) if mark.get("sha256") == Some(expected.as_str()) => {}
+            _ => return false,
         }
         let images = recorded_images(&mark);
         let mine = !args.archive.is_empty()

@@ -40,6 +40,17 @@ pub enum RuntimeError {
     LoadFailures(usize),
     #[error("{0}")]
     ImageMissing(String),
+    /// An archive whose content is not what was recorded when it was staged.
+    #[error(
+        "{}: content does not match its recorded digest ({}): expected sha256:{expected}, actual sha256:{actual}; not loaded",
+        path.display(),
+        digest::sidecar_path(path).display()
+    )]
+    DigestMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("{0}")]
     Label(String),
     #[error("{0}")]
@@ -71,6 +82,7 @@ impl RuntimeError {
             RuntimeError::LoadFailed { .. }
             | RuntimeError::LoadFailures(_)
             | RuntimeError::ImageMissing(_)
+            | RuntimeError::DigestMismatch { .. }
             | RuntimeError::Label(_)
             | RuntimeError::Usage(_)
             | RuntimeError::SystemImage(_) => EXIT_PERMANENT,
