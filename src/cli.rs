@@ -92,6 +92,11 @@ pub enum HelperCommand {
     /// container and run the image's UNINSTALL label. Remove the config entry too, or the
     /// next boot installs it again.
     Uninstall(UninstallArgs),
+    /// Put archives (files, http(s):// URLs, docker-image:NAME, podman-image:NAME) and
+    /// config entries into an image root for its first boot, each archive with its
+    /// SHA-256 recorded (the load stage refuses it if its content changes). All or
+    /// nothing: on any error the root is left exactly as it was.
+    Stage(StageArgs),
     /// Print config problems to stderr and fail (used by units that report them).
     ConfigError {
         /// The problems, one line each.
@@ -278,4 +283,37 @@ pub struct UninstallArgs {
     pub podman: PathBuf,
     #[command(flatten)]
     pub paths: SystemPaths,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StageArgs {
+    /// The image's root directory (`/` for this host).
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+    /// Config entries (a config.yaml list) to merge into ROOT's config.yaml: appended, so
+    /// an entry named like an existing one replaces it, as at boot. Validated first.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Stage into ostree/ (system containers) instead of docker/.
+    #[arg(long)]
+    pub system: bool,
+    /// The expected SHA-256 of each SRC, in order (give it once per SRC, or not at all).
+    #[arg(long = "sha256", value_name = "HEX")]
+    pub sha256: Vec<String>,
+    /// Show what would be staged and merged (local files are hashed and indexed, URLs
+    /// are not downloaded); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Compression of archives saved from an engine (docker-image:, podman-image:).
+    #[arg(long, value_name = "HOW", default_value = "zstd", value_parser = ["zstd", "none"])]
+    pub compress: String,
+    /// The Docker client for docker-image: sources.
+    #[arg(long, value_name = "PATH", default_value = paths::DOCKER)]
+    pub docker: PathBuf,
+    /// The Podman client for podman-image: sources.
+    #[arg(long, value_name = "PATH", default_value = paths::PODMAN)]
+    pub podman: PathBuf,
+    /// Archive files, http(s):// URLs, docker-image:NAME or podman-image:NAME.
+    #[arg(value_name = "SRC")]
+    pub sources: Vec<String>,
 }

@@ -78,7 +78,11 @@ fn base_root((name, include): (&str, &str)) -> PathBuf {
     let _ = fs::remove_dir_all(&tmp);
     eprintln!("debootstrap into {} (cached for later runs)", tmp.display());
     run(Command::new("debootstrap")
-        .args(["--variant=minbase", &format!("--include={include}"), "bookworm"])
+        .args([
+            "--variant=minbase",
+            &format!("--include={include}"),
+            "bookworm",
+        ])
         .arg(&tmp)
         .arg("http://deb.debian.org/debian"));
     fs::rename(&tmp, &base).unwrap();
@@ -1084,7 +1088,10 @@ fn s10_podman_host_runs_preloaded_containers_under_conmon() {
     let m = s.boot();
     m.wait_state(unit, "active/running");
     let journal = m.sh(&["journalctl", "--no-pager", "-b", "-u", unit]);
-    assert!(journal.contains("podapp.tar.gz: already loaded"), "{journal}");
+    assert!(
+        journal.contains("podapp.tar.gz: already loaded"),
+        "{journal}"
+    );
     assert!(journal.contains("podapp: already installed"), "{journal}");
     assert!(!s.path("var/lib/installed-by-label").exists());
     m.poweroff();

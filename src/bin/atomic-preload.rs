@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         HelperCommand::StartSystem(args) => runtime::system::start(&args),
         HelperCommand::Rollback(args) => runtime::system::rollback(&args),
         HelperCommand::Uninstall(args) => runtime::uninstall::run(&args),
+        HelperCommand::Stage(args) => runtime::stage::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

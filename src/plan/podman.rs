@@ -114,8 +114,11 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
     start.extend(argv);
 
     unit.start_pre = std::mem::take(&mut unit.start);
-    unit.start_pre
-        .push(Command::new(["/bin/rm".to_owned(), "-f".into(), cidfile(&entry.name)]));
+    unit.start_pre.push(Command::new([
+        "/bin/rm".to_owned(),
+        "-f".into(),
+        cidfile(&entry.name),
+    ]));
     unit.start = vec![Command::new(start)];
     unit.stop = Some(remove(&entry.name));
     unit.stop_post = vec![remove(&entry.name).ignoring_failure()];

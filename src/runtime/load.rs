@@ -86,7 +86,10 @@ fn load_one(
         _ => None,
     };
     if previous.as_ref().is_some_and(|m| {
-        same_fingerprint(m, &meta) && expected.as_deref().is_none_or(|e| m.get("sha256") == Some(e))
+        same_fingerprint(m, &meta)
+            && expected
+                .as_deref()
+                .is_none_or(|e| m.get("sha256") == Some(e))
     }) {
         return Ok(Loaded::AlreadyLoaded);
     }

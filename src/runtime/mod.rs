@@ -13,6 +13,7 @@ pub mod notify;
 pub mod podman;
 pub mod refresh;
 pub mod run;
+pub mod stage;
 pub mod system;
 pub mod uninstall;
 
@@ -67,6 +68,9 @@ pub enum RuntimeError {
     System(String),
     #[error("{0} failed ({1})")]
     Systemctl(String, String),
+    /// A source that could not be staged (download, save, digest, not an archive).
+    #[error("{0}")]
+    Fetch(String),
 }
 
 /// Exit status for problems a retry cannot fix (a corrupt archive, an image no archive

@@ -1,0 +1,769 @@
+//! `atomic-preload stage`: the image builder's side. Archives (local files, URLs, or
+//! images saved from a local engine) go into `ROOT/var/lib/atomic/preload/docker/` (or
+//! `ostree/` for system containers), each with its SHA-256 in a sidecar the load stage
+//! checks; config entries are merged into `ROOT/var/lib/atomic/preload/config.yaml`.
+//!
+//! All or nothing: every source is fetched into a temporary file beside its destination,
+//! hashed, checked (`--sha256`, and that it is an image archive), and the merged config
+//! validated, before anything gets its final name. Any failure removes what this run
+//! created, so ROOT is exactly as before.
+
+use super::RuntimeError;
+use super::digest::{self, hex};
+use super::system::archive;
+use crate::cli::StageArgs;
+use crate::config::{self, Named, archive_problem};
+use crate::generator;
+use std::fs::{self, File};
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where a source comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Url(String),
+    /// An image a local engine has: `docker-image:NAME`, `podman-image:NAME`.
+    EngineImage {
+        podman: bool,
+        image: String,
+    },
+}
+
+impl Source {
+    pub fn parse(text: &str) -> Source {
+        if let Some(image) = text.strip_prefix("docker-image:") {
+            Source::EngineImage {
+                podman: false,
+                image: image.into(),
+            }
+        } else if let Some(image) = text.strip_prefix("podman-image:") {
+            Source::EngineImage {
+                podman: true,
+                image: image.into(),
+            }
+        } else if text.starts_with("http://") || text.starts_with("https://") {
+            Source::Url(text.into())
+        } else {
+            Source::File(text.into())
+        }
+    }
+
+    /// The archive's file name in docker/ (or ostree/).
+    pub fn archive_name(&self, compress: bool) -> Result<String, String> {
+        let name = match self {
+            Source::File(path) => path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            Source::Url(url) => {
+                let path = url.split(['?', '#']).next().unwrap_or(url);
+                path.rsplit('/').next().unwrap_or("").to_owned()
+            }
+            Source::EngineImage { image, .. } => {
+                let stem: String = image
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                let stem = stem.trim_start_matches(['.', '-', '_']).to_owned();
+                if stem.is_empty() {
+                    return Err(format!("{image:?} is not an image name"));
+                }
+                format!("{stem}{}", if compress { ".tar.zst" } else { ".tar" })
+            }
+        };
+        match archive_problem(&name) {
+            None => Ok(name),
+            // The load stage only reads archives by these suffixes.
+            Some(problem) => Err(problem.replacen("\"archive\"", "the archive's file name", 1)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Source::File(path) => path.display().to_string(),
+            Source::Url(url) => url.clone(),
+            Source::EngineImage { podman, image } => {
+                format!(
+                    "{}-image:{image}",
+                    if *podman { "podman" } else { "docker" }
+                )
+            }
+        }
+    }
+}
+
+/// What this run created, removed again unless the run gets to commit.
+struct Undo {
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+    done: bool,
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        for file in &self.files {
+            let _ = fs::remove_file(file);
+        }
+        for dir in self.dirs.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
+impl Undo {
+    /// `create_dir_all`, remembering each directory it created.
+    fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
+        let mut missing = Vec::new();
+        let mut d = dir;
+        while !d.exists() {
+            missing.push(d.to_owned());
+            match d.parent() {
+                Some(parent) => d = parent,
+                None => break,
+            }
+        }
+        for d in missing.into_iter().rev() {
+            fs::create_dir(&d)?;
+            self.dirs.push(d);
+        }
+        Ok(())
+    }
+}
+
+/// One source, fetched and checked, under its temporary name.
+struct Staged {
+    name: String,
+    temp: PathBuf,
+    sha256: String,
+    images: Vec<String>,
+}
+
+fn usage(message: impl Into<String>) -> RuntimeError {
+    RuntimeError::Usage(message.into())
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// ROOT must be a root file system (an image being built, or `/`), not a typo.
+fn check_root(root: &Path) -> Result<(), RuntimeError> {
+    if !root.is_dir() {
+        return Err(usage(format!("--root {}: not a directory", root.display())));
+    }
+    if !root.join("etc").is_dir() {
+        return Err(usage(format!(
+            "--root {}: does not look like a root file system (it has no etc/)",
+            root.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Problems of a config text as `FILE:LINE:COL: message` lines.
+fn problems(text: &[u8], file: &str) -> Vec<String> {
+    config::parse(text)
+        .effective()
+        .all_problems()
+        .iter()
+        .map(|p| p.display(file).to_string())
+        .collect()
+}
+
+fn entry_names(text: &[u8]) -> Vec<String> {
+    config::parse(text)
+        .effective()
+        .items
+        .iter()
+        .filter_map(|item| match item {
+            Named::Valid(e) => Some(e.name.clone()),
+            Named::Invalid { name, .. } => Some(name.clone()),
+        })
+        .collect()
+}
+
+/// The config after merging `addition` into `existing`: appended, so an entry with the
+/// same name replaces the earlier one, as at boot; comments and order are kept. Both
+/// must be valid.
+fn merge_config(existing: &Path, addition: &Path) -> Result<(String, Vec<String>), RuntimeError> {
+    let added = fs::read(addition).map_err(io_err(addition))?;
+    let added_problems = problems(&added, &addition.display().to_string());
+    if !added_problems.is_empty() {
+        return Err(usage(format!(
+            "{} has problems, nothing staged:\n{}",
+            addition.display(),
+            added_problems.join("\n")
+        )));
+    }
+    let added = String::from_utf8(added).map_err(|_| usage("the config is not UTF-8"))?;
+    let current = generator::read_config(existing)
+        .map_err(|p| usage(p.display(&existing.display().to_string()).to_string()))?;
+    let current = String::from_utf8(current)
+        .map_err(|_| usage(format!("{} is not UTF-8", existing.display())))?;
+    let replaced: Vec<String> = {
+        let before = entry_names(current.as_bytes());
+        entry_names(added.as_bytes())
+            .into_iter()
+            .filter(|n| before.contains(n))
+            .collect()
+    };
+    let merged = if current.trim().is_empty() {
+        added
+    } else {
+        let mut merged = current;
+        if !merged.ends_with('\n') {
+            merged.push('\n');
+        }
+        merged.push_str(&format!(
+            "# Merged by atomic-preload stage from {}\n",
+            addition.display()
+        ));
+        merged.push_str(&added);
+        merged
+    };
+    let merged_problems = problems(merged.as_bytes(), &existing.display().to_string());
+    if !merged_problems.is_empty() {
+        return Err(usage(format!(
+            "merging {} into {} would give a config with problems (merge by hand), nothing staged:\n{}",
+            addition.display(),
+            existing.display(),
+            merged_problems.join("\n")
+        )));
+    }
+    Ok((merged, replaced))
+}
+
+/// A writer that hashes what it writes.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    written: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// "name: 12.0 of 40.0 MB (30%)" on a terminal, at most every 250 ms.
+struct Progress {
+    what: String,
+    total: Option<u64>,
+    last: Option<Instant>,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(what: &str, total: Option<u64>) -> Progress {
+        Progress {
+            what: what.into(),
+            total,
+            last: None,
+            tty: io::stderr().is_terminal(),
+        }
+    }
+    fn show(&mut self, done: u64, end: bool) {
+        if !self.tty
+            || !(end
+                || self
+                    .last
+                    .is_none_or(|t| t.elapsed() >= Duration::from_millis(250)))
+        {
+            return;
+        }
+        let mb = |b: u64| b as f64 / (1 << 20) as f64;
+        let line = match self.total {
+            Some(total) if total > 0 => format!(
+                "{}: {:.1} of {:.1} MB ({}%)",
+                self.what,
+                mb(done),
+                mb(total),
+                done * 100 / total
+            ),
+            _ => format!("{}: {:.1} MB", self.what, mb(done)),
+        };
+        eprint!("\r\x1b[K{line}{}", if end { "\n" } else { "" });
+        self.last = Some(Instant::now());
+    }
+}
+
+/// Copy `from` into `to` (hashing), showing progress; the byte count.
+fn copy_hashing(
+    from: &mut dyn Read,
+    to: &mut HashingWriter<File>,
+    progress: &mut Progress,
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        done += n as u64;
+        progress.show(done, false);
+    }
+    progress.show(done, true);
+    Ok(done)
+}
+
+fn create_temp(path: &Path) -> Result<HashingWriter<File>, RuntimeError> {
+    let file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    Ok(HashingWriter {
+        inner: file,
+        hasher: sha2::Digest::new(),
+        written: 0,
+    })
+}
+
+fn finish(out: HashingWriter<File>, temp: &Path) -> Result<String, RuntimeError> {
+    out.inner.sync_all().map_err(io_err(temp))?;
+    Ok(hex(&sha2::Digest::finalize(out.hasher)))
+}
+
+const ATTEMPTS: u32 = 3;
+
+/// Download `url` into `temp`: streamed, checked against Content-Length, retried from the
+/// start (the file truncated) up to [`ATTEMPTS`] times when the transfer fails.
+fn download(url: &str, temp: &Path, name: &str) -> Result<String, RuntimeError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        // No limit on the body: a multi-gigabyte archive takes what it takes.
+        .timeout_recv_body(None)
+        .timeout_per_call(None)
+        // The system's CA certificates (a builder's own CA for an internal server works).
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                .build(),
+        )
+        .build()
+        .into();
+    let mut last_error = String::new();
+    for attempt in 1..=ATTEMPTS {
+        if attempt > 1 {
+            eprintln!("{url}: {last_error}; retrying ({attempt} of {ATTEMPTS})");
+            std::thread::sleep(Duration::from_secs(u64::from(attempt - 1)));
+            let _ = fs::remove_file(temp);
+        }
+        let response = match agent.get(url).call() {
+            Ok(response) => response,
+            // 4xx: retrying will not help.
+            Err(ureq::Error::StatusCode(code)) if (400..500).contains(&code) => {
+                return Err(RuntimeError::Fetch(format!("{url}: HTTP {code}")));
+            }
+            Err(e) => {
+                last_error = e.to_string();
+                continue;
+            }
+        };
+        let length = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut out = create_temp(temp)?;
+        let mut body = response.into_body();
+        let mut reader = body.as_reader();
+        let mut progress = Progress::new(name, length);
+        match copy_hashing(&mut reader, &mut out, &mut progress) {
+            Ok(n) if length.is_none_or(|l| l == n) => return finish(out, temp),
+            Ok(n) => last_error = format!("got {n} of {} bytes", length.unwrap_or(0)),
+            Err(e) if e.kind() == io::ErrorKind::StorageFull => {
+                return Err(io_err(temp)(e));
+            }
+            Err(e) => last_error = format!("transfer failed: {e}"),
+        }
+    }
+    Err(RuntimeError::Fetch(format!(
+        "{url}: {last_error} (after {ATTEMPTS} attempts)"
+    )))
+}
+
+/// `docker save` / `podman save` of a local image into `temp`, zstd-compressed unless
+/// `compress` is off.
+fn save_image(
+    client: &Path,
+    podman: bool,
+    image: &str,
+    temp: &Path,
+    compress: bool,
+) -> Result<String, RuntimeError> {
+    let mut cmd = Command::new(client);
+    cmd.arg("save");
+    if podman {
+        cmd.args(["--format", "docker-archive"]);
+    }
+    let mut child = cmd
+        .arg(image)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| RuntimeError::Spawn {
+            program: client.display().to_string(),
+            source,
+        })?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let out = create_temp(temp)?;
+    let mut progress = Progress::new(&format!("saving {image}"), None);
+    let copied = if compress {
+        zstd::stream::write::Encoder::new(out, 3).and_then(|mut encoder| {
+            // Several threads: saving is bound by compression otherwise.
+            let threads = std::thread::available_parallelism().map_or(1, usize::from);
+            let _ = encoder.multithread(threads as u32);
+            let mut buf = vec![0u8; 1 << 20];
+            let mut done = 0;
+            loop {
+                let n = stdout.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                encoder.write_all(&buf[..n])?;
+                done += n as u64;
+                progress.show(done, false);
+            }
+            progress.show(done, true);
+            encoder.finish()
+        })
+    } else {
+        let mut out = out;
+        copy_hashing(&mut stdout, &mut out, &mut progress).map(|_| out)
+    };
+    let status = child.wait().map_err(|source| RuntimeError::Spawn {
+        program: client.display().to_string(),
+        source,
+    })?;
+    let errors = errors.join().unwrap_or_default();
+    if !status.success() {
+        return Err(RuntimeError::Fetch(format!(
+            "{} save {image}: {}",
+            client.display(),
+            errors.trim().lines().last().unwrap_or("failed")
+        )));
+    }
+    let out = copied.map_err(io_err(temp))?;
+    finish(out, temp)
+}
+
+/// Fetch one source into `temp`; its SHA-256.
+fn fetch(
+    args: &StageArgs,
+    source: &Source,
+    temp: &Path,
+    name: &str,
+) -> Result<String, RuntimeError> {
+    match source {
+        Source::File(path) => {
+            let mut from = File::open(path).map_err(io_err(path))?;
+            if !from.metadata().map_err(io_err(path))?.is_file() {
+                return Err(usage(format!("{}: not a regular file", path.display())));
+            }
+            let total = from.metadata().ok().map(|m| m.len());
+            let mut out = create_temp(temp)?;
+            let mut progress = Progress::new(name, total);
+            copy_hashing(&mut from, &mut out, &mut progress).map_err(|e| {
+                // A read error is the source's, a write error the destination's.
+                io_err(temp)(e)
+            })?;
+            finish(out, temp)
+        }
+        Source::Url(url) => download(url, temp, name),
+        Source::EngineImage { podman, image } => {
+            let client = if *podman { &args.podman } else { &args.docker };
+            save_image(client, *podman, image, temp, args.compress == "zstd")
+        }
+    }
+}
+
+pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
+    if args.sources.is_empty() && args.config.is_none() {
+        return Err(usage(
+            "nothing to stage: give archives (SRC) and/or --config FILE",
+        ));
+    }
+    if !args.sha256.is_empty() && args.sha256.len() != args.sources.len() {
+        return Err(usage(format!(
+            "--sha256 is given {} time(s) for {} source(s): give it once per SRC, in order",
+            args.sha256.len(),
+            args.sources.len()
+        )));
+    }
+    let expected: Vec<String> = args
+        .sha256
+        .iter()
+        .map(|h| {
+            let h = h.strip_prefix("sha256:").unwrap_or(h).to_ascii_lowercase();
+            if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Ok(h)
+            } else {
+                Err(usage(format!(
+                    "--sha256 {h}: not a SHA-256 digest (64 hex digits)"
+                )))
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    check_root(&args.root)?;
+    let preload = args
+        .root
+        .join(crate::paths::PRELOAD_DIR.trim_start_matches('/'));
+    let dir = preload.join(if args.system { "ostree" } else { "docker" });
+    let config_path = args
+        .root
+        .join(crate::paths::CONFIG_FILE.trim_start_matches('/'));
+
+    let sources: Vec<Source> = args.sources.iter().map(|s| Source::parse(s)).collect();
+    let mut names = Vec::new();
+    for (text, source) in args.sources.iter().zip(&sources) {
+        let name = source
+            .archive_name(args.compress == "zstd")
+            .map_err(|problem| usage(format!("{text}: {problem}")))?;
+        if names.contains(&name) {
+            return Err(usage(format!(
+                "{text}: two sources would both be staged as {name}"
+            )));
+        }
+        names.push(name);
+    }
+    // The config first: a bad one stops the run before any download.
+    let merged = match &args.config {
+        Some(file) => Some(merge_config(&config_path, file)?),
+        None => None,
+    };
+
+    if args.dry_run {
+        for ((source, name), i) in sources.iter().zip(&names).zip(0..) {
+            let dest = dir.join(name);
+            match source {
+                Source::File(path) => {
+                    let sha = digest::sha256_of(path).map_err(io_err(path))?;
+                    let images = archive::index(path).map_err(|e| {
+                        usage(format!("{}: not an image archive: {e}", path.display()))
+                    })?;
+                    let check = match expected.get(i) {
+                        Some(e) if e != &sha => format!("; DOES NOT MATCH --sha256 {e}"),
+                        Some(_) => "; matches --sha256".into(),
+                        None => String::new(),
+                    };
+                    println!(
+                        "would stage {} -> {} (sha256:{sha}{check}; images: {})",
+                        path.display(),
+                        dest.display(),
+                        tags(&images)
+                    );
+                }
+                Source::Url(url) => println!("would download {url} -> {}", dest.display()),
+                Source::EngineImage { .. } => {
+                    println!("would save {} -> {}", source.describe(), dest.display())
+                }
+            }
+        }
+        if let (Some((_, replaced)), Some(file)) = (&merged, &args.config) {
+            let added = entry_names(&fs::read(file).map_err(io_err(file))?);
+            println!(
+                "would merge {} into {}: entries {}{}",
+                file.display(),
+                config_path.display(),
+                added.join(", "),
+                if replaced.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (replacing the earlier {})", replaced.join(", "))
+                }
+            );
+        }
+        return Ok(());
+    }
+
+    let mut undo = Undo {
+        files: Vec::new(),
+        dirs: Vec::new(),
+        done: false,
+    };
+    let pid = std::process::id();
+    let mut staged = Vec::new();
+    if !sources.is_empty() {
+        undo.create_dir_all(&dir).map_err(io_err(&dir))?;
+    }
+    for ((source, name), i) in sources.iter().zip(&names).zip(0..) {
+        // The temporary name keeps the archive's suffix (the index reads by it) and starts
+        // with a dot (the load stage ignores such files).
+        let temp = dir.join(format!(".stage-{pid}-{name}"));
+        undo.files.push(temp.clone());
+        let sha256 = fetch(args, source, &temp, name)?;
+        if let Some(want) = expected.get(i) {
+            if want != &sha256 {
+                return Err(RuntimeError::Fetch(format!(
+                    "{}: SHA-256 is {sha256}, not the expected {want}; nothing staged",
+                    source.describe()
+                )));
+            }
+        }
+        let images = archive::index(&temp).map_err(|e| {
+            RuntimeError::Fetch(format!(
+                "{}: not an image archive ({}); nothing staged",
+                source.describe(),
+                e.to_string().replace(&temp.display().to_string(), name)
+            ))
+        })?;
+        staged.push(Staged {
+            name: name.clone(),
+            temp,
+            sha256,
+            images: images.into_iter().flat_map(|i| i.tags).collect(),
+        });
+    }
+    // Sidecars under temporary names too, then the config: everything is ready.
+    let mut renames = Vec::new();
+    for s in &staged {
+        let sidecar = digest::sidecar_path(&dir.join(&s.name));
+        let temp = dir.join(format!(".stage-{pid}-{}.sha256", s.name));
+        undo.files.push(temp.clone());
+        write_file(&temp, digest::sidecar_text(&s.sha256, &s.name).as_bytes())?;
+        renames.push((s.temp.clone(), dir.join(&s.name)));
+        renames.push((temp, sidecar));
+    }
+    if let Some((text, _)) = &merged {
+        let parent = config_path.parent().unwrap_or(&preload).to_owned();
+        undo.create_dir_all(&parent).map_err(io_err(&parent))?;
+        let temp = parent.join(format!(".stage-{pid}-config.yaml"));
+        undo.files.push(temp.clone());
+        write_file(&temp, text.as_bytes())?;
+        renames.push((temp, config_path.clone()));
+    }
+    // Commit: only renames from here.
+    for (from, to) in &renames {
+        fs::rename(from, to).map_err(io_err(to))?;
+    }
+    undo.done = true;
+    for dir in [&dir, &preload] {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    for s in &staged {
+        println!(
+            "staged {} (sha256:{}; images: {})",
+            dir.join(&s.name).display(),
+            s.sha256,
+            if s.images.is_empty() {
+                "untagged".into()
+            } else {
+                s.images.join(", ")
+            }
+        );
+    }
+    if let (Some((_, replaced)), Some(file)) = (&merged, &args.config) {
+        println!(
+            "merged {} into {}{}",
+            file.display(),
+            config_path.display(),
+            if replaced.is_empty() {
+                String::new()
+            } else {
+                format!(" (replacing the earlier {})", replaced.join(", "))
+            }
+        );
+    }
+    Ok(())
+}
+
+fn tags(images: &[archive::IndexedImage]) -> String {
+    let tags: Vec<&str> = images
+        .iter()
+        .flat_map(|i| i.tags.iter().map(String::as_str))
+        .collect();
+    if tags.is_empty() {
+        "untagged".into()
+    } else {
+        tags.join(", ")
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+    let mut file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_and_their_archive_names() {
+        let name = |s: &str| Source::parse(s).archive_name(true);
+        assert_eq!(name("/tmp/app.tar.gz"), Ok("app.tar.gz".into()));
+        assert_eq!(
+            name("https://example.com/images/app.tar.zst?sig=1#x"),
+            Ok("app.tar.zst".into())
+        );
+        assert_eq!(
+            name("docker-image:docker.io/library/busybox:1.36"),
+            Ok("docker.io_library_busybox_1.36.tar.zst".into())
+        );
+        assert_eq!(
+            Source::parse("podman-image:x/y").archive_name(false),
+            Ok("x_y.tar".into())
+        );
+        assert!(name("https://example.com/download").is_err());
+        assert!(name("notes.txt").is_err());
+        assert!(name("docker-image:").is_err());
+    }
+
+    // `Hashing` is the reading side's; keep both in step.
+    #[test]
+    fn hashing_writer_matches_sha256_of() {
+        let dir = std::env::temp_dir().join(format!("ap-stage-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x");
+        let mut out = create_temp(&path).unwrap();
+        out.write_all(b"hello").unwrap();
+        let sha = finish(out, &path).unwrap();
+        assert_eq!(sha, digest::sha256_of(&path).unwrap());
+        let mut r = digest::Hashing::new(&b"hello"[..]);
+        io::copy(&mut r, &mut io::sink()).unwrap();
+        assert_eq!(sha, hex(&sha2::Digest::finalize(r.hasher)));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,512 @@
+//! `atomic-preload stage`: local archives, URLs from a loopback HTTP server (one that drops
+//! the connection mid-file too), config merging, `--dry-run`, and every bad input leaving
+//! the root exactly as it was; then the load stage refusing an archive whose content no
+//! longer matches its recorded digest, and `podman-image:` sources (real Podman, private
+//! storage).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use support::helper;
+use support::podman::{Podman, podman_available};
+use support::sysimage::{Image, Layer, sha256};
+
+const PRELOAD: &str = "var/lib/atomic/preload";
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// An image root (it has etc/) with an existing config.
+fn image_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    fs::create_dir_all(root.path().join("etc")).unwrap();
+    fs::create_dir_all(root.path().join(PRELOAD)).unwrap();
+    fs::write(
+        root.path().join(PRELOAD).join("config.yaml"),
+        "# baked in by the base image\n- name: web\n  image: test/web:1\n  run: {}\n- name: db\n  image: test/db:1\n",
+    )
+    .unwrap();
+    root
+}
+
+/// Every path under `dir` with its content (files) or target (symlinks): "exactly as
+/// before" is this map being equal.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().to_owned();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                out.insert(rel, "dir".into());
+                walk(root, &path, out);
+            } else if meta.is_symlink() {
+                out.insert(
+                    rel,
+                    format!("-> {}", fs::read_link(&path).unwrap().display()),
+                );
+            } else {
+                out.insert(rel, sha256(&fs::read(&path).unwrap()));
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn stage(args: &[&str]) -> Output {
+    Command::new(helper())
+        .arg("stage")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A small image archive (busybox) tagged `tag`, written to `path` (compressed as named).
+fn archive(dir: &Path, name: &str, tag: &str) -> PathBuf {
+    let path = dir.join(name);
+    let mut image = Image::new(tag, vec![Layer::new().busybox().bytes()]);
+    image.marker = name.into();
+    image.save(&path);
+    path
+}
+
+fn hex_of(path: &Path) -> String {
+    sha256(&fs::read(path).unwrap())[7..].to_owned()
+}
+
+#[test]
+fn stages_archives_with_digests_and_merges_config_entries() {
+    let root = image_root();
+    let r = root.path();
+    let src = tempfile::tempdir().unwrap();
+    let app = archive(src.path(), "app.tar.gz", "test/app:1");
+    let add = src.path().join("add.yaml");
+    fs::write(
+        &add,
+        "- name: web\n  image: test/web:2\n  run: {}\n- name: app\n  image: test/app:1\n  archive: app.tar.gz\n",
+    )
+    .unwrap();
+
+    let before = snapshot(r);
+    let root_arg = r.to_str().unwrap();
+    let dry = stage(&[
+        "--root",
+        root_arg,
+        "--config",
+        add.to_str().unwrap(),
+        "--dry-run",
+        app.to_str().unwrap(),
+    ]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    let want = format!(
+        "would stage {} -> {}/{PRELOAD}/docker/app.tar.gz (sha256:{}; images: test/app:1)\n",
+        app.display(),
+        r.display(),
+        hex_of(&app)
+    );
+    assert!(text(&dry).contains(&want), "{}", text(&dry));
+    assert!(
+        text(&dry).contains("entries app, web (replacing the earlier web)"),
+        "{}",
+        text(&dry)
+    );
+    assert_eq!(snapshot(r), before, "--dry-run changes nothing");
+
+    let out = stage(&[
+        "--root",
+        root_arg,
+        "--config",
+        add.to_str().unwrap(),
+        "--sha256",
+        &hex_of(&app),
+        app.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let docker = r.join(PRELOAD).join("docker");
+    assert_eq!(
+        fs::read(docker.join("app.tar.gz")).unwrap(),
+        fs::read(&app).unwrap()
+    );
+    // The sidecar is sha256sum's format: `sha256sum -c` checks it from docker/.
+    assert_eq!(
+        fs::read_to_string(docker.join("app.tar.gz.sha256")).unwrap(),
+        format!("{}  app.tar.gz\n", hex_of(&app))
+    );
+    let check = Command::new("sha256sum")
+        .args(["-c", "app.tar.gz.sha256"])
+        .current_dir(&docker)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check));
+    // Appended: the original text (comments too) stays, the later `web` wins.
+    let config = fs::read_to_string(r.join(PRELOAD).join("config.yaml")).unwrap();
+    assert!(
+        config.starts_with("# baked in by the base image\n- name: web\n"),
+        "{config}"
+    );
+    let validate = Command::new(helper())
+        .arg("validate")
+        .arg(r.join(PRELOAD).join("config.yaml"))
+        .output()
+        .unwrap();
+    assert!(validate.status.success(), "{}", text(&validate));
+    let dry_run = Command::new(env!("CARGO_BIN_EXE_atomic-preload-generator"))
+        .args(["--dry-run", "--root", root_arg])
+        .output()
+        .unwrap();
+    let units = String::from_utf8_lossy(&dry_run.stdout);
+    assert!(
+        units.contains("# preload-web.service") && units.contains("--image test/web:2"),
+        "{units}"
+    );
+    assert!(
+        units.contains("# preload-db.service") && units.contains("# preload-app.service"),
+        "{units}"
+    );
+    // Nothing temporary is left behind.
+    let leftovers: Vec<_> = fs::read_dir(&docker)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn bad_input_leaves_the_root_exactly_as_before() {
+    let root = image_root();
+    let r = root.path();
+    let root_arg = r.to_str().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let good = archive(src.path(), "good.tar", "test/good:1");
+    let not_archive = src.path().join("notes.tar");
+    fs::write(&not_archive, "just text, not a tar").unwrap();
+    let bad_config = src.path().join("bad.yaml");
+    fs::write(&bad_config, "- name: x\n  image: test/x:1\n  rnu: {}\n").unwrap();
+    let flow = src.path().join("flow.yaml");
+    fs::write(&flow, "[{name: yy, image: test/yy:1}]\n").unwrap();
+    let before = snapshot(r);
+
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["--sha256".into(), "0".repeat(64), good.display().to_string()],
+            format!("SHA-256 is {}, not the expected {}; nothing staged", hex_of(&good), "0".repeat(64)),
+        ),
+        (
+            vec![good.display().to_string(), not_archive.display().to_string()],
+            format!("{}: not an image archive (notes.tar: ", not_archive.display()),
+        ),
+        (
+            vec!["--config".into(), bad_config.display().to_string(), good.display().to_string()],
+            format!("{}:3:3: unknown key \"rnu\"", bad_config.display()),
+        ),
+        (
+            vec!["--config".into(), flow.display().to_string()],
+            "would give a config with problems (merge by hand), nothing staged".into(),
+        ),
+        (
+            vec![src.path().join("missing.tar").display().to_string()],
+            "missing.tar: No such file or directory".into(),
+        ),
+        (
+            vec!["/etc/hostname".into()],
+            "/etc/hostname: the archive's file name \"hostname\" does not end in one of .tar, .tar.gz".into(),
+        ),
+    ];
+    for (args, says) in cases {
+        let mut all = vec!["--root".to_owned(), root_arg.to_owned()];
+        all.extend(args.iter().cloned());
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let out = stage(&all);
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert!(
+            text(&out).contains(&says),
+            "{args:?}: want {says:?} in:\n{}",
+            text(&out)
+        );
+        assert_eq!(snapshot(r), before, "{args:?} changed the root");
+    }
+
+    // Not a root at all.
+    let plain = tempfile::tempdir().unwrap();
+    let out = stage(&[
+        "--root",
+        plain.path().to_str().unwrap(),
+        good.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&out).contains("does not look like a root file system (it has no etc/)"),
+        "{}",
+        text(&out)
+    );
+    assert!(fs::read_dir(plain.path()).unwrap().next().is_none());
+}
+
+/// A full disk mid-copy: the error names the file, and the root is as before.
+#[test]
+fn disk_full_leaves_the_root_as_before() {
+    let mount = tempfile::tempdir().unwrap();
+    let m = mount.path();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(m)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(m);
+    fs::create_dir_all(m.join("etc")).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let big = archive(src.path(), "big.tar", "test/big:1"); // busybox: ~2 MB
+    let before = snapshot(m);
+    let out = stage(&["--root", m.to_str().unwrap(), big.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("No space left on device"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(snapshot(m), before);
+}
+
+/// A loopback HTTP server: serves `body` at any path; the first `drops` requests get the
+/// headers and half the body, then the connection is closed. Returns its base URL.
+fn serve(body: Vec<u8>, drops: usize, status: u16) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            if status != 200 {
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} Nope\r\nContent-Length: 0\r\n\r\n"
+                );
+                continue;
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let part = if n < drops {
+                &body[..body.len() / 2]
+            } else {
+                &body[..]
+            };
+            let _ = stream.write_all(part);
+            let _ = stream.flush();
+            // Dropping the stream closes the connection, mid-file for a dropped request.
+        }
+    });
+    (url, requests)
+}
+
+#[test]
+fn url_sources_are_streamed_retried_and_never_left_half_written() {
+    let root = image_root();
+    let r = root.path();
+    let root_arg = r.to_str().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let app = archive(src.path(), "app.tar.zst", "test/app:1");
+    let bytes = fs::read(&app).unwrap();
+
+    // The first try is cut off mid-file: retried, and the result is whole.
+    let (url, requests) = serve(bytes.clone(), 1, 200);
+    let out = stage(&[
+        "--root",
+        root_arg,
+        &format!("{url}/images/app.tar.zst?token=x"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("retrying (2 of 3)"), "{}", text(&out));
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    let staged = r.join(PRELOAD).join("docker/app.tar.zst");
+    assert_eq!(fs::read(&staged).unwrap(), bytes);
+    assert_eq!(
+        fs::read_to_string(r.join(PRELOAD).join("docker/app.tar.zst.sha256")).unwrap(),
+        format!("{}  app.tar.zst\n", hex_of(&app))
+    );
+
+    // Always cut off: fails after 3 tries; nothing under the final name, nothing left.
+    let before = snapshot(r);
+    let (url, requests) = serve(bytes.clone(), usize::MAX, 200);
+    let out = stage(&["--root", root_arg, &format!("{url}/other.tar.zst")]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("(after 3 attempts)"), "{}", text(&out));
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+    assert_eq!(snapshot(r), before);
+
+    // Not found: no retry.
+    let (url, requests) = serve(vec![], 0, 404);
+    let out = stage(&["--root", root_arg, &format!("{url}/gone.tar")]);
+    assert!(text(&out).contains("gone.tar: HTTP 404"), "{}", text(&out));
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    assert_eq!(snapshot(r), before);
+
+    // Nobody listening (a port just closed).
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = stage(&[
+        "--root",
+        root_arg,
+        &format!("http://127.0.0.1:{port}/x.tar"),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("(after 3 attempts)"), "{}", text(&out));
+    assert_eq!(snapshot(r), before);
+}
+
+/// The load stage checks a staged archive against its recorded digest before loading:
+/// a changed archive fails with exit 65 naming both digests, and nothing is loaded.
+#[test]
+fn load_refuses_an_archive_whose_content_changed_since_staging() {
+    if !podman_available() {
+        return;
+    }
+    let podman = Podman::new();
+    let root = image_root();
+    let r = root.path();
+    let src = tempfile::tempdir().unwrap();
+    let app = archive(src.path(), "app.tar", "test/app:1");
+    let out = stage(&["--root", r.to_str().unwrap(), app.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let load = |state: &str| {
+        Command::new(helper())
+            .args([
+                "load",
+                "--engine",
+                "podman",
+                "--image",
+                "test/app:1",
+                "--preload-dir",
+            ])
+            .arg(r.join(PRELOAD))
+            .arg("--state-dir")
+            .arg(src.path().join(state))
+            .envs(podman.env())
+            .output()
+            .unwrap()
+    };
+    let out = load("state-a");
+    assert!(
+        out.status.success(),
+        "a staged archive loads: {}",
+        text(&out)
+    );
+    assert_eq!(podman.loads(), 1);
+
+    // Replaced by another image under the same name (or corrupted on the way).
+    let staged = r.join(PRELOAD).join("docker/app.tar");
+    let expected = hex_of(&staged);
+    archive(
+        &r.join(PRELOAD).join("docker"),
+        "app.tar",
+        "test/app:1-evil",
+    );
+    let actual = hex_of(&staged);
+    podman.ok(&["rmi", "-a"]);
+    let out = load("state-b");
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    let says = format!(
+        "{}: content does not match its recorded digest ({}.sha256): expected sha256:{expected}, actual sha256:{actual}; not loaded",
+        staged.display(),
+        staged.display()
+    );
+    assert!(text(&out).contains(&says), "{}", text(&out));
+    assert_eq!(podman.loads(), 1, "nothing was loaded");
+    // Even with a mark from before (same name), the check is not skipped.
+    let out = load("state-a");
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    assert_eq!(podman.loads(), 1);
+}
+
+/// `podman-image:NAME` saves a local image, zstd-compressed, and it loads back.
+#[test]
+fn podman_image_sources_are_saved_compressed() {
+    if !podman_available() {
+        return;
+    }
+    let podman = Podman::new();
+    let src = tempfile::tempdir().unwrap();
+    let app = archive(src.path(), "app.tar", "test/saved:1");
+    podman.ok(&["load", "-q", "-i", app.to_str().unwrap()]);
+    let root = image_root();
+    let r = root.path();
+    let out = Command::new(helper())
+        .args([
+            "stage",
+            "--root",
+            r.to_str().unwrap(),
+            "podman-image:test/saved:1",
+        ])
+        .envs(podman.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let staged = r.join(PRELOAD).join("docker/test_saved_1.tar.zst");
+    assert!(
+        text(&out).contains("images: localhost/test/saved:1"),
+        "{}",
+        text(&out)
+    );
+    let mut magic = [0u8; 4];
+    fs::File::open(&staged)
+        .unwrap()
+        .read_exact(&mut magic)
+        .unwrap();
+    assert_eq!(magic, [0x28, 0xb5, 0x2f, 0xfd], "zstd");
+    // An image the engine does not have: a clear error, nothing staged.
+    let before = snapshot(r);
+    let out = Command::new(helper())
+        .args([
+            "stage",
+            "--root",
+            r.to_str().unwrap(),
+            "podman-image:test/absent:1",
+        ])
+        .envs(podman.env())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("save test/absent:1: "),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(snapshot(r), before);
+}
