@@ -80,7 +80,7 @@ impl ImageEngine for Docker {
     fn load_file(
         &self,
         path: &Path,
-        watch: &mut dyn FnMut(&mut dyn FnMut() -> Option<u64>, &mut dyn FnMut() -> bool),
+        watch: &mut engine::Watch<'_>,
     ) -> Result<Vec<String>, RuntimeError> {
         // `docker load` reads the file as its stdin: no copy through us; its offset there
         // is how far along it is.

@@ -20,6 +20,10 @@ pub struct ImageInfo {
     pub install_label: String,
 }
 
+/// Called while an engine loads a file: `(offset, running)`, where `offset()` is how far
+/// the engine has read (if known) and `running()` whether it still loads.
+pub type Watch<'a> = dyn FnMut(&mut dyn FnMut() -> Option<u64>, &mut dyn FnMut() -> bool) + 'a;
+
 /// How the load stage feeds an archive to an engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Feed {
@@ -47,11 +51,7 @@ pub trait ImageEngine: Sync {
     /// Load an archive file the engine reads itself; `watch(pid, offset, running)` runs
     /// while it loads (progress): `offset()` is how far the engine has read, if known.
     /// Returns the images loaded (references, or IDs of untagged images).
-    fn load_file(
-        &self,
-        path: &Path,
-        watch: &mut dyn FnMut(&mut dyn FnMut() -> Option<u64>, &mut dyn FnMut() -> bool),
-    ) -> Result<Vec<String>, RuntimeError>;
+    fn load_file(&self, path: &Path, watch: &mut Watch<'_>) -> Result<Vec<String>, RuntimeError>;
     /// Load a tar stream.
     fn load_stream(&self, archive: &mut dyn Read) -> Result<Vec<String>, RuntimeError>;
     /// The options every `run` of a unit starts with (the plan's, for this engine): the

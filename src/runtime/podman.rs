@@ -74,7 +74,7 @@ impl ImageEngine for Podman {
     fn load_file(
         &self,
         path: &Path,
-        watch: &mut dyn FnMut(&mut dyn FnMut() -> Option<u64>, &mut dyn FnMut() -> bool),
+        watch: &mut engine::Watch<'_>,
     ) -> Result<Vec<String>, RuntimeError> {
         let path_arg = path.to_string_lossy();
         self.client.load(

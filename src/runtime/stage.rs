@@ -190,9 +190,9 @@ fn entry_names(text: &[u8]) -> Vec<String> {
         .effective()
         .items
         .iter()
-        .filter_map(|item| match item {
-            Named::Valid(e) => Some(e.name.clone()),
-            Named::Invalid { name, .. } => Some(name.clone()),
+        .map(|item| match item {
+            Named::Valid(e) => e.name.clone(),
+            Named::Invalid { name, .. } => name.clone(),
         })
         .collect()
 }
@@ -626,13 +626,13 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         let temp = dir.join(format!(".stage-{pid}-{name}"));
         undo.files.push(temp.clone());
         let sha256 = fetch(args, source, &temp, name)?;
-        if let Some(want) = expected.get(i) {
-            if want != &sha256 {
-                return Err(RuntimeError::Fetch(format!(
-                    "{}: SHA-256 is {sha256}, not the expected {want}; nothing staged",
-                    source.describe()
-                )));
-            }
+        if let Some(want) = expected.get(i)
+            && want != &sha256
+        {
+            return Err(RuntimeError::Fetch(format!(
+                "{}: SHA-256 is {sha256}, not the expected {want}; nothing staged",
+                source.describe()
+            )));
         }
         let images = archive::index(&temp).map_err(|e| {
             RuntimeError::Fetch(format!(
