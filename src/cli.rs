@@ -97,6 +97,11 @@ pub enum HelperCommand {
     /// SHA-256 recorded (the load stage refuses it if its content changes). All or
     /// nothing: on any error the root is left exactly as it was.
     Stage(StageArgs),
+    /// One line per config entry: engine, image, archives (recorded digest), when they were
+    /// loaded, when it was installed, its units' states and the last failure's reason.
+    /// Exit status 1 when a unit failed or the config has problems. With --root, on an
+    /// image before its first boot: which archive holds each image, and what will fail.
+    Status(StatusArgs),
     /// Print config problems to stderr and fail (used by units that report them).
     ConfigError {
         /// The problems, one line each.
@@ -316,4 +321,29 @@ pub struct StageArgs {
     /// Archive files, http(s):// URLs, docker-image:NAME or podman-image:NAME.
     #[arg(value_name = "SRC")]
     pub sources: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Machine-readable output for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// An image root to inspect before its first boot (systemd is not asked).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// The config file (below --root when given).
+    #[arg(long, value_name = "FILE", default_value = paths::CONFIG_FILE)]
+    pub config: PathBuf,
+    /// The directory holding docker/ and ostree/.
+    #[arg(long, value_name = "DIR", default_value = paths::PRELOAD_DIR)]
+    pub preload_dir: PathBuf,
+    /// Where load-once and install-once marks are kept.
+    #[arg(long, value_name = "DIR", default_value = paths::STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// System containers' deployments.
+    #[arg(long, value_name = "DIR", default_value = paths::CHECKOUT_DIR)]
+    pub checkout_dir: PathBuf,
+    /// The systemctl to ask.
+    #[arg(long, value_name = "PATH", default_value = "systemctl")]
+    pub systemctl: PathBuf,
 }

@@ -510,3 +510,132 @@ fn podman_image_sources_are_saved_compressed() {
     );
     assert_eq!(snapshot(r), before);
 }
+
+/// `status --root` on an image root before its first boot: what will happen, as a table
+/// and as JSON; exit 1 when an entry's unit will fail.
+#[test]
+fn status_on_an_image_root_says_what_will_happen() {
+    let root = image_root();
+    let r = root.path();
+    let root_arg = r.to_str().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let web = archive(src.path(), "web.tar.gz", "test/web:1");
+    let out = stage(&["--root", root_arg, web.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = |extra: &[&str]| {
+        Command::new(helper())
+            .args(["status", "--root", root_arg])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // `db`'s image is in no archive: its unit will fail.
+    let out = status(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAME  ENGINE  IMAGE"), "{table}");
+    let digest = &hex_of(&web)[..12];
+    let web_row = lines.iter().find(|l| l.starts_with("web ")).unwrap();
+    assert!(
+        web_row.contains("docker  test/web:1  web.tar.gz sha256:") && web_row.contains(digest),
+        "{table}"
+    );
+    assert!(
+        table.contains("db: no archive holds test/db:1: its unit will fail"),
+        "{table}"
+    );
+
+    let db = archive(src.path(), "db.tar", "test/db:1");
+    assert!(
+        stage(&["--root", root_arg, db.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let out = status(&["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = json["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    let entry = |name: &str| entries.iter().find(|e| e["name"] == name).unwrap();
+    assert_eq!(entry("web")["archives"][0]["file"], "web.tar.gz");
+    assert_eq!(entry("web")["archives"][0]["recorded_sha256"], hex_of(&web));
+    assert_eq!(entry("web")["archives"][0]["images"][0], "test/web:1");
+    assert_eq!(entry("db")["archives"][0]["file"], "db.tar");
+    assert_eq!(entry("db")["failed"], false);
+
+    // A staged archive changed afterwards: status says its unit will fail.
+    fs::write(r.join(PRELOAD).join("docker/db.tar"), b"tampered").unwrap();
+    let out = status(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("db: db.tar does not match its recorded digest: its unit will fail"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// `status` on a running host: marks say when things were loaded and installed, systemd
+/// (a stand-in here) says how each unit is; a failed unit's reason is shown, exit 1.
+#[test]
+fn status_on_a_host_reports_units_and_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir_all(d.join("docker")).unwrap();
+    fs::write(
+        d.join("config.yaml"),
+        "- name: web\n  image: test/web:1\n  engine: podman\n  install: {}\n  run: {}\n- name: db\n  image: test/db:1\n  engine: podman\n",
+    )
+    .unwrap();
+    fs::write(d.join("docker/both.tar"), b"archive").unwrap();
+    let state = d.join("state");
+    fs::create_dir_all(state.join("loaded/podman")).unwrap();
+    fs::create_dir_all(state.join("installed")).unwrap();
+    fs::write(
+        state.join("loaded/podman/both.tar"),
+        "images=localhost/test/web:1 localhost/test/db:1\nsha256=abc\n",
+    )
+    .unwrap();
+    fs::write(state.join("installed/web"), "engine=podman\nimage=0123\n").unwrap();
+    let systemctl = d.join("systemctl");
+    fs::write(
+        &systemctl,
+        "#!/bin/sh\ncase \"$3\" in\n  preload-web.service) printf 'ActiveState=active\\nSubState=running\\nResult=success\\nStatusText=\\n' ;;\n  *) printf 'ActiveState=failed\\nSubState=failed\\nResult=exit-code\\nStatusText=image test/db:1 is not in Podman after loading archives\\n' ;;\nesac\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&systemctl, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(helper())
+        .arg("status")
+        .arg("--config")
+        .arg(d.join("config.yaml"))
+        .arg("--preload-dir")
+        .arg(d)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--systemctl")
+        .arg(&systemctl)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or("")
+            .to_owned()
+    };
+    let web = row("web ");
+    assert!(
+        web.contains("podman") && web.contains("both.tar") && web.contains("active (running)"),
+        "{table}"
+    );
+    // Loaded and installed at the marks' times (today, whatever the clock).
+    assert_eq!(web.matches(" 20").count(), 2, "two timestamps: {table}");
+    assert!(row("db ").contains("failed (failed)"), "{table}");
+    assert!(
+        table.contains("db: image test/db:1 is not in Podman after loading archives"),
+        "{table}"
+    );
+}

@@ -29,6 +29,16 @@ fn main() -> ExitCode {
             eprintln!("Fix the config, then run: systemctl daemon-reload");
             return ExitCode::FAILURE;
         }
+        HelperCommand::Status(args) => {
+            return match runtime::status::run(&args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(err) => {
+                    eprintln!("atomic-preload: {err}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         HelperCommand::Load(args) => runtime::load::run(&args),
         HelperCommand::Install(args) => runtime::install::run(&args),
         HelperCommand::Refresh(args) => runtime::refresh::run(&args),

@@ -42,8 +42,20 @@ impl Marks {
         Ok(Marks { dir })
     }
 
+    /// Records in `state_dir/kind/` when that directory exists (never creates it: for
+    /// readers such as `atomic-preload status`).
+    pub fn new_existing(state_dir: &Path, kind: &str) -> Option<Self> {
+        let dir = state_dir.join(kind);
+        dir.is_dir().then_some(Marks { dir })
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// The record's file (its mtime is when the work was done).
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        self.path(name)
     }
 
     /// A missing or unreadable record reads as none: the work is then done again.

@@ -14,6 +14,7 @@ pub mod podman;
 pub mod refresh;
 pub mod run;
 pub mod stage;
+pub mod status;
 pub mod system;
 pub mod uninstall;
 

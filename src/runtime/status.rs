@@ -1,0 +1,458 @@
+//! `atomic-preload status`: what happened at boot, one line per config entry, from what
+//! the stages leave behind (load marks, install marks, system deployments) and systemd's
+//! view of each unit. On an image root (`--root DIR`, before its first boot) it says what
+//! will happen instead: which archive holds each entry's image, with its digest.
+
+use super::RuntimeError;
+use super::digest;
+use super::load::list_archives;
+use super::marks::{Mark, Marks};
+use super::system::archive;
+use super::system::deploy::Info;
+use crate::cli::StatusArgs;
+use crate::config::{Entry, Named};
+use crate::engine::EngineKind;
+use crate::{generator, paths};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// One archive an entry's unit uses.
+#[derive(Debug, Serialize)]
+pub struct ArchiveStatus {
+    pub file: String,
+    /// The digest recorded when it was staged (`NAME.sha256`), if any.
+    pub recorded_sha256: Option<String>,
+    /// When it was loaded (UTC), and the digest of what was loaded.
+    pub loaded_at: Option<String>,
+    pub loaded_sha256: Option<String>,
+    /// The images in it: from the load mark, or (image root) read from the archive.
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UnitStatus {
+    pub unit: String,
+    pub active: String,
+    pub sub: String,
+    pub result: String,
+    /// The last status line a stage sent (a failure's reason).
+    pub status_text: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EntryStatus {
+    pub name: String,
+    /// docker, podman, or system.
+    pub engine: String,
+    pub image: String,
+    pub archives: Vec<ArchiveStatus>,
+    /// When its install ran (UTC) and from which image or deployment.
+    pub installed_at: Option<String>,
+    pub installed: Option<String>,
+    /// systemd's view (none on an image root).
+    pub units: Vec<UnitStatus>,
+    pub problem: Option<String>,
+    pub failed: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub config: String,
+    pub config_problems: Vec<String>,
+    pub entries: Vec<EntryStatus>,
+}
+
+/// `seconds` since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
+pub fn utc(seconds: i64) -> String {
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn mtime(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| utc(m.mtime()))
+}
+
+fn in_root(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
+struct Context<'a> {
+    args: &'a StatusArgs,
+    root: PathBuf,
+    /// systemd is asked only about the running host, not an image root.
+    live: bool,
+    host_engine: EngineKind,
+}
+
+impl Context<'_> {
+    fn state(&self) -> PathBuf {
+        in_root(&self.root, &self.args.state_dir.display().to_string())
+    }
+
+    fn unit(&self, unit: &str) -> Option<UnitStatus> {
+        if !self.live {
+            return None;
+        }
+        let out = Command::new(&self.args.systemctl)
+            .args([
+                "show",
+                "--property=ActiveState,SubState,Result,StatusText",
+                unit,
+            ])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap_or("")
+                .to_owned()
+        };
+        Some(UnitStatus {
+            unit: unit.into(),
+            active: get("ActiveState"),
+            sub: get("SubState"),
+            result: get("Result"),
+            status_text: get("StatusText"),
+        })
+    }
+
+    /// The archives an entry's unit uses: those it names, else (live) the one whose load
+    /// mark holds its image, else (image root) the ones that hold it.
+    /// Also whether one of them is known to hold the image.
+    fn archives(
+        &self,
+        entry: &Entry,
+        dir: &Path,
+        marks: Option<&Marks>,
+    ) -> (Vec<ArchiveStatus>, bool) {
+        let names = if entry.archives.is_empty() {
+            list_archives(dir).unwrap_or_default()
+        } else {
+            entry.archives.clone()
+        };
+        let mut all: Vec<ArchiveStatus> = names
+            .iter()
+            .map(|name| {
+                let path = dir.join(name);
+                let mark: Option<Mark> = marks.and_then(|m| m.read(name));
+                let images = match &mark {
+                    Some(mark) => mark
+                        .get("images")
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .map(String::from)
+                        .collect(),
+                    // Before the first boot: read the archive itself.
+                    None if !self.live && path.is_file() => archive::index(&path)
+                        .map(|images| images.into_iter().flat_map(|i| i.tags).collect())
+                        .unwrap_or_default(),
+                    None => vec![],
+                };
+                ArchiveStatus {
+                    file: name.clone(),
+                    recorded_sha256: digest::recorded_digest(&path).ok().flatten(),
+                    loaded_at: mark
+                        .as_ref()
+                        .and_then(|_| marks.and_then(|m| mtime(&m.path_of(name)))),
+                    loaded_sha256: mark
+                        .as_ref()
+                        .and_then(|m| m.get("sha256").map(String::from)),
+                    images,
+                }
+            })
+            .collect();
+        let wanted = archive::normalize_reference(&entry.image);
+        let holds = |a: &ArchiveStatus| {
+            a.images
+                .iter()
+                .any(|i| archive::normalize_reference(i) == wanted)
+        };
+        let held = all.iter().any(holds);
+        if entry.archives.is_empty() && held {
+            all.retain(holds);
+        }
+        (all, held)
+    }
+
+    fn entry(&self, entry: &Entry) -> EntryStatus {
+        let preload = in_root(&self.root, &self.args.preload_dir.display().to_string());
+        let state = self.state();
+        let unit_name = paths::container_unit(&entry.name);
+        let held_image;
+        let mut status = if entry.is_system() {
+            let dir = preload.join("ostree");
+            let checkout = in_root(&self.root, &self.args.checkout_dir.display().to_string());
+            let link = checkout.join(&entry.name);
+            let info: Option<Info> = std::fs::read(link.join("info"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let marks = Marks::new_existing(&state, "loaded/ostree");
+            let (archives, held) = self.archives(entry, &dir, marks.as_ref());
+            held_image = held;
+            EntryStatus {
+                name: entry.name.clone(),
+                engine: "system".into(),
+                image: entry.image.clone(),
+                archives,
+                installed_at: info.as_ref().map(|i| utc(i.created as i64)),
+                installed: info.as_ref().map(|i| {
+                    let target = std::fs::read_link(&link)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default();
+                    format!("{target} ({})", i.revision)
+                }),
+                units: [unit_name.clone(), format!("{}.service", entry.name)]
+                    .iter()
+                    .filter_map(|u| self.unit(u))
+                    .collect(),
+                problem: None,
+                failed: false,
+            }
+        } else {
+            let engine = entry.engine.unwrap_or(self.host_engine);
+            let dir = preload.join("docker");
+            let marks = Marks::new_existing(&state, &format!("loaded/{}", engine.as_str()));
+            let installed = entry.install.as_ref().and_then(|_| {
+                let marks = Marks::new_existing(&state, "installed")?;
+                let mark = marks.read(&entry.name)?;
+                Some((
+                    mtime(&marks.path_of(&entry.name)),
+                    mark.get("image").unwrap_or("").to_owned(),
+                ))
+            });
+            let (archives, held) = self.archives(entry, &dir, marks.as_ref());
+            held_image = held;
+            EntryStatus {
+                name: entry.name.clone(),
+                engine: engine.as_str().into(),
+                image: entry.image.clone(),
+                archives,
+                installed_at: installed.as_ref().and_then(|(at, _)| at.clone()),
+                installed: installed.map(|(_, image)| image),
+                units: self.unit(&unit_name).into_iter().collect(),
+                problem: None,
+                failed: false,
+            }
+        };
+        status.failed = status
+            .units
+            .iter()
+            .any(|u| u.active == "failed" || (u.result != "success" && !u.result.is_empty()));
+        status.problem = status
+            .units
+            .iter()
+            .find(|u| u.active == "failed" || u.sub == "auto-restart")
+            .map(|u| {
+                if u.status_text.is_empty() {
+                    format!("{} {} ({})", u.unit, u.active, u.result)
+                } else {
+                    u.status_text.clone()
+                }
+            });
+        if !self.live {
+            let mismatch = status.archives.iter().find(|a| {
+                a.recorded_sha256.as_ref().is_some_and(|want| {
+                    digest::sha256_of(&preload_dir_of(&preload, entry).join(&a.file))
+                        .is_ok_and(|have| &have != want)
+                })
+            });
+            status.problem = if let Some(a) = mismatch {
+                Some(format!(
+                    "{} does not match its recorded digest: its unit will fail",
+                    a.file
+                ))
+            } else if !held_image {
+                Some(format!(
+                    "no archive holds {}: its unit will fail",
+                    entry.image
+                ))
+            } else {
+                None
+            };
+            status.failed = status.problem.is_some();
+        }
+        status
+    }
+}
+
+fn preload_dir_of(preload: &Path, entry: &Entry) -> PathBuf {
+    preload.join(if entry.is_system() {
+        "ostree"
+    } else {
+        "docker"
+    })
+}
+
+pub fn report(args: &StatusArgs) -> Report {
+    let root = args.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+    let live = args.root.is_none();
+    let context = Context {
+        args,
+        live,
+        host_engine: EngineKind::detect(&root),
+        root: root.clone(),
+    };
+    let config_path = in_root(&root, &args.config.display().to_string());
+    let effective = generator::load_effective(&config_path);
+    let shown = args.config.display().to_string();
+    let mut report = Report {
+        config: shown.clone(),
+        config_problems: effective
+            .all_problems()
+            .iter()
+            .map(|p| p.display(&shown).to_string())
+            .collect(),
+        entries: Vec::new(),
+    };
+    for item in &effective.items {
+        match item {
+            Named::Valid(entry) => report.entries.push(context.entry(entry)),
+            Named::Invalid { name, .. } => {
+                let unit = paths::container_unit(name);
+                report.entries.push(EntryStatus {
+                    name: name.clone(),
+                    engine: String::new(),
+                    image: String::new(),
+                    archives: vec![],
+                    installed_at: None,
+                    installed: None,
+                    units: context.unit(&unit).into_iter().collect(),
+                    problem: Some(format!("invalid entry in {shown}")),
+                    failed: true,
+                })
+            }
+        }
+    }
+    report
+}
+
+fn cell(value: &Option<String>) -> String {
+    value.clone().unwrap_or_else(|| "-".into())
+}
+
+pub fn print_table(report: &Report, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let mut rows = vec![
+        [
+            "NAME",
+            "ENGINE",
+            "IMAGE",
+            "ARCHIVE",
+            "LOADED",
+            "INSTALLED",
+            "UNIT",
+        ]
+        .map(String::from),
+    ];
+    for e in &report.entries {
+        let archives = if e.archives.is_empty() {
+            "-".into()
+        } else {
+            e.archives
+                .iter()
+                .map(|a| {
+                    let digest = a
+                        .recorded_sha256
+                        .as_deref()
+                        .map(|d| format!(" sha256:{}", &d[..12]))
+                        .unwrap_or_default();
+                    format!("{}{digest}", a.file)
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let loaded = e
+            .archives
+            .iter()
+            .filter_map(|a| a.loaded_at.clone())
+            .max()
+            .unwrap_or_else(|| "-".into());
+        let installed = match (&e.installed_at, &e.installed) {
+            (Some(at), Some(what)) if e.engine == "system" => format!("{at} {what}"),
+            (Some(at), _) => at.clone(),
+            _ => cell(&None),
+        };
+        let unit = if e.units.is_empty() {
+            "-".into()
+        } else {
+            e.units
+                .iter()
+                .map(|u| format!("{} ({})", u.active, u.sub))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        rows.push([
+            e.name.clone(),
+            e.engine.clone(),
+            e.image.clone(),
+            archives,
+            loaded,
+            installed,
+            unit,
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:w$}"))
+            .collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    for problem in &report.config_problems {
+        writeln!(out, "config: {problem}")?;
+    }
+    for e in &report.entries {
+        if let Some(problem) = &e.problem {
+            writeln!(out, "{}: {problem}", e.name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Exit status: 0 when nothing failed, 1 when a unit failed, an entry or the config has
+/// problems, or (image root) an entry's unit will fail.
+pub fn run(args: &StatusArgs) -> Result<bool, RuntimeError> {
+    let report = report(args);
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut stdout, &report)
+            .map_err(|e| RuntimeError::Usage(e.to_string()))?;
+        use std::io::Write;
+        let _ = writeln!(stdout);
+    } else {
+        let _ = print_table(&report, &mut stdout);
+    }
+    Ok(report.config_problems.is_empty() && report.entries.iter().all(|e| !e.failed))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(super::utc(1_795_433_045), "2026-11-23 11:24:05");
+    }
+}
