@@ -36,7 +36,7 @@ BUILD_ENV = ATOMIC_PRELOAD_BINDIR=$(BINDIR) ATOMIC_PRELOAD_UNITDIR=$(SYSTEM_UNIT
 UNITS = atomic-preload.target atomic-preload-load.service atomic-preload-refresh.service \
 	atomic-preload-refresh.path
 
-.PHONY: all build units docs install uninstall check clean release-dir
+.PHONY: all build units docs install uninstall check clean release-dir deb
 
 all: build units docs
 
@@ -76,6 +76,23 @@ uninstall:
 	rm -f $(DESTDIR)$(BASH_COMPLETION_DIR)/atomic-preload
 	rm -f $(DESTDIR)$(ZSH_COMPLETION_DIR)/_atomic-preload
 	rm -f $(DESTDIR)$(FISH_COMPLETION_DIR)/atomic-preload.fish
+
+# A Debian package, built with dpkg-deb from what `make install` puts in place (one
+# layout for both): build/atomic-preload_VERSION_ARCH.deb. Maintainer scripts in debian/.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+DEB_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
+DEB = build/atomic-preload_$(VERSION)_$(DEB_ARCH).deb
+deb: all
+	rm -rf build/deb
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/build/deb PREFIX=/usr
+	mkdir -p build/deb/DEBIAN
+	sed -e 's/@VERSION@/$(VERSION)/' -e 's/@ARCH@/$(DEB_ARCH)/' \
+		-e "s/@SIZE@/$$(du -sk --exclude=DEBIAN build/deb | cut -f1)/" \
+		debian/control.in > build/deb/DEBIAN/control
+	gzip -9n build/deb$(MANDIR)/man1/*.1 build/deb$(MANDIR)/man8/*.8
+	install -m755 debian/postinst debian/postrm build/deb/DEBIAN/
+	dpkg-deb --root-owner-group -Zxz --build build/deb $(DEB)
+	@echo $(DEB)
 
 check:
 	$(CARGO) test --locked

@@ -1,6 +1,6 @@
 //! Boot truth: a real systemd boots a Debian root (systemd-nspawn) with atomic-preload
-//! installed exactly as `make install DESTDIR=ROOT` does, talking to a real Docker engine
-//! on this machine through its socket. Each test is one scenario an operator cares about.
+//! installed from its Debian package (`make deb`, then `dpkg --root=ROOT --install`),
+//! talking to a real Docker engine on this machine through its socket. Each test is one scenario an operator cares about.
 //!
 //! Harness: `debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus bookworm`
 //! cached in /var/cache/atomic-preload-tests (made on first use, ~40 s; a second one with
@@ -89,6 +89,22 @@ fn base_root((name, include): (&str, &str)) -> PathBuf {
     base
 }
 
+/// The Debian package of this tree (`make deb`), built once per test run.
+fn package() -> PathBuf {
+    static DEB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DEB.get_or_init(|| {
+        let out = run(Command::new("make")
+            .arg("--no-print-directory")
+            .arg("deb")
+            .current_dir(env!("CARGO_MANIFEST_DIR")));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let deb = stdout.lines().last().unwrap_or("").trim();
+        assert!(deb.ends_with(".deb"), "make deb printed: {stdout}");
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(deb)
+    })
+    .clone()
+}
+
 /// A fresh root for one scenario: the base, our install, a docker client and stand-ins.
 fn prepare_root() -> tempfile::TempDir {
     prepare_root_from(BASE)
@@ -104,10 +120,11 @@ fn prepare_root_from(base: (&str, &str)) -> tempfile::TempDir {
         .arg("-a")
         .arg(format!("{}/.", base_root(base).display()))
         .arg(r));
-    run(Command::new("make")
-        .arg("install")
-        .arg(format!("DESTDIR={}", r.display()))
-        .current_dir(env!("CARGO_MANIFEST_DIR")));
+    // Installed as an operator would: the Debian package `make deb` builds.
+    run(Command::new("dpkg")
+        .arg(format!("--root={}", r.display()))
+        .arg("--install")
+        .arg(package()));
     fs::copy("/usr/bin/docker", r.join("usr/bin/docker")).unwrap();
     fs::write(
         r.join("etc/systemd/system/docker.service"),
