@@ -1113,3 +1113,68 @@ fn s10_podman_host_runs_preloaded_containers_under_conmon() {
     assert!(!s.path("var/lib/installed-by-label").exists());
     m.poweroff();
 }
+
+/// The image builder's round trip: `atomic-preload stage` into the machine's root (an
+/// archive and a config entry, as an ISO build would), `status --root` before the first
+/// boot, then the boot: the container runs, `atomic-preload status` on the machine shows
+/// it loaded and running, and the package is installed as dpkg knows it. An archive
+/// changed after staging fails its unit with the digest message, and status says so.
+#[test]
+fn s11_staged_image_root_boots_and_status_reports_it() {
+    let _serial = scenario!();
+    let s = Scenario::new();
+    let src = tempfile::tempdir().unwrap();
+    let archive = src.path().join("staged.tar.gz");
+    s.engine
+        .build_archive("test/staged:1", "v1", &[serve_cmd()], &archive);
+    let entry = src.path().join("staged.yaml");
+    fs::write(&entry, "- name: staged\n  image: test/staged:1\n  run: {}\n").unwrap();
+    let root = s.root.path().to_str().unwrap().to_owned();
+    let helper = support::helper();
+    let out = Command::new(&helper)
+        .args(["stage", "--root", &root, "--config"])
+        .arg(&entry)
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&helper)
+        .args(["status", "--root", &root])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "nothing will fail: {table}");
+    assert!(table.contains("staged.tar.gz sha256:"), "{table}");
+
+    let m = s.boot();
+    m.wait_state("preload-staged.service", "active/running");
+    s.wait_containers(&["staged"]);
+    assert_eq!(
+        m.sh(&["dpkg-query", "-W", "-f=${Status}", "atomic-preload"]),
+        "install ok installed"
+    );
+    let status = m.sh(&["sh", "-c", "atomic-preload status; echo exit=$?"]);
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("staged "))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(row.contains("active (running)") && row.contains(" 20"), "loaded and running: {status}");
+    assert!(status.ends_with("exit=0\n"), "{status}");
+    m.poweroff();
+
+    // The archive is replaced behind the recorded digest's back.
+    s.engine
+        .build_archive("test/staged:1", "v2", &[serve_cmd()], &s.archive("staged.tar.gz"));
+    let m = s.boot();
+    m.wait_for("the digest failure on the status line", 60, |m| {
+        m.prop("preload-staged.service", "StatusText")
+            .contains("does not match its recorded digest")
+    });
+    let status = m.sh(&["sh", "-c", "atomic-preload status; echo exit=$?"]);
+    assert!(
+        status.contains("/var/lib/atomic/preload/docker/staged.tar.gz: content does not match its recorded digest (/var/lib/atomic/preload/docker/staged.tar.gz.sha256)"),
+        "{status}"
+    );
+    assert!(status.ends_with("exit=1\n"), "{status}");
+    m.poweroff();
+}
