@@ -22,13 +22,15 @@ DESTDIR ?=
 # (bench/generator.sh); the helper starts once per stage. STATIC=0 links dynamically.
 STATIC ?= 1
 HOST := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+# Where cargo builds (it honours $CARGO_TARGET_DIR, so must we).
+TARGET_DIR = $(or $(CARGO_TARGET_DIR),target)
 ifeq ($(STATIC),1)
 # crt-static needs an explicit --target (so build scripts and proc macros stay dynamic).
 CARGO_FLAGS = --target $(HOST)
-RELEASE = target/$(HOST)/release
+RELEASE = $(TARGET_DIR)/$(HOST)/release
 STATIC_RUSTFLAGS = RUSTFLAGS="$(RUSTFLAGS) -C target-feature=+crt-static"
 else
-RELEASE = target/release
+RELEASE = $(TARGET_DIR)/release
 endif
 BUILD_ENV = ATOMIC_PRELOAD_BINDIR=$(BINDIR) ATOMIC_PRELOAD_UNITDIR=$(SYSTEM_UNIT_DIR) \
 	ATOMIC_PRELOAD_DOCKER=$(DOCKER) ATOMIC_PRELOAD_PODMAN=$(PODMAN) \

@@ -1128,7 +1128,11 @@ fn s11_staged_image_root_boots_and_status_reports_it() {
     s.engine
         .build_archive("test/staged:1", "v1", &[serve_cmd()], &archive);
     let entry = src.path().join("staged.yaml");
-    fs::write(&entry, "- name: staged\n  image: test/staged:1\n  run: {}\n").unwrap();
+    fs::write(
+        &entry,
+        "- name: staged\n  image: test/staged:1\n  run: {}\n",
+    )
+    .unwrap();
     let root = s.root.path().to_str().unwrap().to_owned();
     let helper = support::helper();
     let out = Command::new(&helper)
@@ -1137,7 +1141,11 @@ fn s11_staged_image_root_boots_and_status_reports_it() {
         .arg(&archive)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(&helper)
         .args(["status", "--root", &root])
         .output()
@@ -1158,13 +1166,20 @@ fn s11_staged_image_root_boots_and_status_reports_it() {
         .lines()
         .find(|l| l.starts_with("staged "))
         .unwrap_or_else(|| panic!("{status}"));
-    assert!(row.contains("active (running)") && row.contains(" 20"), "loaded and running: {status}");
+    assert!(
+        row.contains("active (running)") && row.contains(" 20"),
+        "loaded and running: {status}"
+    );
     assert!(status.ends_with("exit=0\n"), "{status}");
     m.poweroff();
 
     // The archive is replaced behind the recorded digest's back.
-    s.engine
-        .build_archive("test/staged:1", "v2", &[serve_cmd()], &s.archive("staged.tar.gz"));
+    s.engine.build_archive(
+        "test/staged:1",
+        "v2",
+        &[serve_cmd()],
+        &s.archive("staged.tar.gz"),
+    );
     let m = s.boot();
     m.wait_for("the digest failure on the status line", 60, |m| {
         m.prop("preload-staged.service", "StatusText")

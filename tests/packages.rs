@@ -1,0 +1,162 @@
+//! Packages: `make deb` holds exactly what `make install` installs, with maintainer
+//! scripts that reload systemd; `rpm/atomic-preload.spec` builds with rpmbuild (when it is
+//! installed; CI installs it) and holds the same files. Installing the .deb into a booted
+//! machine is the boot suite's job (every scenario installs it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What both packages must hold (man pages: one per subcommand, compressed or not).
+fn expected_files() -> Vec<&'static str> {
+    vec![
+        "/usr/bin/atomic-preload",
+        "/usr/lib/systemd/system-generators/atomic-preload-generator",
+        "/usr/lib/systemd/system/atomic-preload-load.service",
+        "/usr/lib/systemd/system/atomic-preload-refresh.path",
+        "/usr/lib/systemd/system/atomic-preload-refresh.service",
+        "/usr/lib/systemd/system/atomic-preload.target",
+        "/usr/share/man/man1/atomic-preload.1",
+        "/usr/share/man/man1/atomic-preload-stage.1",
+        "/usr/share/man/man1/atomic-preload-status.1",
+        "/usr/share/man/man8/atomic-preload-generator.8",
+        "/usr/share/bash-completion/completions/atomic-preload",
+        "/usr/share/fish/vendor_completions.d/atomic-preload.fish",
+    ]
+}
+
+fn has(list: &[String], file: &str) -> bool {
+    list.iter()
+        .any(|f| f == file || f.strip_suffix(".gz") == Some(file))
+}
+
+#[test]
+fn deb_holds_the_install_and_reloads_systemd() {
+    if !Path::new("/usr/bin/dpkg-deb").exists() {
+        eprintln!("skipped: no dpkg-deb (not Debian)");
+        return;
+    }
+    let out = run(Command::new("make")
+        .args(["--no-print-directory", "deb"])
+        .current_dir(ROOT));
+    let deb = Path::new(ROOT).join(out.lines().last().unwrap().trim());
+    let contents = run(Command::new("dpkg-deb").arg("--contents").arg(&deb));
+    let files: Vec<String> = contents
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .map(|f| f.trim_start_matches('.').to_owned())
+        .collect();
+    for file in expected_files() {
+        assert!(
+            has(&files, file),
+            "{file} missing from the .deb:\n{contents}"
+        );
+    }
+    assert!(has(
+        &files,
+        "/usr/share/zsh/vendor-completions/_atomic-preload"
+    ));
+    let info = run(Command::new("dpkg-deb").arg("--info").arg(&deb));
+    assert!(info.contains("Package: atomic-preload"), "{info}");
+    assert!(
+        info.contains("Recommends: docker.io | podman, runc | crun"),
+        "{info}"
+    );
+    let postinst = run(Command::new("dpkg-deb").arg("--ctrl-tarfile").arg(&deb));
+    assert!(!postinst.is_empty());
+    let scripts = tempfile::tempdir().unwrap();
+    run(Command::new("dpkg-deb")
+        .arg("--control")
+        .arg(&deb)
+        .arg(scripts.path()));
+    for script in ["postinst", "postrm"] {
+        let text = std::fs::read_to_string(scripts.path().join(script)).unwrap();
+        assert!(text.contains("systemctl daemon-reload"), "{script}: {text}");
+    }
+    // Statically linked: the package needs no library.
+    let ldd = Command::new("ldd")
+        .arg(
+            Path::new(ROOT)
+                .join("build/deb/usr/lib/systemd/system-generators/atomic-preload-generator"),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ldd.stdout).contains("statically linked")
+            || String::from_utf8_lossy(&ldd.stderr).contains("not a dynamic executable"),
+        "{}",
+        String::from_utf8_lossy(&ldd.stdout)
+    );
+}
+
+#[test]
+fn rpm_spec_builds_with_rpmbuild() {
+    if !Path::new("/usr/bin/rpmbuild").exists() {
+        eprintln!("skipped: rpmbuild is not installed (apt-get install rpm)");
+        return;
+    }
+    let top = tempfile::tempdir().unwrap();
+    let spec = std::fs::read_to_string(Path::new(ROOT).join("rpm/atomic-preload.spec")).unwrap();
+    let version = spec
+        .lines()
+        .find_map(|l| l.strip_prefix("Version:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(
+        version,
+        env!("CARGO_PKG_VERSION"),
+        "the spec's Version matches Cargo.toml"
+    );
+    // Built in place (this tree is the unpacked source, so cargo finds its own build
+    // and has nothing to redo); --nodeps: the BuildRequires name Fedora's packages, not
+    // what this Debian machine has.
+    run(Command::new("rpmbuild")
+        .args(["-bb", "--build-in-place", "--nodeps"])
+        .arg("--define")
+        .arg(format!("_topdir {}", top.path().display()))
+        .arg("--define")
+        .arg("debug_package %{nil}")
+        .arg(Path::new(ROOT).join("rpm/atomic-preload.spec"))
+        .current_dir(ROOT));
+    let rpm: PathBuf = walk(&top.path().join("RPMS"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "rpm"))
+        .expect("an .rpm");
+    let list = run(Command::new("rpm").arg("-qlp").arg(&rpm));
+    let files: Vec<String> = list.lines().map(String::from).collect();
+    for file in expected_files() {
+        assert!(has(&files, file), "{file} missing from the .rpm:\n{list}");
+    }
+    assert!(
+        has(&files, "/usr/share/zsh/site-functions/_atomic-preload"),
+        "{list}"
+    );
+    let scripts = run(Command::new("rpm").args(["-qp", "--scripts"]).arg(&rpm));
+    assert!(scripts.contains("systemctl daemon-reload"), "{scripts}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
