@@ -309,6 +309,12 @@ pub struct StageArgs {
     /// are not downloaded); change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Put the images into a read-only Podman image store inside ROOT
+    /// (/var/lib/containers/atomic-preload-store, added to ROOT's
+    /// /etc/containers/storage.conf as an additional image store) instead of archives:
+    /// the first boot loads nothing. Podman hosts with the overlay driver only.
+    #[arg(long, conflicts_with = "system")]
+    pub podman_store: bool,
     /// Compression of archives saved from an engine (docker-image:, podman-image:).
     #[arg(long, value_name = "HOW", default_value = "zstd", value_parser = ["zstd", "none"])]
     pub compress: String,

@@ -639,3 +639,104 @@ fn status_on_a_host_reports_units_and_failures() {
         "{table}"
     );
 }
+
+/// `--podman-store`: images go into a read-only Podman image store inside the root, listed
+/// in its storage.conf, so the first boot loads nothing; a failure leaves no store behind.
+#[test]
+fn podman_store_serves_images_without_loading() {
+    if !podman_available() {
+        return;
+    }
+    let root = image_root();
+    let r = root.path();
+    let root_arg = r.to_str().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let bad = src.path().join("bad.tar");
+    fs::write(&bad, "not an archive").unwrap();
+    let before = snapshot(r);
+    let out = stage(&["--root", root_arg, "--podman-store", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert_eq!(
+        snapshot(r),
+        before,
+        "a failed run leaves no store: {}",
+        text(&out)
+    );
+
+    let app = archive(src.path(), "app.tar.gz", "test/ps:1");
+    let out = stage(&["--root", root_arg, "--podman-store", app.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("staged test/ps:1 into the Podman image store"),
+        "{}",
+        text(&out)
+    );
+    let conf = fs::read_to_string(r.join("etc/containers/storage.conf")).unwrap();
+    assert!(conf.contains("driver = \"overlay\""), "{conf}");
+    assert!(
+        conf.contains("additionalimagestores = [\"/var/lib/containers/atomic-preload-store\"]"),
+        "{conf}"
+    );
+    assert!(
+        !r.join(PRELOAD).join("docker/app.tar.gz").exists(),
+        "no archive"
+    );
+    // Staging again adds the image, not a second entry in storage.conf.
+    let more = archive(src.path(), "more.tar", "test/ps:2");
+    let out = stage(&["--root", root_arg, "--podman-store", more.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let again = fs::read_to_string(r.join("etc/containers/storage.conf")).unwrap();
+    assert_eq!(again, conf);
+
+    // Before the first boot, status knows the images are in the store.
+    fs::write(
+        r.join(PRELOAD).join("config.yaml"),
+        "- name: ps\n  image: test/ps:1\n  engine: podman\n  run: {}\n",
+    )
+    .unwrap();
+    let out = Command::new(helper())
+        .args(["status", "--root", root_arg])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // The booted machine's Podman, with the store as its storage.conf says (paths moved
+    // into the test's directories): the images are there, read-only, and the load stage
+    // has nothing to load.
+    let podman = Podman::new();
+    let store = r.join("var/lib/containers/atomic-preload-store");
+    let conf_path = podman.dir.path().join("storage.conf");
+    let mut test_conf = fs::read_to_string(&conf_path)
+        .unwrap()
+        .replace("vfs", "overlay");
+    test_conf.push_str(&format!(
+        "[storage.options]\nadditionalimagestores = [\"{}\"]\n",
+        store.display()
+    ));
+    fs::write(&conf_path, test_conf).unwrap();
+    let images = podman.ok(&[
+        "images",
+        "--format",
+        "{{.Repository}}:{{.Tag}} {{.ReadOnly}}",
+    ]);
+    assert!(
+        images.contains("localhost/test/ps:1 true") && images.contains("localhost/test/ps:2 true"),
+        "{images}"
+    );
+    let out = Command::new(helper())
+        .args([
+            "load",
+            "--engine",
+            "podman",
+            "--image",
+            "test/ps:1",
+            "--preload-dir",
+        ])
+        .arg(r.join(PRELOAD))
+        .arg("--state-dir")
+        .arg(src.path().join("state"))
+        .envs(podman.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(podman.loads(), 0, "nothing loaded at boot");
+}

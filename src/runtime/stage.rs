@@ -105,6 +105,8 @@ impl Source {
 struct Undo {
     files: Vec<PathBuf>,
     dirs: Vec<PathBuf>,
+    /// Directory trees this run created whole (a new Podman image store).
+    trees: Vec<PathBuf>,
     done: bool,
 }
 
@@ -115,6 +117,9 @@ impl Drop for Undo {
         }
         for file in &self.files {
             let _ = fs::remove_file(file);
+        }
+        for tree in &self.trees {
+            let _ = fs::remove_dir_all(tree);
         }
         for dir in self.dirs.iter().rev() {
             let _ = fs::remove_dir(dir);
@@ -613,6 +618,7 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
     let mut undo = Undo {
         files: Vec::new(),
         dirs: Vec::new(),
+        trees: Vec::new(),
         done: false,
     };
     let pid = std::process::id();
@@ -648,9 +654,24 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
             images: images.into_iter().flat_map(|i| i.tags).collect(),
         });
     }
-    // Sidecars under temporary names too, then the config: everything is ready.
     let mut renames = Vec::new();
-    for s in &staged {
+    // Into the Podman image store instead of archives: loaded there now, the archives
+    // (temporary files) dropped, storage.conf updated with the rest.
+    let mut store = None;
+    if args.podman_store && !staged.is_empty() {
+        let (conf_path, conf) = fill_podman_store(args, &staged, &mut undo)?;
+        if let Some(text) = conf {
+            let parent = conf_path.parent().unwrap_or(&args.root).to_owned();
+            undo.create_dir_all(&parent).map_err(io_err(&parent))?;
+            let temp = parent.join(format!(".stage-{pid}-storage.conf"));
+            undo.files.push(temp.clone());
+            write_file(&temp, text.as_bytes())?;
+            renames.push((temp, conf_path));
+        }
+        store = Some(args.root.join(PODMAN_STORE.trim_start_matches('/')));
+    }
+    // Sidecars under temporary names too, then the config: everything is ready.
+    for s in staged.iter().filter(|_| store.is_none()) {
         let sidecar = digest::sidecar_path(&dir.join(&s.name));
         let temp = dir.join(format!(".stage-{pid}-{}.sha256", s.name));
         undo.files.push(temp.clone());
@@ -677,16 +698,26 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         }
     }
     for s in &staged {
-        println!(
-            "staged {} (sha256:{}; images: {})",
-            dir.join(&s.name).display(),
-            s.sha256,
-            if s.images.is_empty() {
-                "untagged".into()
-            } else {
-                s.images.join(", ")
+        let images = if s.images.is_empty() {
+            "untagged".into()
+        } else {
+            s.images.join(", ")
+        };
+        match &store {
+            Some(store) => {
+                // Its content is in the store now.
+                let _ = fs::remove_file(&s.temp);
+                println!(
+                    "staged {images} into the Podman image store {} (read-only at boot: nothing to load)",
+                    store.display()
+                );
             }
-        );
+            None => println!(
+                "staged {} (sha256:{}; images: {images})",
+                dir.join(&s.name).display(),
+                s.sha256
+            ),
+        }
     }
     if let (Some((_, replaced)), Some(file)) = (&merged, &args.config) {
         println!(
@@ -766,4 +797,142 @@ mod tests {
         assert_eq!(sha, hex(&sha2::Digest::finalize(r.hasher)));
         fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// The read-only image store `--podman-store` fills, as the host sees it.
+pub const PODMAN_STORE: &str = "/var/lib/containers/atomic-preload-store";
+const STORAGE_CONF: &str = "/etc/containers/storage.conf";
+
+/// ROOT's storage.conf with the store among its `additionalimagestores` (added once);
+/// `None` when it is there already. Without a storage.conf, Podman's defaults for a
+/// system store are written out, with the overlay driver (an additional store needs the
+/// same driver as the main one).
+fn storage_conf_with_store(current: Option<&str>) -> Result<Option<String>, RuntimeError> {
+    let text = current.unwrap_or(
+        "# Written by atomic-preload stage --podman-store: Podman's defaults, and the\n\
+         # preloaded images' read-only store.\n[storage]\ndriver = \"overlay\"\n\
+         runroot = \"/run/containers/storage\"\ngraphroot = \"/var/lib/containers/storage\"\n",
+    );
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| {
+        usage(format!(
+            "{STORAGE_CONF} in the root cannot be read as TOML: {e}"
+        ))
+    })?;
+    let storage = doc
+        .entry("storage")
+        .or_insert(toml_edit::table())
+        .as_table_mut()
+        .ok_or_else(|| usage(format!("{STORAGE_CONF}: [storage] is not a table")))?;
+    if let Some(driver) = storage.get("driver").and_then(|d| d.as_str())
+        && driver != "overlay"
+    {
+        return Err(usage(format!(
+            "{STORAGE_CONF} in the root uses the {driver} driver; a Podman image store needs overlay"
+        )));
+    }
+    let options = storage
+        .entry("options")
+        .or_insert(toml_edit::table())
+        .as_table_mut()
+        .ok_or_else(|| usage(format!("{STORAGE_CONF}: [storage.options] is not a table")))?;
+    let stores = options
+        .entry("additionalimagestores")
+        .or_insert(toml_edit::value(toml_edit::Array::new()))
+        .as_array_mut()
+        .ok_or_else(|| {
+            usage(format!(
+                "{STORAGE_CONF}: additionalimagestores is not a list"
+            ))
+        })?;
+    if stores.iter().any(|v| v.as_str() == Some(PODMAN_STORE)) {
+        return Ok(None);
+    }
+    stores.push(PODMAN_STORE);
+    Ok(Some(doc.to_string()))
+}
+
+/// Load verified archives into ROOT's Podman image store; all of them or (for a store
+/// this run created) nothing.
+fn fill_podman_store(
+    args: &StageArgs,
+    staged: &[Staged],
+    undo: &mut Undo,
+) -> Result<(PathBuf, Option<String>), RuntimeError> {
+    let store = args.root.join(PODMAN_STORE.trim_start_matches('/'));
+    let conf_path = args.root.join(STORAGE_CONF.trim_start_matches('/'));
+    let current = match fs::read_to_string(&conf_path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err(&conf_path)(e)),
+    };
+    let conf = storage_conf_with_store(current.as_deref())?;
+    if !store.exists() {
+        undo.create_dir_all(&store).map_err(io_err(&store))?;
+        undo.trees.push(store.clone());
+    }
+    let runroot = tempfile_dir()?;
+    for s in staged {
+        // Podman 4.3 cannot read a gzip-compressed docker-archive: decompressed here and
+        // streamed in, whatever the format (as the load stage does for Podman).
+        let mut child = Command::new(&args.podman)
+            .arg("--root")
+            .arg(&store)
+            .arg("--runroot")
+            .arg(&runroot.0)
+            .args(["--storage-driver", "overlay", "load", "--quiet"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| RuntimeError::Spawn {
+                program: args.podman.display().to_string(),
+                source,
+            })?;
+        let copied = match child.stdin.take() {
+            Some(mut stdin) => File::open(&s.temp)
+                .and_then(|file| super::compression::decompress(io::BufReader::new(file), &s.name))
+                .and_then(|mut tar| io::copy(&mut tar, &mut stdin)),
+            None => Ok(0),
+        };
+        let out = child
+            .wait_with_output()
+            .map_err(|source| RuntimeError::Spawn {
+                program: args.podman.display().to_string(),
+                source,
+            })?;
+        if !out.status.success() || copied.is_err() {
+            // Podman's own reason first: a broken pipe on our side only follows from it.
+            let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            let why = match (said.lines().last(), copied) {
+                (Some(line), _) if !out.status.success() => line.to_owned(),
+                (_, Err(e)) => e.to_string(),
+                _ => "failed".to_owned(),
+            };
+            return Err(RuntimeError::Fetch(format!(
+                "{}: podman load into {}: {why}; nothing staged",
+                s.name,
+                store.display()
+            )));
+        }
+    }
+    // Podman's own database (containers, the run root it was opened with) is no part of
+    // an image store: without it, the next stage run opens the store afresh and the
+    // image ships no state.
+    let _ = fs::remove_dir_all(store.join("libpod"));
+    Ok((conf_path, conf))
+}
+
+/// A private temporary directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> Result<TempDir, RuntimeError> {
+    let dir = std::env::temp_dir().join(format!("atomic-preload-stage-{}", std::process::id()));
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    Ok(TempDir(dir))
 }

@@ -193,6 +193,29 @@ impl Context<'_> {
         (all, held)
     }
 
+    /// Whether `stage --podman-store` put the image into the root's read-only store.
+    /// Read from the store's image list (c/storage's `overlay-images/images.json`): asking
+    /// podman would write its database into the image root.
+    fn in_podman_store(&self, image: &str) -> bool {
+        let list =
+            in_root(&self.root, super::stage::PODMAN_STORE).join("overlay-images/images.json");
+        let Ok(bytes) = std::fs::read(list) else {
+            return false;
+        };
+        let Ok(serde_json::Value::Array(images)) = serde_json::from_slice(&bytes) else {
+            return false;
+        };
+        let wanted = archive::normalize_reference(image);
+        let local = archive::normalize_reference(&format!("localhost/{image}"));
+        images
+            .iter()
+            .filter_map(|i| i["names"].as_array())
+            .flatten()
+            .filter_map(|n| n.as_str())
+            .map(archive::normalize_reference)
+            .any(|n| n == wanted || n == local)
+    }
+
     fn entry(&self, entry: &Entry) -> EntryStatus {
         let preload = in_root(&self.root, &self.args.preload_dir.display().to_string());
         let state = self.state();
@@ -240,7 +263,10 @@ impl Context<'_> {
                 ))
             });
             let (archives, held) = self.archives(entry, &dir, marks.as_ref());
-            held_image = held;
+            held_image = held
+                || (!self.live
+                    && engine == EngineKind::Podman
+                    && self.in_podman_store(&entry.image));
             EntryStatus {
                 name: entry.name.clone(),
                 engine: engine.as_str().into(),
