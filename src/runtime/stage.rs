@@ -757,48 +757,6 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
         .map_err(io_err(path))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sources_and_their_archive_names() {
-        let name = |s: &str| Source::parse(s).archive_name(true);
-        assert_eq!(name("/tmp/app.tar.gz"), Ok("app.tar.gz".into()));
-        assert_eq!(
-            name("https://example.com/images/app.tar.zst?sig=1#x"),
-            Ok("app.tar.zst".into())
-        );
-        assert_eq!(
-            name("docker-image:docker.io/library/busybox:1.36"),
-            Ok("docker.io_library_busybox_1.36.tar.zst".into())
-        );
-        assert_eq!(
-            Source::parse("podman-image:x/y").archive_name(false),
-            Ok("x_y.tar".into())
-        );
-        assert!(name("https://example.com/download").is_err());
-        assert!(name("notes.txt").is_err());
-        assert!(name("docker-image:").is_err());
-    }
-
-    // `Hashing` is the reading side's; keep both in step.
-    #[test]
-    fn hashing_writer_matches_sha256_of() {
-        let dir = std::env::temp_dir().join(format!("ap-stage-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("x");
-        let mut out = create_temp(&path).unwrap();
-        out.write_all(b"hello").unwrap();
-        let sha = finish(out, &path).unwrap();
-        assert_eq!(sha, digest::sha256_of(&path).unwrap());
-        let mut r = digest::Hashing::new(&b"hello"[..]);
-        io::copy(&mut r, &mut io::sink()).unwrap();
-        assert_eq!(sha, hex(&sha2::Digest::finalize(r.hasher)));
-        fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
 /// The read-only image store `--podman-store` fills, as the host sees it.
 pub const PODMAN_STORE: &str = "/var/lib/containers/atomic-preload-store";
 const STORAGE_CONF: &str = "/etc/containers/storage.conf";
@@ -935,4 +893,66 @@ fn tempfile_dir() -> Result<TempDir, RuntimeError> {
     let dir = std::env::temp_dir().join(format!("atomic-preload-stage-{}", std::process::id()));
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     Ok(TempDir(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_and_their_archive_names() {
+        let name = |s: &str| Source::parse(s).archive_name(true);
+        assert_eq!(name("/tmp/app.tar.gz"), Ok("app.tar.gz".into()));
+        assert_eq!(
+            name("https://example.com/images/app.tar.zst?sig=1#x"),
+            Ok("app.tar.zst".into())
+        );
+        assert_eq!(
+            name("docker-image:docker.io/library/busybox:1.36"),
+            Ok("docker.io_library_busybox_1.36.tar.zst".into())
+        );
+        assert_eq!(
+            Source::parse("podman-image:x/y").archive_name(false),
+            Ok("x_y.tar".into())
+        );
+        assert!(name("https://example.com/download").is_err());
+        assert!(name("notes.txt").is_err());
+        assert!(name("docker-image:").is_err());
+    }
+
+    // `Hashing` is the reading side's; keep both in step.
+    #[test]
+    fn hashing_writer_matches_sha256_of() {
+        let dir = std::env::temp_dir().join(format!("ap-stage-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x");
+        let mut out = create_temp(&path).unwrap();
+        out.write_all(b"hello").unwrap();
+        let sha = finish(out, &path).unwrap();
+        assert_eq!(sha, digest::sha256_of(&path).unwrap());
+        let mut r = digest::Hashing::new(&b"hello"[..]);
+        io::copy(&mut r, &mut io::sink()).unwrap();
+        assert_eq!(sha, hex(&sha2::Digest::finalize(r.hasher)));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn storage_conf_gets_the_store_once_and_keeps_the_rest() {
+        let conf = "# site settings\n[storage]\ndriver = \"overlay\" # fast\n\n[storage.options]\nadditionalimagestores = [\"/srv/images\"]\n";
+        let updated = storage_conf_with_store(Some(conf)).unwrap().unwrap();
+        assert_eq!(
+            updated,
+            "# site settings\n[storage]\ndriver = \"overlay\" # fast\n\n[storage.options]\nadditionalimagestores = [\"/srv/images\", \"/var/lib/containers/atomic-preload-store\"]\n"
+        );
+        assert_eq!(storage_conf_with_store(Some(&updated)).unwrap(), None);
+        let fresh = storage_conf_with_store(None).unwrap().unwrap();
+        assert!(fresh.contains("driver = \"overlay\""), "{fresh}");
+        assert!(
+            fresh
+                .contains("additionalimagestores = [\"/var/lib/containers/atomic-preload-store\"]"),
+            "{fresh}"
+        );
+        let vfs = storage_conf_with_store(Some("[storage]\ndriver = \"vfs\"\n")).unwrap_err();
+        assert!(vfs.to_string().contains("uses the vfs driver"), "{vfs}");
+    }
 }
