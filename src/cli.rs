@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 const GENERATOR_NOTES: &str = "\
 The config, /var/lib/atomic/preload/config.yaml, is a list of entries: name, image, archive, \
-install (system, setvalues, extra_args) and run (spc, extra_args). Image archives (.tar, .tar.gz, \
+engine (docker or podman; default: Docker when /usr/bin/docker exists, else Podman when \
+/usr/bin/podman does), install (system, setvalues, extra_args) and run (spc, extra_args). Image archives (.tar, .tar.gz, \
 .tgz, .tar.xz, .tar.zst, .tar.bz2) are read from /var/lib/atomic/preload/docker/ (Docker images) \
 and /var/lib/atomic/preload/ostree/ (system containers, install: {system: true}, checked out \
 into /var/lib/containers/atomic/ and run by runc as NAME.service); load-once and install-once \

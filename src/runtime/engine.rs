@@ -29,7 +29,8 @@ pub type Watch<'a> = dyn FnMut(&mut dyn FnMut() -> Option<u64>, &mut dyn FnMut()
 pub enum Feed {
     /// The engine reads the file itself: its own decompression is as fast as ours.
     File,
-    /// We decompress (zstd, and for Podman xz and bzip2) and stream the tar into it.
+    /// We decompress (zstd for Docker; gzip, xz and bzip2 for Podman) and stream the tar
+    /// into it.
     Decompressed,
 }
 
@@ -48,8 +49,8 @@ pub trait ImageEngine: Sync {
     fn has_images(&self, images: &[&str]) -> Result<bool, RuntimeError>;
     /// How an archive of this name is best fed to the engine.
     fn feed(&self, archive_name: &str) -> Feed;
-    /// Load an archive file the engine reads itself; `watch(pid, offset, running)` runs
-    /// while it loads (progress): `offset()` is how far the engine has read, if known.
+    /// Load an archive file the engine reads itself; `watch(offset, running)` runs while
+    /// it loads (progress): `offset()` is how far the engine has read, if known.
     /// Returns the images loaded (references, or IDs of untagged images).
     fn load_file(&self, path: &Path, watch: &mut Watch<'_>) -> Result<Vec<String>, RuntimeError>;
     /// Load a tar stream.
