@@ -802,3 +802,63 @@ fn load_progress_goes_to_the_status_line() {
         "{messages:?}"
     );
 }
+
+/// `atomic-preload stage docker-image:NAME` saves an image from the local Docker engine
+/// (zstd), with its digest, and the load stage loads it back.
+#[test]
+fn stage_saves_a_docker_image_that_loads_back() {
+    if !docker_available() {
+        return;
+    }
+    let s = Setup::new();
+    let e = &s.engine;
+    let built = e.dir.path().join("built.tar");
+    e.build_archive("test/saved:1", "saved", &[], &built);
+    e.ok(&["load", "-i", built.to_str().unwrap()]);
+    let root = e.dir.path().join("image-root");
+    fs::create_dir_all(root.join("etc")).unwrap();
+    let out = Command::new(helper())
+        .args(["stage", "--docker", "docker", "--root"])
+        .arg(&root)
+        .arg("docker-image:test/saved:1")
+        .env("DOCKER_HOST", &e.host)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("images: test/saved:1"),
+        "{}",
+        text(&out)
+    );
+    let docker_dir = root.join("var/lib/atomic/preload/docker");
+    let staged = docker_dir.join("test_saved_1.tar.zst");
+    assert!(staged.is_file(), "{}", text(&out));
+    assert_eq!(
+        fs::read_to_string(docker_dir.join("test_saved_1.tar.zst.sha256")).unwrap(),
+        format!("{}  test_saved_1.tar.zst\n", sha(&staged))
+    );
+    // Gone from the engine, then loaded from the staged archive (digest checked).
+    e.ok(&["rmi", "test/saved:1"]);
+    let out = Command::new(helper())
+        .args([
+            "load",
+            "--docker",
+            "docker",
+            "--image",
+            "test/saved:1",
+            "--preload-dir",
+        ])
+        .arg(root.join("var/lib/atomic/preload"))
+        .arg("--state-dir")
+        .arg(&s.state)
+        .env("DOCKER_HOST", &e.host)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("test_saved_1.tar.zst: loaded"),
+        "{}",
+        text(&out)
+    );
+    assert!(e.image_id("test/saved:1").is_some());
+}
