@@ -573,7 +573,17 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
 
     if args.dry_run {
         for ((source, name), i) in sources.iter().zip(&names).zip(0..) {
-            let dest = dir.join(name);
+            // With --podman-store the archive only passes through on its way into the store.
+            let dest = if args.podman_store {
+                format!(
+                    "the Podman image store {}",
+                    args.root
+                        .join(PODMAN_STORE.trim_start_matches('/'))
+                        .display()
+                )
+            } else {
+                dir.join(name).display().to_string()
+            };
             match source {
                 Source::File(path) => {
                     let sha = digest::sha256_of(path).map_err(io_err(path))?;
@@ -586,15 +596,14 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
                         None => String::new(),
                     };
                     println!(
-                        "would stage {} -> {} (sha256:{sha}{check}; images: {})",
+                        "would stage {} -> {dest} (sha256:{sha}{check}; images: {})",
                         path.display(),
-                        dest.display(),
                         tags(&images)
                     );
                 }
-                Source::Url(url) => println!("would download {url} -> {}", dest.display()),
+                Source::Url(url) => println!("would download {url} -> {dest}"),
                 Source::EngineImage { .. } => {
-                    println!("would save {} -> {}", source.describe(), dest.display())
+                    println!("would save {} -> {dest}", source.describe())
                 }
             }
         }
