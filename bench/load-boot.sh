@@ -17,7 +17,8 @@ engine=${ENGINE:-docker}
 if [ "$engine" = podman ]; then
   export CONTAINERS_STORAGE_CONF=$work/storage.conf
   printf '[storage]\ndriver = "overlay"\nrunroot = "%s"\ngraphroot = "%s"\n' "$work/run" "$work/root" >"$CONTAINERS_STORAGE_CONF"
-  trap 'podman rmi -af >/dev/null 2>&1; rm -rf "$work"' EXIT
+  # Podman's overlay driver leaves its directory mounted onto itself.
+  trap 'podman rmi -af >/dev/null 2>&1; umount "$work/root/overlay" 2>/dev/null; rm -rf "$work"' EXIT
   client=podman
   save_format=(--format docker-archive)
 else

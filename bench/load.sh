@@ -99,4 +99,7 @@ for f in one.tar one.tar.xz one.tar.bz2 one.tar.zst; do
 done
 printf '| one.tar.gz (podman 4.3 cannot; vs its load of one.tar) | %.2f s | %.2f s | %.2f |\n' "$(b podman-one.tar)" "$(b ours-one.tar.gz)" "$(echo "$(b ours-one.tar.gz) / $(b podman-one.tar)" | bc -l)"
 printf '| two .tar (podman: one after the other) | %.2f s | %.2f s | %.2f |\n' "$(b podman-2tar)" "$(b ours-2tar)" "$(echo "$(b ours-2tar) / $(b podman-2tar)" | bc -l)"
+reset
+# Podman's overlay driver leaves its directory mounted onto itself.
+umount "$work/podman-root/overlay" 2>/dev/null || true
 fi

@@ -687,6 +687,13 @@ fn podman_store_serves_images_without_loading() {
     assert!(out.status.success(), "{}", text(&out));
     let again = fs::read_to_string(r.join("etc/containers/storage.conf")).unwrap();
     assert_eq!(again, conf);
+    // Nothing stays mounted inside the image root (Podman's overlay driver mounts its
+    // directory onto itself).
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(r.to_str().unwrap()),
+        "a mount left in the root:\n{mounts}"
+    );
 
     // Before the first boot, status knows the images are in the store.
     fs::write(

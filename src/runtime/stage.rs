@@ -119,6 +119,7 @@ impl Drop for Undo {
             let _ = fs::remove_file(file);
         }
         for tree in &self.trees {
+            release_store_mount(tree);
             let _ = fs::remove_dir_all(tree);
         }
         for dir in self.dirs.iter().rev() {
@@ -882,11 +883,22 @@ fn fill_podman_store(
             )));
         }
     }
+    // Podman's overlay driver bind-mounts its directory onto itself and leaves it mounted:
+    // an image root must not keep a mount (the builder could not unmount the image).
+    release_store_mount(&store);
     // Podman's own database (containers, the run root it was opened with) is no part of
     // an image store: without it, the next stage run opens the store afresh and the
     // image ships no state.
     let _ = fs::remove_dir_all(store.join("libpod"));
     Ok((conf_path, conf))
+}
+
+/// Undo the mount Podman's overlay driver leaves on `STORE/overlay` (none: nothing to do).
+fn release_store_mount(store: &Path) {
+    let overlay = store.join("overlay");
+    if overlay.is_dir() {
+        let _ = rustix::mount::unmount(&overlay, rustix::mount::UnmountFlags::DETACH);
+    }
 }
 
 /// A private temporary directory, removed when dropped.
