@@ -5,7 +5,7 @@ use crate::config::{self, Position, Problem};
 use crate::engine::EngineKind;
 use crate::log::{Level, Logger};
 use crate::plan::{self, Plan, Settings};
-use crate::{render, write};
+use crate::{paths, render, write};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -35,7 +35,7 @@ pub struct Outcome {
 
 fn in_root(root: &Option<PathBuf>, path: &str) -> PathBuf {
     match root {
-        Some(root) => root.join(path.trim_start_matches('/')),
+        Some(root) => paths::under(root, path),
         None => PathBuf::from(path),
     }
 }

@@ -1,6 +1,8 @@
 //! Where things are. Install locations are fixed at build time by the Makefile
 //! (`ATOMIC_PRELOAD_BINDIR=… cargo build`), so generated units name the real binaries.
 
+use std::path::{Path, PathBuf};
+
 const fn or(value: Option<&'static str>, default: &'static str) -> &'static str {
     match value {
         Some(v) => v,
@@ -39,6 +41,11 @@ pub const REFRESH_SERVICE: &str = "atomic-preload-refresh.service";
 pub const REFRESH_PATH: &str = "atomic-preload-refresh.path";
 /// The unit that shows config problems no entry's own unit can show.
 pub const CONFIG_ERROR_UNIT: &str = "atomic-preload-config.service";
+
+/// `path` (absolute, as the host sees it) below `root`: an image root, a test's fake root.
+pub fn under(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
 
 pub fn helper() -> String {
     format!("{BINDIR}/atomic-preload")

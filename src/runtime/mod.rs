@@ -19,7 +19,7 @@ pub mod system;
 pub mod uninstall;
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -72,6 +72,14 @@ pub enum RuntimeError {
     /// A source that could not be staged (download, save, digest, not an archive).
     #[error("{0}")]
     Fetch(String),
+}
+
+/// `map_err` for a file operation on `path`.
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Exit status for problems a retry cannot fix (a corrupt archive, an image no archive

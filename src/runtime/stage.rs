@@ -8,12 +8,12 @@
 //! validated, before anything gets its final name. Any failure removes what this run
 //! created, so ROOT is exactly as before.
 
-use super::RuntimeError;
 use super::digest::{self, hex};
 use super::system::archive;
+use super::{RuntimeError, io_err};
 use crate::cli::StageArgs;
 use crate::config::{self, Named, archive_problem};
-use crate::generator;
+use crate::{generator, paths};
 use std::fs::{self, File};
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -158,13 +158,6 @@ struct Staged {
 
 fn usage(message: impl Into<String>) -> RuntimeError {
     RuntimeError::Usage(message.into())
-}
-
-fn io_err(path: &Path) -> impl Fn(io::Error) -> RuntimeError + '_ {
-    move |source| RuntimeError::Io {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// ROOT must be a root file system (an image being built, or `/`), not a typo.
@@ -545,13 +538,9 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         })
         .collect::<Result<_, _>>()?;
     check_root(&args.root)?;
-    let preload = args
-        .root
-        .join(crate::paths::PRELOAD_DIR.trim_start_matches('/'));
+    let preload = paths::under(&args.root, paths::PRELOAD_DIR);
     let dir = preload.join(if args.system { "ostree" } else { "docker" });
-    let config_path = args
-        .root
-        .join(crate::paths::CONFIG_FILE.trim_start_matches('/'));
+    let config_path = paths::under(&args.root, paths::CONFIG_FILE);
 
     let sources: Vec<Source> = args.sources.iter().map(|s| Source::parse(s)).collect();
     let mut names = Vec::new();
@@ -678,7 +667,7 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
             write_file(&temp, text.as_bytes())?;
             renames.push((temp, conf_path));
         }
-        store = Some(args.root.join(PODMAN_STORE.trim_start_matches('/')));
+        store = Some(paths::under(&args.root, PODMAN_STORE));
     }
     // Sidecars under temporary names too, then the config: everything is ready.
     for s in staged.iter().filter(|_| store.is_none()) {
@@ -826,8 +815,8 @@ fn fill_podman_store(
     staged: &[Staged],
     undo: &mut Undo,
 ) -> Result<(PathBuf, Option<String>), RuntimeError> {
-    let store = args.root.join(PODMAN_STORE.trim_start_matches('/'));
-    let conf_path = args.root.join(STORAGE_CONF.trim_start_matches('/'));
+    let store = paths::under(&args.root, PODMAN_STORE);
+    let conf_path = paths::under(&args.root, STORAGE_CONF);
     let current = match fs::read_to_string(&conf_path) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,

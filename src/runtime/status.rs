@@ -90,10 +90,6 @@ fn mtime(path: &Path) -> Option<String> {
     std::fs::metadata(path).ok().map(|m| utc(m.mtime()))
 }
 
-fn in_root(root: &Path, path: &str) -> PathBuf {
-    root.join(path.trim_start_matches('/'))
-}
-
 struct Context<'a> {
     args: &'a StatusArgs,
     root: PathBuf,
@@ -104,7 +100,7 @@ struct Context<'a> {
 
 impl Context<'_> {
     fn state(&self) -> PathBuf {
-        in_root(&self.root, &self.args.state_dir.display().to_string())
+        paths::under(&self.root, &self.args.state_dir.display().to_string())
     }
 
     fn unit(&self, unit: &str) -> Option<UnitStatus> {
@@ -198,7 +194,7 @@ impl Context<'_> {
     /// podman would write its database into the image root.
     fn in_podman_store(&self, image: &str) -> bool {
         let list =
-            in_root(&self.root, super::stage::PODMAN_STORE).join("overlay-images/images.json");
+            paths::under(&self.root, super::stage::PODMAN_STORE).join("overlay-images/images.json");
         let Ok(bytes) = std::fs::read(list) else {
             return false;
         };
@@ -217,13 +213,13 @@ impl Context<'_> {
     }
 
     fn entry(&self, entry: &Entry) -> EntryStatus {
-        let preload = in_root(&self.root, &self.args.preload_dir.display().to_string());
+        let preload = paths::under(&self.root, &self.args.preload_dir.display().to_string());
         let state = self.state();
         let unit_name = paths::container_unit(&entry.name);
         let held_image;
         let mut status = if entry.is_system() {
             let dir = preload.join("ostree");
-            let checkout = in_root(&self.root, &self.args.checkout_dir.display().to_string());
+            let checkout = paths::under(&self.root, &self.args.checkout_dir.display().to_string());
             let link = checkout.join(&entry.name);
             let info: Option<Info> = std::fs::read(link.join("info"))
                 .ok()
@@ -337,7 +333,7 @@ pub fn report(args: &StatusArgs) -> Report {
         host_engine: EngineKind::detect(&root),
         root: root.clone(),
     };
-    let config_path = in_root(&root, &args.config.display().to_string());
+    let config_path = paths::under(&root, &args.config.display().to_string());
     let effective = generator::load_effective(&config_path);
     let shown = args.config.display().to_string();
     let mut report = Report {

@@ -9,10 +9,10 @@ use super::values::{self, Facts, Values};
 use crate::cli::{InstallSystemArgs, StartSystemArgs, SystemNameArgs, SystemPaths};
 use crate::config::{archive_problem, is_valid_name};
 use crate::paths;
-use crate::runtime::RuntimeError;
 use crate::runtime::load::{fingerprint, list_archives, same_fingerprint};
 use crate::runtime::marks::{self, Mark, Marks};
 use crate::runtime::notify;
+use crate::runtime::{RuntimeError, io_err};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -75,13 +75,6 @@ pub struct Info {
 
 fn yes() -> bool {
     true
-}
-
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
-    move |source| RuntimeError::Io {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 fn image_err(message: impl Into<String>) -> RuntimeError {
