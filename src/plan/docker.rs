@@ -1,7 +1,7 @@
 //! Docker images: `atomic-preload load` into the engine, the INSTALL label, then a
 //! supervised `docker run` in the foreground.
 
-use super::{Command, ContainerUnit, ServiceKind, Settings, image_stages};
+use super::{Command, ContainerUnit, ServiceKind, Settings, image_stages, run_stage};
 use crate::config::Entry;
 use crate::paths;
 
@@ -81,28 +81,14 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
 
     // A container left over from a crash or an unclean shutdown would make `--name` clash.
     stages.push(Command::new([paths::DOCKER, "rm", "--force", &entry.name]).ignoring_failure());
-    let mut argv: Vec<String> = vec![paths::DOCKER.into(), "run".into()];
-    argv.extend(run_options(&entry.name));
-    if run.spc {
-        argv.extend(spc_flags(&entry.name, &entry.image, settings.selinux));
-    }
-    argv.push(entry.image.clone());
-    argv.extend(run.extra_args.iter().cloned());
-    // The helper uses the image's RUN label when it has one (atomic run), else exactly
-    // this command; either way docker replaces it, so systemd supervises the client.
-    let mut start = vec![
-        paths::helper(),
-        "run".into(),
-        "--name".into(),
-        entry.name.clone(),
-        "--image".into(),
-        entry.image.clone(),
-    ];
-    if !run.extra_args.is_empty() {
-        start.extend(["--extra".into(), run.extra_args.len().to_string()]);
-    }
-    start.push("--".into());
-    start.extend(argv);
+    let start = run_stage(
+        entry,
+        run,
+        settings,
+        &[],
+        paths::DOCKER,
+        run_options(&entry.name),
+    );
     let stop = Command::new([paths::DOCKER, "stop", &entry.name]);
-    unit(stages, vec![Command::new(start)], Some(stop), true)
+    unit(stages, vec![start], Some(stop), true)
 }

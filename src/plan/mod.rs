@@ -11,7 +11,7 @@ pub mod docker;
 pub mod podman;
 pub mod system;
 
-use crate::config::{Effective, Entry, Named, Problem};
+use crate::config::{Effective, Entry, Named, Problem, Run};
 use crate::engine::EngineKind;
 use crate::paths;
 
@@ -135,6 +135,46 @@ pub(crate) fn image_stages(entry: &Entry, settings: &Settings, engine: &[&str]) 
         stages.push(Command::new(argv));
     }
     stages
+}
+
+/// The run stage of an image an engine runs: `atomic-preload run` with the engine's
+/// `client run` command after `--` (its `options`, atomic's spc flags when asked, the
+/// image, the config's arguments). The helper uses the image's RUN label when it has one
+/// (atomic run), else exactly that command; either way the client replaces it, so
+/// systemd supervises what the unit shows.
+pub(crate) fn run_stage(
+    entry: &Entry,
+    run: &Run,
+    settings: &Settings,
+    engine: &[&str],
+    client: &str,
+    options: Vec<String>,
+) -> Command {
+    let mut argv: Vec<String> = vec![client.into(), "run".into()];
+    argv.extend(options);
+    if run.spc {
+        argv.extend(docker::spc_flags(
+            &entry.name,
+            &entry.image,
+            settings.selinux,
+        ));
+    }
+    argv.push(entry.image.clone());
+    argv.extend(run.extra_args.iter().cloned());
+    let mut start = vec![paths::helper(), "run".into()];
+    start.extend(engine.iter().map(|s| s.to_string()));
+    start.extend([
+        "--name".into(),
+        entry.name.clone(),
+        "--image".into(),
+        entry.image.clone(),
+    ]);
+    if !run.extra_args.is_empty() {
+        start.extend(["--extra".into(), run.extra_args.len().to_string()]);
+    }
+    start.push("--".into());
+    start.extend(argv);
+    Command::new(start)
 }
 
 /// A unit whose only job is to fail and say why, so `systemctl --failed` shows it.

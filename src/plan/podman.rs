@@ -11,8 +11,7 @@
 //!
 //! Podman has no daemon: no engine unit to require or order after.
 
-use super::docker::spc_flags;
-use super::{Command, ContainerUnit, ServiceKind, Settings, image_stages};
+use super::{Command, ContainerUnit, ServiceKind, Settings, image_stages, run_stage};
 use crate::config::Entry;
 use crate::paths;
 
@@ -87,31 +86,16 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
         return unit;
     };
 
-    let mut argv: Vec<String> = vec![paths::PODMAN.into(), "run".into()];
-    argv.extend(run_options(&entry.name));
-    if run.spc {
-        // atomic's --spc flags mean the same to Podman (--privileged also turns off
-        // SELinux separation there).
-        argv.extend(spc_flags(&entry.name, &entry.image, settings.selinux));
-    }
-    argv.push(entry.image.clone());
-    argv.extend(run.extra_args.iter().cloned());
-    // As for Docker: the image's RUN label when it has one, else this command.
-    let mut start = vec![
-        paths::helper(),
-        "run".into(),
-        "--engine".into(),
-        "podman".into(),
-        "--name".into(),
-        entry.name.clone(),
-        "--image".into(),
-        entry.image.clone(),
-    ];
-    if !run.extra_args.is_empty() {
-        start.extend(["--extra".into(), run.extra_args.len().to_string()]);
-    }
-    start.push("--".into());
-    start.extend(argv);
+    // atomic's --spc flags mean the same to Podman (its --privileged also turns off
+    // SELinux separation).
+    let start = run_stage(
+        entry,
+        run,
+        settings,
+        &["--engine", "podman"],
+        paths::PODMAN,
+        run_options(&entry.name),
+    );
 
     unit.start_pre = std::mem::take(&mut unit.start);
     unit.start_pre.push(Command::new([
@@ -119,7 +103,7 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
         "-f".into(),
         cidfile(&entry.name),
     ]));
-    unit.start = vec![Command::new(start)];
+    unit.start = vec![start];
     unit.stop = Some(remove(&entry.name));
     unit.stop_post = vec![remove(&entry.name).ignoring_failure()];
     unit.kind = ServiceKind::Notify;

@@ -567,9 +567,7 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
             let dest = if args.podman_store {
                 format!(
                     "the Podman image store {}",
-                    args.root
-                        .join(PODMAN_STORE.trim_start_matches('/'))
-                        .display()
+                    paths::under(&args.root, PODMAN_STORE).display()
                 )
             } else {
                 dir.join(name).display().to_string()
