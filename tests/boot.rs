@@ -169,10 +169,8 @@ fn install_runc(r: &Path) {
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// A root with no container engine at all: no docker client, no docker.service.
-fn prepare_root_without_docker() -> tempfile::TempDir {
-    let root = prepare_root();
-    let r = root.path();
+/// Take out what `prepare_root` put in for Docker: client, docker.service, socket link.
+fn remove_docker(r: &Path) {
     for p in [
         "usr/bin/docker",
         "etc/systemd/system/docker.service",
@@ -181,6 +179,13 @@ fn prepare_root_without_docker() -> tempfile::TempDir {
     ] {
         fs::remove_file(r.join(p)).unwrap();
     }
+}
+
+/// A root with no container engine at all: no docker client, no docker.service.
+fn prepare_root_without_docker() -> tempfile::TempDir {
+    let root = prepare_root();
+    let r = root.path();
+    remove_docker(r);
     root
 }
 
@@ -192,14 +197,7 @@ fn prepare_root_without_docker() -> tempfile::TempDir {
 fn prepare_root_with_podman() -> tempfile::TempDir {
     let root = prepare_root_from(BASE_PODMAN);
     let r = root.path();
-    for p in [
-        "usr/bin/docker",
-        "etc/systemd/system/docker.service",
-        "etc/systemd/system/multi-user.target.wants/docker.service",
-        "etc/tmpfiles.d/dockerhost.conf",
-    ] {
-        fs::remove_file(r.join(p)).unwrap();
-    }
+    remove_docker(r);
     fs::create_dir_all(r.join("etc/containers")).unwrap();
     fs::write(
         r.join("etc/containers/containers.conf"),
