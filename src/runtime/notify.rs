@@ -27,15 +27,25 @@ pub fn status(text: &str) {
     let _ = socket.send_to_addr(format!("STATUS={line}").as_bytes(), &addr);
 }
 
-/// `WHAT: 312.5 of 470.0 MB (66%)` on the status line.
-pub fn progress(what: &str, done: u64, total: u64) {
+/// `WHAT: 312.5 of 470.0 MB (66%)`, or `WHAT: 312.5 MB` when the total is not known.
+pub fn progress_text(what: &str, done: u64, total: Option<u64>) -> String {
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
-    let percent = (done * 100).checked_div(total).unwrap_or(100).min(100);
-    status(&format!(
-        "{what}: {:.1} of {:.1} MB ({percent}%)",
-        mb(done),
-        mb(total)
-    ));
+    match total {
+        Some(total) => {
+            let percent = (done * 100).checked_div(total).unwrap_or(100).min(100);
+            format!(
+                "{what}: {:.1} of {:.1} MB ({percent}%)",
+                mb(done),
+                mb(total)
+            )
+        }
+        None => format!("{what}: {:.1} MB", mb(done)),
+    }
+}
+
+/// [`progress_text`] on the status line.
+pub fn progress(what: &str, done: u64, total: u64) {
+    status(&progress_text(what, done, Some(total)));
 }
 
 /// While `running()`, how far an engine has read an archive (`offset()`, when it can be

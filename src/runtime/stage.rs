@@ -292,17 +292,7 @@ impl Progress {
         {
             return;
         }
-        let mb = |b: u64| b as f64 / (1 << 20) as f64;
-        let line = match self.total {
-            Some(total) if total > 0 => format!(
-                "{}: {:.1} of {:.1} MB ({}%)",
-                self.what,
-                mb(done),
-                mb(total),
-                done * 100 / total
-            ),
-            _ => format!("{}: {:.1} MB", self.what, mb(done)),
-        };
+        let line = super::notify::progress_text(&self.what, done, self.total);
         eprint!("\r\x1b[K{line}{}", if end { "\n" } else { "" });
         self.last = Some(Instant::now());
     }
