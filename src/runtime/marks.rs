@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// `key=value` lines. Values never contain newlines (we write them).
@@ -66,21 +66,15 @@ impl Marks {
     }
 
     pub fn write(&self, name: &str, mark: &Mark) -> io::Result<()> {
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let mut file = File::create(&tmp)?;
+        let mut text = String::new();
         for (k, v) in &mark.0 {
-            writeln!(file, "{k}={v}")?;
+            text.push_str(&format!("{k}={v}\n"));
         }
-        file.sync_all()?;
-        fs::rename(&tmp, self.path(name))?;
-        File::open(&self.dir)?.sync_all()
+        super::durable::write(&self.path(name), text.as_bytes(), None)
     }
 
     pub fn remove(&self, name: &str) -> io::Result<()> {
-        match fs::remove_file(self.path(name)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        super::durable::remove_file(&self.path(name))
     }
 }
 
@@ -90,14 +84,27 @@ pub fn lock(state_dir: &Path) -> io::Result<File> {
     lock_file(state_dir, "lock")
 }
 
-/// An exclusive lock on `state_dir/name`, held until dropped.
+/// An exclusive lock on `state_dir/name`, held until dropped. When another run holds
+/// it, the journal and the status line say what this one waits for.
 pub fn lock_file(state_dir: &Path, name: &str) -> io::Result<File> {
     fs::create_dir_all(state_dir)?;
+    let path = state_dir.join(name);
     let file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(state_dir.join(name))?;
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => return Ok(file),
+        Err(fs::TryLockError::WouldBlock) => {}
+        Err(fs::TryLockError::Error(e)) => return Err(e),
+    }
+    let message = format!(
+        "waiting for another atomic-preload run to finish (it holds {})",
+        path.display()
+    );
+    println!("{message}");
+    super::notify::status(&message);
     file.lock()?;
     Ok(file)
 }

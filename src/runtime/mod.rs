@@ -5,6 +5,7 @@
 pub mod compression;
 pub mod digest;
 pub mod docker;
+pub mod durable;
 pub mod engine;
 pub mod install;
 pub mod load;

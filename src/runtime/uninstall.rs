@@ -20,7 +20,7 @@ pub fn run(args: &UninstallArgs) -> Result<(), RuntimeError> {
         name: args.name.clone(),
         paths: args.paths.clone(),
     };
-    if std::fs::symlink_metadata(args.paths.checkout_dir.join(&args.name)).is_ok() {
+    if super::system::deploy::is_installed(&args.paths, &args.name) {
         return super::system::uninstall(&system);
     }
     let entry = generator::load_effective(&args.config)

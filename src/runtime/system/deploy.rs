@@ -11,8 +11,8 @@ use crate::config::{archive_problem, is_valid_name};
 use crate::paths;
 use crate::runtime::load::{fingerprint, list_archives, same_fingerprint};
 use crate::runtime::marks::{self, Mark, Marks};
-use crate::runtime::notify;
 use crate::runtime::{RuntimeError, io_err};
+use crate::runtime::{durable, notify};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -166,47 +166,141 @@ impl Layout<'_> {
     }
     /// Point `NAME` at `NAME.N` atomically: a new symlink renamed over the old one.
     fn swap_link(&self, slot: u8) -> Result<(), RuntimeError> {
-        let tmp = self
-            .paths
+        durable::symlink(&self.slot(slot), &self.link()).map_err(io_err(&self.link()))
+    }
+    /// Where a deployment is built before it is renamed to `NAME.N`, and where a slot is
+    /// renamed to before it is deleted: never a half deployment under a final name.
+    fn temp_slot(&self, n: u8) -> PathBuf {
+        self.paths
             .checkout_dir
-            .join(format!(".{}.link.tmp", self.name));
-        let _ = fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(self.slot(slot), &tmp).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, self.link()).map_err(io_err(&tmp))?;
-        sync_dir(&self.paths.checkout_dir);
+            .join(format!(".{}.{n}.tmp", self.name))
+    }
+    /// The record of an activation in progress (see [`Pending`]).
+    fn pending_path(&self) -> PathBuf {
+        self.paths
+            .checkout_dir
+            .join(format!(".{}.pending", self.name))
+    }
+    fn read_pending(&self) -> Option<Pending> {
+        let bytes = fs::read(self.pending_path()).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+    /// Whether anything of this container is on the host (for uninstall).
+    fn exists(&self) -> bool {
+        [self.link(), self.slot(0), self.slot(1), self.pending_path()]
+            .iter()
+            .any(|p| fs::symlink_metadata(p).is_ok())
+    }
+    /// Whether the installed `NAME.service` is one of ours: a copy of a deployment's
+    /// unit, or written by an activation still pending.
+    fn owns_unit(&self) -> bool {
+        let Ok(unit) = fs::read(self.unit_out()) else {
+            return true;
+        };
+        self.read_pending().is_some()
+            || [0, 1].iter().any(|&n| {
+                fs::read(self.slot(n).join(self.unit_name())).is_ok_and(|copy| copy == unit)
+            })
+    }
+    /// Where a slot is renamed to before it is deleted: a crash in the middle of the
+    /// delete leaves no half deployment under a final name, only this, which the next
+    /// run removes.
+    fn trash_slot(&self, n: u8) -> PathBuf {
+        self.paths
+            .checkout_dir
+            .join(format!(".{}.{n}.removing", self.name))
+    }
+    /// Delete slot `n`, if it is there.
+    fn discard(&self, n: u8) -> Result<(), RuntimeError> {
+        let (dir, trash) = (self.slot(n), self.trash_slot(n));
+        remove_dir(&trash)?;
+        if fs::symlink_metadata(&dir).is_ok() {
+            durable::rename(&dir, &trash).map_err(io_err(&dir))?;
+            remove_dir(&trash)?;
+        }
         Ok(())
     }
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
+    /// What a killed run left: temp dirs and temp files are removed, and an activation
+    /// it had begun is finished (every step of [`Layout::finish`] can be done again).
+    fn recover(&self) -> Result<(), RuntimeError> {
+        for n in [0, 1] {
+            remove_dir(&self.temp_slot(n))?;
+            remove_dir(&self.trash_slot(n))?;
+        }
+        for path in [self.unit_out(), self.tmpfiles_out(), self.link()] {
+            let _ = fs::remove_file(durable::temp_name(&path));
+        }
+        let Some(pending) = self.read_pending() else {
+            return Ok(());
+        };
+        if self.read_info(&self.slot(pending.to)).is_none() {
+            // Its deployment is gone (an uninstall was cut short): nothing to finish.
+            return durable::remove_file(&self.pending_path())
+                .map_err(io_err(&self.pending_path()));
+        }
+        println!(
+            "finishing the {} of {} into {}, which was interrupted",
+            pending.kind,
+            self.name,
+            self.slot(pending.to).display()
+        );
+        self.finish(&pending).map(drop)
     }
 }
 
-/// Write a file atomically (temp file in the same directory, fsync, rename).
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let write = || -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(io_err(path))?;
-    sync_dir(dir);
-    Ok(())
+fn remove_dir(dir: &Path) -> Result<(), RuntimeError> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(dir)(e)),
+        _ => Ok(()),
+    }
 }
 
-fn remove_if_present(path: &Path) -> Result<(), RuntimeError> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(path)(e)),
-        _ => Ok(()),
+/// An activation in progress: written (durably) before it changes anything on the host,
+/// removed when every step is done. So a deployment is active only when the `NAME` link
+/// points at it and no activation is pending; a run that finds one finishes it first.
+#[derive(Debug, Serialize, Deserialize)]
+struct Pending {
+    /// "install" or "rollback" (for the journal).
+    kind: String,
+    /// The slot being made active; its deployment is complete, `info` included.
+    to: u8,
+    /// The slot it replaces, if any.
+    from: Option<u8>,
+    /// Whether `NAME.service` was running before: it is started again at the end, even by
+    /// the run that finishes an activation a crash cut short.
+    was_active: bool,
+}
+
+fn host_files_err(e: hostfiles::HostFilesError) -> RuntimeError {
+    match e {
+        hostfiles::HostFilesError::Template(t) => template_err(t),
+        other => RuntimeError::System(other.to_string()),
+    }
+}
+
+/// A deployment's record written durably (temp, fsync, rename, fsync of the directory).
+fn write_info(dir: &Path, info: &Info) -> Result<(), RuntimeError> {
+    let path = dir.join("info");
+    let json = serde_json::to_vec_pretty(info).unwrap_or_default();
+    durable::write(&path, &json, None).map_err(io_err(&path))
+}
+
+/// Copy a deployment's file (its unit, its tmpfiles) to where systemd reads it, or
+/// remove that when the deployment has none. Returns whether it has one.
+fn install_copy(copy: &Path, out: &Path) -> Result<bool, RuntimeError> {
+    match fs::read(copy) {
+        Ok(bytes) => {
+            if let Some(dir) = out.parent() {
+                fs::create_dir_all(dir).map_err(io_err(dir))?;
+            }
+            durable::write(out, &bytes, None).map_err(io_err(out))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            durable::remove_file(out).map_err(io_err(out))?;
+            Ok(false)
+        }
+        Err(e) => Err(io_err(copy)(e)),
     }
 }
 
@@ -322,8 +416,6 @@ struct Prepared {
     image_id: String,
     values: Values,
     has_container_service: bool,
-    unit: Option<String>,
-    tmpfiles: Option<String>,
     renames: BTreeMap<String, String>,
     templates: Vec<String>,
 }
@@ -554,8 +646,6 @@ fn checkout(
         image_id,
         values,
         has_container_service,
-        unit,
-        tmpfiles,
         renames,
         templates,
     })
@@ -573,14 +663,32 @@ fn attempt_key(image_id: &str, setvalues: &[String]) -> String {
     format!("{image_id} {}", setvalues.join("\u{1f}"))
 }
 
+/// A container name from the command line, checked with the config's rule before it
+/// names any file: never a path.
+fn check_name(name: &str) -> Result<(), RuntimeError> {
+    if is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(RuntimeError::Usage(format!(
+            "{name:?} is not a valid container name"
+        )))
+    }
+}
+
+/// One run at a time per container (install, start, rollback, uninstall); others wait,
+/// saying so.
+fn lock(paths: &SystemPaths, name: &str) -> Result<fs::File, RuntimeError> {
+    marks::lock_file(&paths.state_dir.join("lock-system"), name).map_err(RuntimeError::State)
+}
+
 /// `atomic-preload install-system`.
 pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
-    if !is_valid_name(&args.name) {
-        return Err(RuntimeError::Usage(format!(
+    check_name(&args.name).map_err(|_| {
+        RuntimeError::Usage(format!(
             "--name {:?} is not a valid container name",
             args.name
-        )));
-    }
+        ))
+    })?;
     let setvalues = parse_setvalues(&args.setvalues)?;
     // As atomic did: no runtime, no install (the unit would only fail later).
     if !Path::new(&args.paths.runtime).exists() {
@@ -589,12 +697,12 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
             args.paths.runtime
         )));
     }
-    let _lock =
-        marks::lock_file(&args.paths.state_dir, "lock-system").map_err(RuntimeError::State)?;
+    let _lock = lock(&args.paths, &args.name)?;
     let layout = Layout {
         paths: &args.paths,
         name: &args.name,
     };
+    layout.recover()?;
     let (archive_path, image_id) = find_image(args)?;
     let current = layout.active();
     if let Some((slot, info)) = &current {
@@ -602,9 +710,10 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
         {
             if info.has_container_service && !layout.unit_out().exists() {
                 // Someone removed the unit: put the deployment's copy back.
-                let copy = layout.slot(*slot).join(layout.unit_name());
-                let bytes = fs::read(&copy).map_err(io_err(&copy))?;
-                write_atomic(&layout.unit_out(), &bytes)?;
+                install_copy(
+                    &layout.slot(*slot).join(layout.unit_name()),
+                    &layout.unit_out(),
+                )?;
                 layout.systemctl_ok(&["daemon-reload"])?;
             }
             let message = format!(
@@ -634,7 +743,7 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
             notify::status(&message);
             return Ok(());
         }
-    } else if layout.unit_out().exists() {
+    } else if !layout.owns_unit() {
         return Err(image_err(format!(
             "{} exists and was not installed by atomic-preload; not overwriting it",
             layout.unit_out().display()
@@ -646,122 +755,51 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
         _ => 0,
     };
     let dest = layout.slot(slot);
-    let tmp = args
-        .paths
-        .checkout_dir
-        .join(format!(".{}.{slot}.tmp", args.name));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
+    let tmp = layout.temp_slot(slot);
     fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    let prepared = match checkout(args, &archive_path, &tmp, &dest, &setvalues) {
-        Ok(p) => p,
+    let built = checkout(args, &archive_path, &tmp, &dest, &setvalues).and_then(|prepared| {
+        let info = record(args, &prepared, current.as_ref(), &tmp, &archive_path)?;
+        write_info(&tmp, &info)?;
+        // The whole deployment is on disk before it gets its final name.
+        let fd = fs::File::open(&tmp).map_err(io_err(&tmp))?;
+        rustix::fs::syncfs(&fd).map_err(|e| io_err(&tmp)(e.into()))?;
+        Ok(info)
+    });
+    let info = match built {
+        Ok(info) => info,
         Err(e) => {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
         }
     };
-
-    activate(
-        &layout,
-        args,
-        current.as_ref(),
-        slot,
-        &tmp,
-        &prepared,
-        &archive_path,
-    )
-}
-
-/// Put a prepared deployment in place: rename it to its slot, stop the running service,
-/// swap host files, record `info`, install unit and tmpfiles, swap the link, reload.
-fn activate(
-    layout: &Layout<'_>,
-    args: &InstallSystemArgs,
-    current: Option<&(u8, Info)>,
-    slot: u8,
-    tmp: &Path,
-    prepared: &Prepared,
-    archive_path: &Path,
-) -> Result<(), RuntimeError> {
-    let dest = layout.slot(slot);
     // From here on the host changes. The new deployment goes in under its final name
-    // first: a crash leaves it unreferenced, and the next start builds it again.
-    if dest.exists() {
-        fs::remove_dir_all(&dest).map_err(io_err(&dest))?;
-    }
-    fs::rename(tmp, &dest).map_err(io_err(tmp))?;
-    sync_dir(&args.paths.checkout_dir);
-
-    let was_active = current.is_some_and(|(_, i)| i.has_container_service) && layout.is_active();
-    if was_active {
-        layout.systemctl_ok(&["stop", &layout.unit_name()])?;
-    }
-    let tmpfiles_out = layout.tmpfiles_out();
-    if tmpfiles_out.exists() {
-        let _ = layout.tmpfiles("--remove", &tmpfiles_out);
-    }
-    if let Some((_, old)) = current {
-        hostfiles::remove(&old.installed_files_checksum, &args.paths.host_root);
-    }
-    let root = Root::open(&dest.join("rootfs")).map_err(io_err(&dest))?;
-    let template_set: BTreeSet<String> = prepared.templates.iter().cloned().collect();
-    let installed = hostfiles::add(
-        &root,
-        &args.paths.host_root,
-        &template_set,
-        &prepared.renames,
-        &prepared.values,
-    )
-    .map_err(|e| match e {
-        hostfiles::HostFilesError::Template(t) => template_err(t),
-        other => RuntimeError::System(other.to_string()),
-    })?;
-    let info = Info {
-        image: args.image.clone(),
-        revision: prepared.image_id.clone(),
-        created: now(),
-        values: prepared.values.clone(),
-        setvalues: args.setvalues.clone(),
-        has_container_service: prepared.has_container_service,
-        installed_files: installed.keys().cloned().collect(),
-        installed_files_checksum: installed,
-        installed_files_template: prepared.templates.clone(),
-        rename_installed_files: prepared.renames.clone(),
-        remote: None,
-        runtime: args.paths.runtime.clone(),
-        archive: archive_path.display().to_string(),
-        verified: current.is_none(),
+    // first (a crash leaves it unreferenced, and the next run builds it again), then the
+    // pending record, then everything else.
+    layout.discard(slot)?;
+    durable::rename(&tmp, &dest).map_err(io_err(&tmp))?;
+    let pending = Pending {
+        kind: if current.is_some() {
+            "update"
+        } else {
+            "install"
+        }
+        .into(),
+        to: slot,
+        from: current.as_ref().map(|(n, _)| *n),
+        was_active: current
+            .as_ref()
+            .is_some_and(|(_, i)| i.has_container_service)
+            && layout.is_active(),
     };
-    let info_json = serde_json::to_vec_pretty(&info).unwrap_or_default();
-    write_atomic(&dest.join("info"), &info_json)?;
-    match &prepared.unit {
-        Some(unit) => write_atomic(&layout.unit_out(), unit.as_bytes())?,
-        None => remove_if_present(&layout.unit_out())?,
-    }
-    match &prepared.tmpfiles {
-        Some(t) => write_atomic(&tmpfiles_out, t.as_bytes())?,
-        None => remove_if_present(&tmpfiles_out)?,
-    }
-    layout.swap_link(slot)?;
-    if !prepared.has_container_service {
-        // atomic kept no rootfs for host-files-only images.
-        let _ = fs::remove_dir_all(dest.join("rootfs"));
-    }
-    layout.systemctl_ok(&["daemon-reload"])?;
-    if prepared.tmpfiles.is_some() {
-        layout.tmpfiles("--create", &tmpfiles_out)?;
-    }
-    if was_active {
-        layout.systemctl_ok(&["start", &layout.unit_name()])?;
-    }
+    layout.begin(&pending)?;
+    layout.finish(&pending)?;
     let message = format!(
         "{} installed from {} ({}) in {}{}",
         args.name,
         args.image,
-        prepared.image_id,
+        info.revision,
         dest.display(),
-        if prepared.has_container_service {
+        if info.has_container_service {
             format!("; runs as {}", layout.unit_name())
         } else {
             "; host files only (noContainerService)".into()
@@ -772,12 +810,138 @@ fn activate(
     Ok(())
 }
 
+/// The new deployment's `info`: what it is, and the host files it will own (planned
+/// against what the host holds now, before anything is changed).
+fn record(
+    args: &InstallSystemArgs,
+    prepared: &Prepared,
+    current: Option<&(u8, Info)>,
+    tmp: &Path,
+    archive_path: &Path,
+) -> Result<Info, RuntimeError> {
+    let rootfs = Root::open(&tmp.join("rootfs")).map_err(io_err(tmp))?;
+    let templates: BTreeSet<String> = prepared.templates.iter().cloned().collect();
+    let source = hostfiles::Source {
+        rootfs: &rootfs,
+        templates: &templates,
+        renames: &prepared.renames,
+        values: &prepared.values,
+    };
+    let empty = hostfiles::Installed::new();
+    let replaceable = current.map_or(&empty, |(_, i)| &i.installed_files_checksum);
+    let planned =
+        hostfiles::plan(&source, &args.paths.host_root, replaceable).map_err(host_files_err)?;
+    Ok(Info {
+        image: args.image.clone(),
+        revision: prepared.image_id.clone(),
+        created: now(),
+        values: prepared.values.clone(),
+        setvalues: args.setvalues.clone(),
+        has_container_service: prepared.has_container_service,
+        installed_files: planned.keys().cloned().collect(),
+        installed_files_checksum: planned,
+        installed_files_template: prepared.templates.clone(),
+        rename_installed_files: prepared.renames.clone(),
+        remote: None,
+        runtime: args.paths.runtime.clone(),
+        archive: archive_path.display().to_string(),
+        verified: current.is_none(),
+    })
+}
+
+impl Layout<'_> {
+    fn begin(&self, pending: &Pending) -> Result<(), RuntimeError> {
+        let path = self.pending_path();
+        let json = serde_json::to_vec_pretty(pending).unwrap_or_default();
+        durable::write(&path, &json, None).map_err(io_err(&path))
+    }
+
+    /// Make `pending.to` the active deployment, step by step, each of which a later run
+    /// may do again: stop the service if it ran, remove the old tmpfiles, make the host
+    /// files what the new record says, install its unit and tmpfiles, swap the link,
+    /// `daemon-reload`, `systemd-tmpfiles --create`, start the service again; only then
+    /// is the pending record removed.
+    fn finish(&self, pending: &Pending) -> Result<Info, RuntimeError> {
+        let dir = self.slot(pending.to);
+        let info = self.read_info(&dir).ok_or_else(|| {
+            RuntimeError::System(format!("{} has no readable info", dir.display()))
+        })?;
+        let old = pending.from.and_then(|n| self.read_info(&self.slot(n)));
+        if pending.was_active && self.is_active() {
+            self.systemctl_ok(&["stop", &self.unit_name()])?;
+        }
+        let tmpfiles_name = format!("tmpfiles-{}.conf", self.name);
+        if let Some(from) = pending.from {
+            let old_tmpfiles = self.slot(from).join(&tmpfiles_name);
+            if old_tmpfiles.exists() {
+                let _ = self.tmpfiles("--remove", &old_tmpfiles);
+            }
+        }
+        let empty = hostfiles::Installed::new();
+        let old_files = old.as_ref().map_or(&empty, |i| &i.installed_files_checksum);
+        match Root::open(&dir.join("rootfs")) {
+            Ok(rootfs) => {
+                let templates: BTreeSet<String> =
+                    info.installed_files_template.iter().cloned().collect();
+                let source = hostfiles::Source {
+                    rootfs: &rootfs,
+                    templates: &templates,
+                    renames: &info.rename_installed_files,
+                    values: &info.values,
+                };
+                hostfiles::apply(
+                    &source,
+                    &self.paths.host_root,
+                    &info.installed_files_checksum,
+                    old_files,
+                )
+                .map_err(host_files_err)?;
+            }
+            // A host-files-only deployment after its activation (atomic keeps no rootfs):
+            // what it owns is on the host already.
+            Err(_) => hostfiles::remove(
+                &old_files
+                    .iter()
+                    .filter(|(k, _)| !info.installed_files_checksum.contains_key(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                &self.paths.host_root,
+            ),
+        }
+        let unit_copy = dir.join(self.unit_name());
+        if info.has_container_service {
+            install_copy(&unit_copy, &self.unit_out())?;
+        } else {
+            durable::remove_file(&self.unit_out()).map_err(io_err(&self.unit_out()))?;
+        }
+        let tmpfiles_out = self.tmpfiles_out();
+        let has_tmpfiles = install_copy(&dir.join(&tmpfiles_name), &tmpfiles_out)?;
+        self.swap_link(pending.to)?;
+        self.systemctl_ok(&["daemon-reload"])?;
+        if has_tmpfiles {
+            self.tmpfiles("--create", &tmpfiles_out)?;
+        }
+        if pending.was_active {
+            self.systemctl_ok(&["start", &self.unit_name()])?;
+        }
+        durable::remove_file(&self.pending_path()).map_err(io_err(&self.pending_path()))?;
+        if !info.has_container_service {
+            // atomic kept no rootfs for host-files-only images.
+            let _ = fs::remove_dir_all(dir.join("rootfs"));
+        }
+        Ok(info)
+    }
+}
+
 /// `atomic-preload start-system`: start NAME.service; roll a failing update back.
 pub fn start(args: &StartSystemArgs) -> Result<(), RuntimeError> {
+    check_name(&args.name)?;
+    let _lock = lock(&args.paths, &args.name)?;
     let layout = Layout {
         paths: &args.paths,
         name: &args.name,
     };
+    layout.recover()?;
     let Some((slot, info)) = layout.active() else {
         return Err(RuntimeError::System(format!(
             "{} is not installed (no {})",
@@ -808,10 +972,7 @@ pub fn start(args: &StartSystemArgs) -> Result<(), RuntimeError> {
         let mut info = info;
         info.verified = true;
         let dir = layout.slot(slot);
-        write_atomic(
-            &dir.join("info"),
-            &serde_json::to_vec_pretty(&info).unwrap_or_default(),
-        )?;
+        write_info(&dir, &info)?;
         notify::status(&format!(
             "started {unit} ({} in {})",
             info.image,
@@ -834,8 +995,7 @@ pub fn start(args: &StartSystemArgs) -> Result<(), RuntimeError> {
     // previous deployment gets a clean start.
     let _ = layout.systemctl(&["stop", &unit]);
     let _ = layout.systemctl(&["reset-failed", &unit]);
-    rollback_layout(&layout)?;
-    layout.systemctl_ok(&["start", &unit])?;
+    rollback_layout(&layout, true)?;
     Err(RuntimeError::SystemImage(format!(
         "{unit} failed to start with {} ({}) from {}; rolled back to {}, which is running",
         info.image,
@@ -871,7 +1031,10 @@ fn settled(layout: &Layout<'_>, settle: Duration) -> bool {
     }
 }
 
-fn rollback_layout(layout: &Layout<'_>) -> Result<(), RuntimeError> {
+/// Make the other deployment active again. With `start`, its service is started
+/// afterwards whether or not the current one was running (an automatic rollback's
+/// service had just failed).
+fn rollback_layout(layout: &Layout<'_>, start: bool) -> Result<(), RuntimeError> {
     let Some((slot, current)) = layout.active() else {
         return Err(RuntimeError::Usage(format!(
             "{} is not installed",
@@ -886,8 +1049,7 @@ fn rollback_layout(layout: &Layout<'_>) -> Result<(), RuntimeError> {
             dir.display()
         )));
     };
-    let unit_copy = dir.join(layout.unit_name());
-    if previous.has_container_service && !unit_copy.exists() {
+    if previous.has_container_service && !dir.join(layout.unit_name()).exists() {
         return Err(RuntimeError::System(format!(
             "cannot find the service file of the previous deployment; {} may be corrupted",
             dir.display()
@@ -898,106 +1060,107 @@ fn rollback_layout(layout: &Layout<'_>) -> Result<(), RuntimeError> {
         layout.name,
         dir.display()
     );
-    let was_active = current.has_container_service && layout.is_active();
-    if was_active {
-        layout.systemctl_ok(&["stop", &layout.unit_name()])?;
-    }
-    let tmpfiles_out = layout.tmpfiles_out();
-    if tmpfiles_out.exists() {
-        let _ = layout.tmpfiles("--remove", &tmpfiles_out);
-    }
-    remove_if_present(&tmpfiles_out)?;
-    match fs::read(&unit_copy) {
-        Ok(bytes) if previous.has_container_service => write_atomic(&layout.unit_out(), &bytes)?,
-        _ => remove_if_present(&layout.unit_out())?,
-    }
-    let tmpfiles_copy = dir.join(format!("tmpfiles-{}.conf", layout.name));
-    let has_tmpfiles = match fs::read(&tmpfiles_copy) {
-        Ok(bytes) => {
-            write_atomic(&tmpfiles_out, &bytes)?;
-            true
-        }
-        Err(_) => false,
-    };
-    hostfiles::remove(&current.installed_files_checksum, &layout.paths.host_root);
-    if let Ok(root) = Root::open(&dir.join("rootfs")) {
+    // The host files it will own again, planned against what the current one owns.
+    if let Ok(rootfs) = Root::open(&dir.join("rootfs")) {
         let templates: BTreeSet<String> =
             previous.installed_files_template.iter().cloned().collect();
-        match hostfiles::add(
-            &root,
+        let source = hostfiles::Source {
+            rootfs: &rootfs,
+            templates: &templates,
+            renames: &previous.rename_installed_files,
+            values: &previous.values,
+        };
+        match hostfiles::plan(
+            &source,
             &layout.paths.host_root,
-            &templates,
-            &previous.rename_installed_files,
-            &previous.values,
+            &current.installed_files_checksum,
         ) {
-            Ok(installed) => {
-                previous.installed_files = installed.keys().cloned().collect();
-                previous.installed_files_checksum = installed;
+            Ok(planned) => {
+                previous.installed_files = planned.keys().cloned().collect();
+                previous.installed_files_checksum = planned;
             }
             Err(e) => eprintln!("host files of {}: {e}", dir.display()),
         }
     }
     previous.verified = true;
-    write_atomic(
-        &dir.join("info"),
-        &serde_json::to_vec_pretty(&previous).unwrap_or_default(),
-    )?;
-    layout.swap_link(other)?;
-    layout.systemctl_ok(&["daemon-reload"])?;
-    if has_tmpfiles {
-        layout.tmpfiles("--create", &tmpfiles_out)?;
-    }
-    if was_active {
-        layout.systemctl_ok(&["start", &layout.unit_name()])?;
-    }
-    Ok(())
+    write_info(&dir, &previous)?;
+    let pending = Pending {
+        kind: "rollback".into(),
+        to: other,
+        from: Some(slot),
+        was_active: previous.has_container_service
+            && (start || (current.has_container_service && layout.is_active())),
+    };
+    layout.begin(&pending)?;
+    layout.finish(&pending).map(drop)
 }
 
 /// `atomic-preload rollback NAME`.
 pub fn rollback(args: &SystemNameArgs) -> Result<(), RuntimeError> {
-    let _lock =
-        marks::lock_file(&args.paths.state_dir, "lock-system").map_err(RuntimeError::State)?;
-    rollback_layout(&Layout {
-        paths: &args.paths,
-        name: &args.name,
-    })
-}
-
-/// `atomic-preload uninstall NAME`.
-pub fn uninstall(args: &SystemNameArgs) -> Result<(), RuntimeError> {
-    let _lock =
-        marks::lock_file(&args.paths.state_dir, "lock-system").map_err(RuntimeError::State)?;
+    check_name(&args.name)?;
+    let _lock = lock(&args.paths, &args.name)?;
     let layout = Layout {
         paths: &args.paths,
         name: &args.name,
     };
-    let link = layout.link();
-    if fs::symlink_metadata(&link).is_err() {
+    // A rollback cut short and run again is finished, not done twice.
+    let interrupted = layout.read_pending().is_some_and(|p| p.kind == "rollback");
+    layout.recover()?;
+    if interrupted {
+        return Ok(());
+    }
+    rollback_layout(&layout, false)
+}
+
+/// Whether NAME is (even partly) installed as a system container.
+pub fn is_installed(paths: &SystemPaths, name: &str) -> bool {
+    is_valid_name(name) && Layout { paths, name }.exists()
+}
+
+/// `atomic-preload uninstall NAME`.
+pub fn uninstall(args: &SystemNameArgs) -> Result<(), RuntimeError> {
+    check_name(&args.name)?;
+    let _lock = lock(&args.paths, &args.name)?;
+    let layout = Layout {
+        paths: &args.paths,
+        name: &args.name,
+    };
+    if !layout.exists() {
         println!("{} is not installed as a system container", args.name);
         return Ok(());
     }
-    let info = layout.active().map(|(_, i)| i);
-    if info.as_ref().is_none_or(|i| i.has_container_service) {
+    // Host files of the active deployment, and of both while an activation is pending
+    // (either may own some of them).
+    let mut records: Vec<Info> = layout.active().map(|(_, i)| i).into_iter().collect();
+    if let Some(p) = layout.read_pending() {
+        records.extend(
+            [Some(p.to), p.from]
+                .into_iter()
+                .flatten()
+                .filter_map(|n| layout.read_info(&layout.slot(n))),
+        );
+    }
+    if records.iter().all(|i| i.has_container_service) {
         let _ = layout.systemctl(&["disable", "--now", &layout.unit_name()]);
     }
     // The unit goes first, so the container cannot be started while files disappear.
-    remove_if_present(&layout.unit_out())?;
+    durable::remove_file(&layout.unit_out()).map_err(io_err(&layout.unit_out()))?;
     let _ = layout.systemctl(&["daemon-reload"]);
     let tmpfiles_out = layout.tmpfiles_out();
     if tmpfiles_out.exists() {
         let _ = layout.tmpfiles("--remove", &tmpfiles_out);
-        remove_if_present(&tmpfiles_out)?;
+        durable::remove_file(&tmpfiles_out).map_err(io_err(&tmpfiles_out))?;
     }
-    if let Some(info) = &info {
+    for info in &records {
         hostfiles::remove(&info.installed_files_checksum, &args.paths.host_root);
     }
-    remove_if_present(&link)?;
-    for slot in [0, 1] {
-        let dir = layout.slot(slot);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
-        }
+    // The link, then the deployments, then the pending record: a run cut short anywhere
+    // still finds something to finish with.
+    durable::remove_file(&layout.link()).map_err(io_err(&layout.link()))?;
+    for n in [0, 1] {
+        layout.discard(n)?;
     }
+    durable::remove_file(&layout.pending_path()).map_err(io_err(&layout.pending_path()))?;
     if let Ok(marks) = Marks::new(&args.paths.state_dir, "rolled-back") {
         let _ = marks.remove(&args.name);
     }

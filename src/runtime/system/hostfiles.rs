@@ -8,13 +8,14 @@
 use super::rootfs::Root;
 use super::template;
 use super::values::Values;
+use crate::runtime::durable;
 use rustix::fs::{self as rfs, AtFlags, FileType};
+use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Host path (absolute, as seen by the host) → checksum when it was installed.
@@ -51,6 +52,233 @@ fn on_host(host_root: &Path, path: &str) -> PathBuf {
     host_root.join(path.trim_start_matches('/'))
 }
 
+/// atomic's `_do_rename_path`: each prefix of the path may be renamed by the map.
+fn rename(path: &str, renames: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    for part in path.split('/').skip(1) {
+        out = format!("{out}/{part}");
+        if let Some(to) = renames.get(&out) {
+            out = to.clone();
+        }
+    }
+    out
+}
+
+/// How an image's host files are made: its rootfs and the values, templates and renames
+/// recorded in its deployment's `info`.
+pub struct Source<'a> {
+    pub rootfs: &'a Root,
+    pub templates: &'a BTreeSet<String>,
+    pub renames: &'a BTreeMap<String, String>,
+    pub values: &'a Values,
+}
+
+/// One thing under `exports/hostfs/` and the host path it goes to.
+struct Candidate {
+    /// Relative to `exports/hostfs`.
+    src: PathBuf,
+    dest: String,
+    kind: FileType,
+    mode: u32,
+}
+
+const HOSTFS: &str = "exports/hostfs";
+
+impl Source<'_> {
+    /// Everything under `exports/hostfs/`, each directory before what it holds.
+    fn walk(&self) -> Result<Vec<Candidate>, HostFilesError> {
+        let hostfs = Path::new(HOSTFS);
+        let mut out = Vec::new();
+        if self.rootfs.dir(hostfs).is_err() {
+            return Ok(out);
+        }
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            let dir_fd = self
+                .rootfs
+                .dir(&hostfs.join(&rel))
+                .map_err(io_err(hostfs.join(&rel)))?;
+            for name in children(&dir_fd).map_err(io_err(&rel))? {
+                let src = rel.join(&name);
+                let st = rfs::statat(&dir_fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| io_err(&src)(e.into()))?;
+                let kind = FileType::from_raw_mode(st.st_mode);
+                if kind == FileType::Directory {
+                    stack.push(src.clone());
+                }
+                // Devices and the like never reach a checkout; nothing else to copy.
+                if matches!(
+                    kind,
+                    FileType::Directory | FileType::Symlink | FileType::RegularFile
+                ) {
+                    out.push(Candidate {
+                        dest: rename(&format!("/{}", src.display()), self.renames),
+                        src,
+                        kind,
+                        mode: st.st_mode & 0o7777,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// What [`checksum`] will say of `c` once it is on the host, and a rendered
+    /// template's bytes.
+    fn expected(&self, c: &Candidate) -> Result<(String, Option<Vec<u8>>), HostFilesError> {
+        let src = Path::new(HOSTFS).join(&c.src);
+        Ok(match c.kind {
+            FileType::Directory => ("dir".into(), None),
+            FileType::Symlink => (
+                format!("symlink:{}", self.link_target(&c.src)?.display()),
+                None,
+            ),
+            _ if self.templates.contains(&c.dest) => {
+                let bytes = self
+                    .rootfs
+                    .read(&src)
+                    .map_err(io_err(&src))?
+                    .unwrap_or_default();
+                let text = String::from_utf8_lossy(&bytes);
+                let rendered = template::substitute(&text, self.values, &c.dest)?.into_bytes();
+                (
+                    crate::runtime::digest::hex(&sha2::Sha256::digest(&rendered)),
+                    Some(rendered),
+                )
+            }
+            _ => {
+                let file = self.rootfs.open_file(&src).map_err(io_err(&src))?;
+                let mut reader = crate::runtime::digest::Hashing::new(io::BufReader::new(file));
+                io::copy(&mut reader, &mut io::sink()).map_err(io_err(&src))?;
+                (crate::runtime::digest::hex(&reader.hasher.finalize()), None)
+            }
+        })
+    }
+
+    fn link_target(&self, src: &Path) -> Result<PathBuf, HostFilesError> {
+        let full = Path::new(HOSTFS).join(src);
+        let (parent, name) = (
+            full.parent().unwrap_or(Path::new("")),
+            full.file_name().unwrap_or_default(),
+        );
+        let dir_fd = self.rootfs.dir(parent).map_err(io_err(parent))?;
+        let target =
+            rfs::readlinkat(&dir_fd, name, Vec::new()).map_err(|e| io_err(&full)(e.into()))?;
+        Ok(PathBuf::from(OsStr::from_bytes(target.as_bytes())))
+    }
+
+    /// Whether a directory of `hostfs/` is empty in the image: only such a directory is
+    /// recorded (and so removed later), since one that holds files may hold the admin's.
+    fn is_empty_dir(&self, src: &Path) -> bool {
+        self.rootfs
+            .dir(&Path::new(HOSTFS).join(src))
+            .ok()
+            .and_then(|fd| children(&fd).ok())
+            .is_some_and(|c| c.is_empty())
+    }
+}
+
+fn children(dir_fd: &impl std::os::fd::AsFd) -> io::Result<Vec<std::ffi::OsString>> {
+    let mut children = Vec::new();
+    let mut entries = rfs::Dir::read_from(dir_fd)?;
+    while let Some(entry) = entries.read() {
+        let name = OsStr::from_bytes(entry?.file_name().to_bytes()).to_owned();
+        if name != "." && name != ".." {
+            children.push(name);
+        }
+    }
+    children.sort();
+    Ok(children)
+}
+
+/// Which host files a deployment will own, with the checksum each will have: every file
+/// of `hostfs/` whose host path is free, or holds an unmodified file of the deployment
+/// being replaced (`replaceable`, its record). An existing file of anyone else is never
+/// taken (`File /etc/x already exists`). Changes nothing: the plan goes into the new
+/// deployment's record before any host file is touched, so a run that is killed half
+/// way and the run after it agree on what is ours.
+pub fn plan(
+    source: &Source<'_>,
+    host_root: &Path,
+    replaceable: &Installed,
+) -> Result<Installed, HostFilesError> {
+    let mut planned = Installed::new();
+    for c in source.walk()? {
+        let now = checksum(&on_host(host_root, &c.dest));
+        let free = now == "0" || replaceable.get(&c.dest) == Some(&now);
+        if !free {
+            if c.kind != FileType::Directory {
+                println!("File {} already exists", c.dest);
+            }
+            continue;
+        }
+        if c.kind != FileType::Directory || source.is_empty_dir(&c.src) {
+            planned.insert(c.dest.clone(), source.expected(&c)?.0);
+        }
+    }
+    Ok(planned)
+}
+
+/// Make the host agree with a plan: each planned path that is free (absent, or an
+/// unmodified file of `old`, the record of the deployment being replaced) gets the
+/// image's file, written to a temp name, fsynced and renamed into place with its mode;
+/// a planned path already holding what the plan says is left as it is (a rerun after a
+/// crash); what `old` created and the plan does not take over is removed while
+/// unmodified. Running it twice changes nothing the second time.
+pub fn apply(
+    source: &Source<'_>,
+    host_root: &Path,
+    planned: &Installed,
+    old: &Installed,
+) -> Result<(), HostFilesError> {
+    let leftover: Installed = old
+        .iter()
+        .filter(|(path, _)| !planned.contains_key(*path))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    remove(&leftover, host_root);
+    for c in source.walk()? {
+        let host = on_host(host_root, &c.dest);
+        let now = checksum(&host);
+        let Some(want) = planned.get(&c.dest) else {
+            // Not ours, but a directory the files below it need.
+            if c.kind == FileType::Directory && now == "0" {
+                fs::create_dir_all(&host).map_err(io_err(&host))?;
+            }
+            continue;
+        };
+        if &now == want {
+            continue;
+        }
+        if now != "0" && old.get(&c.dest) != Some(&now) {
+            println!("Will not replace {} as it was manually modified.", c.dest);
+            continue;
+        }
+        if let Some(parent) = host.parent() {
+            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        match c.kind {
+            FileType::Directory => fs::create_dir(&host).map_err(io_err(&host))?,
+            FileType::Symlink => {
+                durable::symlink(&source.link_target(&c.src)?, &host).map_err(io_err(&host))?
+            }
+            _ => match source.expected(&c)?.1 {
+                Some(rendered) => {
+                    durable::write(&host, &rendered, Some(c.mode)).map_err(io_err(&host))?
+                }
+                None => {
+                    let src = Path::new(HOSTFS).join(&c.src);
+                    let mut from = source.rootfs.open_file(&src).map_err(io_err(&src))?;
+                    durable::write_with(&host, Some(c.mode), |to| io::copy(&mut from, to).map(drop))
+                        .map_err(io_err(&host))?
+                }
+            },
+        }
+        println!("Created file {}", c.dest);
+    }
+    Ok(())
+}
+
 /// Remove what an earlier install created, unless it was changed since (then say so).
 /// Deepest paths first, so directories are empty when their turn comes.
 pub fn remove(installed: &Installed, host_root: &Path) {
@@ -67,127 +295,12 @@ pub fn remove(installed: &Installed, host_root: &Path) {
         let removed = if recorded == "dir" {
             fs::remove_dir(&host)
         } else {
-            fs::remove_file(&host)
+            durable::remove_file(&host)
         };
         if let Err(e) = removed {
             println!("Could not delete {path}: {e}");
         }
     }
-}
-
-/// atomic's `_do_rename_path`: each prefix of the path may be renamed by the map.
-fn rename(path: &str, renames: &BTreeMap<String, String>) -> String {
-    let mut out = String::new();
-    for part in path.split('/').skip(1) {
-        out = format!("{out}/{part}");
-        if let Some(to) = renames.get(&out) {
-            out = to.clone();
-        }
-    }
-    out
-}
-
-/// Copy `exports/hostfs/` of `rootfs` onto the host. Returns what was created.
-pub fn add(
-    rootfs: &Root,
-    host_root: &Path,
-    templates: &BTreeSet<String>,
-    renames: &BTreeMap<String, String>,
-    values: &Values,
-) -> Result<Installed, HostFilesError> {
-    let mut installed = Installed::new();
-    let hostfs = Path::new("exports/hostfs");
-    if rootfs.dir(hostfs).is_err() {
-        return Ok(installed);
-    }
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir_fd = rootfs
-            .dir(&hostfs.join(&rel))
-            .map_err(io_err(hostfs.join(&rel)))?;
-        let mut children = Vec::new();
-        let mut entries = rfs::Dir::read_from(&dir_fd).map_err(|e| io_err(&rel)(e.into()))?;
-        while let Some(entry) = entries.read() {
-            let entry = entry.map_err(|e| io_err(&rel)(e.into()))?;
-            let name = OsStr::from_bytes(entry.file_name().to_bytes()).to_owned();
-            if name != "." && name != ".." {
-                children.push(name);
-            }
-        }
-        children.sort();
-        for name in children {
-            let src_rel = rel.join(&name);
-            let st = rfs::statat(&dir_fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| io_err(&src_rel)(e.into()))?;
-            let kind = FileType::from_raw_mode(st.st_mode);
-            let dest = rename(&format!("/{}", src_rel.display()), renames);
-            let host = on_host(host_root, &dest);
-            if kind == FileType::Directory {
-                stack.push(src_rel.clone());
-            }
-            if fs::symlink_metadata(&host).is_ok() {
-                if kind != FileType::Directory {
-                    println!("File {dest} already exists");
-                }
-                continue;
-            }
-            if let Some(parent) = host.parent() {
-                fs::create_dir_all(parent).map_err(io_err(parent))?;
-            }
-            match kind {
-                FileType::Directory => {
-                    fs::create_dir(&host).map_err(io_err(&host))?;
-                }
-                FileType::Symlink => {
-                    let target = rfs::readlinkat(&dir_fd, name.as_os_str(), Vec::new())
-                        .map_err(|e| io_err(&src_rel)(e.into()))?;
-                    std::os::unix::fs::symlink(OsStr::from_bytes(target.as_bytes()), &host)
-                        .map_err(io_err(&host))?;
-                }
-                FileType::RegularFile => {
-                    let src = hostfs.join(&src_rel);
-                    let mode = st.st_mode & 0o7777;
-                    if templates.contains(&dest) {
-                        let bytes = rootfs.read(&src).map_err(io_err(&src))?.unwrap_or_default();
-                        let text = String::from_utf8_lossy(&bytes);
-                        let rendered = template::substitute(&text, values, &dest)?;
-                        fs::write(&host, rendered).map_err(io_err(&host))?;
-                    } else {
-                        let mut from = rootfs.open_file(&src).map_err(io_err(&src))?;
-                        let mut to = fs::File::create(&host).map_err(io_err(&host))?;
-                        io::copy(&mut from, &mut to).map_err(io_err(&host))?;
-                    }
-                    fs::set_permissions(&host, fs::Permissions::from_mode(mode))
-                        .map_err(io_err(&host))?;
-                }
-                // Devices and the like never reach a checkout; nothing else to copy.
-                _ => continue,
-            }
-            // A directory is recorded (and so removed later) only when it came empty:
-            // one that holds files may hold the admin's files too.
-            if kind != FileType::Directory || source_is_empty(rootfs, &hostfs.join(&src_rel)) {
-                installed.insert(dest.clone(), checksum(&host));
-            }
-            println!("Created file {dest}");
-        }
-    }
-    Ok(installed)
-}
-
-fn source_is_empty(rootfs: &Root, dir: &Path) -> bool {
-    let Ok(fd) = rootfs.dir(dir) else {
-        return false;
-    };
-    let Ok(mut entries) = rfs::Dir::read_from(&fd) else {
-        return false;
-    };
-    while let Some(Ok(entry)) = entries.read() {
-        let name = entry.file_name().to_bytes();
-        if name != b"." && name != b".." {
-            return false;
-        }
-    }
-    true
 }
 
 #[cfg(test)]
