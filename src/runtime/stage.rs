@@ -9,6 +9,7 @@
 //! created, so ROOT is exactly as before.
 
 use super::digest::{self, hex};
+use super::durable;
 use super::system::archive;
 use super::{RuntimeError, io_err};
 use crate::cli::StageArgs;
@@ -500,6 +501,75 @@ fn fetch(
     }
 }
 
+/// The temp name of `to` for this run: a dot-file (the load stage and the generator skip
+/// those) with our PID, so [`remove_stale_temps`] knows whose it is.
+fn temp_beside(to: &Path, suffix: &str) -> PathBuf {
+    let name = to.file_name().unwrap_or_default().to_string_lossy();
+    to.with_file_name(format!(".stage-{}-{name}{suffix}", std::process::id()))
+}
+
+/// Temp files a stage that was killed left behind (`.stage-PID-…` of a PID that is no
+/// longer running); a stage that is still running keeps its own.
+fn remove_stale_temps(dirs: &[&Path]) {
+    for dir in dirs {
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(".stage-")
+                .and_then(|rest| rest.split_once('-'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Rename every temp file over its destination, all or nothing: an existing destination
+/// is hard-linked to a backup name first, so when a rename fails every destination gets
+/// its old content back (or goes away if it had none). Each rename is followed by an
+/// fsync of its directory.
+fn commit(renames: &[(PathBuf, PathBuf)]) -> Result<(), RuntimeError> {
+    let mut done: Vec<(&Path, Option<PathBuf>)> = Vec::new();
+    let mut result = Ok(());
+    for (from, to) in renames {
+        let backup = temp_beside(to, ".old");
+        let backup = match fs::hard_link(to, &backup) {
+            Ok(()) => Some(backup),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                result = Err(io_err(to)(e));
+                break;
+            }
+        };
+        done.push((to, backup));
+        if let Err(e) = durable::rename(from, to) {
+            result = Err(io_err(to)(e));
+            break;
+        }
+    }
+    for (to, backup) in done.iter().rev() {
+        match backup {
+            // Renaming a backup over the hard link it was made from does nothing (the
+            // destination whose rename failed), so the backup is removed after it either way.
+            Some(backup) => {
+                if result.is_err() {
+                    let _ = durable::rename(backup, to);
+                }
+                let _ = fs::remove_file(backup);
+            }
+            None if result.is_err() => {
+                let _ = durable::remove_file(to);
+            }
+            None => {}
+        }
+    }
+    result
+}
+
 pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
     if args.sources.is_empty() && args.config.is_none() {
         return Err(usage(
@@ -602,13 +672,13 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         return Ok(());
     }
 
+    remove_stale_temps(&[&dir, &preload, &paths::under(&args.root, "/etc/containers")]);
     let mut undo = Undo {
         files: Vec::new(),
         dirs: Vec::new(),
         trees: Vec::new(),
         done: false,
     };
-    let pid = std::process::id();
     let mut staged = Vec::new();
     if !sources.is_empty() {
         undo.create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -616,7 +686,7 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
     for ((source, name), i) in sources.iter().zip(&names).zip(0..) {
         // The temporary name keeps the archive's suffix (the index reads by it) and starts
         // with a dot (the load stage ignores such files).
-        let temp = dir.join(format!(".stage-{pid}-{name}"));
+        let temp = temp_beside(&dir.join(name), "");
         undo.files.push(temp.clone());
         let sha256 = fetch(args, source, &temp, name)?;
         if let Some(want) = expected.get(i)
@@ -650,7 +720,7 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         if let Some(text) = conf {
             let parent = conf_path.parent().unwrap_or(&args.root).to_owned();
             undo.create_dir_all(&parent).map_err(io_err(&parent))?;
-            let temp = parent.join(format!(".stage-{pid}-storage.conf"));
+            let temp = temp_beside(&conf_path, "");
             undo.files.push(temp.clone());
             write_file(&temp, text.as_bytes())?;
             renames.push((temp, conf_path));
@@ -660,7 +730,7 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
     // Sidecars under temporary names too, then the config: everything is ready.
     for s in staged.iter().filter(|_| store.is_none()) {
         let sidecar = digest::sidecar_path(&dir.join(&s.name));
-        let temp = dir.join(format!(".stage-{pid}-{}.sha256", s.name));
+        let temp = temp_beside(&sidecar, "");
         undo.files.push(temp.clone());
         write_file(&temp, digest::sidecar_text(&s.sha256, &s.name).as_bytes())?;
         renames.push((s.temp.clone(), dir.join(&s.name)));
@@ -669,21 +739,13 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
     if let Some((text, _)) = &merged {
         let parent = config_path.parent().unwrap_or(&preload).to_owned();
         undo.create_dir_all(&parent).map_err(io_err(&parent))?;
-        let temp = parent.join(format!(".stage-{pid}-config.yaml"));
+        let temp = temp_beside(&config_path, "");
         undo.files.push(temp.clone());
         write_file(&temp, text.as_bytes())?;
         renames.push((temp, config_path.clone()));
     }
-    // Commit: only renames from here.
-    for (from, to) in &renames {
-        fs::rename(from, to).map_err(io_err(to))?;
-    }
+    commit(&renames)?;
     undo.done = true;
-    for dir in [&dir, &preload] {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
     for s in &staged {
         let images = if s.images.is_empty() {
             "untagged".into()

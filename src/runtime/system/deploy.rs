@@ -104,21 +104,27 @@ impl Layout<'_> {
         self.paths.tmpfiles_dir.join(format!("{}.conf", self.name))
     }
     /// The active deployment's slot number, from the symlink.
-    fn active_slot(&self) -> Option<u8> {
-        let target = fs::read_link(self.link()).ok()?;
-        match target.to_string_lossy().rsplit('.').next() {
+    fn active_slot(&self) -> Result<Option<u8>, RuntimeError> {
+        let target = match fs::read_link(self.link()) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            other => other.map_err(io_err(&self.link()))?,
+        };
+        Ok(match target.to_string_lossy().rsplit('.').next() {
             Some("0") => Some(0),
             Some("1") => Some(1),
             _ => None,
-        }
+        })
     }
-    fn read_info(&self, dir: &Path) -> Option<Info> {
-        let bytes = fs::read(dir.join("info")).ok()?;
-        serde_json::from_slice(&bytes).ok()
+    /// A deployment's record; none when it has no (complete) one. A record that cannot
+    /// be read is an error: taking it for "not installed" would install over it.
+    fn read_info(&self, dir: &Path) -> Result<Option<Info>, RuntimeError> {
+        Ok(read_optional(&dir.join("info"))?.and_then(|b| serde_json::from_slice(&b).ok()))
     }
-    fn active(&self) -> Option<(u8, Info)> {
-        let slot = self.active_slot()?;
-        Some((slot, self.read_info(&self.slot(slot))?))
+    fn active(&self) -> Result<Option<(u8, Info)>, RuntimeError> {
+        let Some(slot) = self.active_slot()? else {
+            return Ok(None);
+        };
+        Ok(self.read_info(&self.slot(slot))?.map(|info| (slot, info)))
     }
     fn systemctl(&self, args: &[&str]) -> Result<std::process::Output, RuntimeError> {
         println!("systemctl {}", args.join(" "));
@@ -181,26 +187,40 @@ impl Layout<'_> {
             .checkout_dir
             .join(format!(".{}.pending", self.name))
     }
-    fn read_pending(&self) -> Option<Pending> {
-        let bytes = fs::read(self.pending_path()).ok()?;
-        serde_json::from_slice(&bytes).ok()
+    fn read_pending(&self) -> Result<Option<Pending>, RuntimeError> {
+        Ok(read_optional(&self.pending_path())?.and_then(|b| serde_json::from_slice(&b).ok()))
     }
     /// Whether anything of this container is on the host (for uninstall).
     fn exists(&self) -> bool {
-        [self.link(), self.slot(0), self.slot(1), self.pending_path()]
-            .iter()
-            .any(|p| fs::symlink_metadata(p).is_ok())
+        [
+            self.link(),
+            self.slot(0),
+            self.slot(1),
+            self.pending_path(),
+            self.trash_slot(0),
+            self.trash_slot(1),
+            self.temp_slot(0),
+            self.temp_slot(1),
+        ]
+        .iter()
+        // Unreadable counts as there: uninstall then fails on it, saying why.
+        .any(|p| !matches!(fs::symlink_metadata(p), Err(e) if e.kind() == io::ErrorKind::NotFound))
     }
     /// Whether the installed `NAME.service` is one of ours: a copy of a deployment's
     /// unit, or written by an activation still pending.
-    fn owns_unit(&self) -> bool {
-        let Ok(unit) = fs::read(self.unit_out()) else {
-            return true;
+    fn owns_unit(&self) -> Result<bool, RuntimeError> {
+        let Some(unit) = read_optional(&self.unit_out())? else {
+            return Ok(true);
         };
-        self.read_pending().is_some()
-            || [0, 1].iter().any(|&n| {
-                fs::read(self.slot(n).join(self.unit_name())).is_ok_and(|copy| copy == unit)
-            })
+        if self.read_pending()?.is_some() {
+            return Ok(true);
+        }
+        for n in [0, 1] {
+            if read_optional(&self.slot(n).join(self.unit_name()))?.as_ref() == Some(&unit) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
     /// Where a slot is renamed to before it is deleted: a crash in the middle of the
     /// delete leaves no half deployment under a final name, only this, which the next
@@ -230,10 +250,10 @@ impl Layout<'_> {
         for path in [self.unit_out(), self.tmpfiles_out(), self.link()] {
             let _ = fs::remove_file(durable::temp_name(&path));
         }
-        let Some(pending) = self.read_pending() else {
+        let Some(pending) = self.read_pending()? else {
             return Ok(());
         };
-        if self.read_info(&self.slot(pending.to)).is_none() {
+        if self.read_info(&self.slot(pending.to))?.is_none() {
             // Its deployment is gone (an uninstall was cut short): nothing to finish.
             return durable::remove_file(&self.pending_path())
                 .map_err(io_err(&self.pending_path()));
@@ -245,6 +265,26 @@ impl Layout<'_> {
             self.slot(pending.to).display()
         );
         self.finish(&pending).map(drop)
+    }
+}
+
+/// A deployment's rootfs; none when it has none (a host-files-only image's, after its
+/// activation).
+fn open_rootfs(dir: &Path) -> Result<Option<Root>, RuntimeError> {
+    let path = dir.join("rootfs");
+    match Root::open(&path) {
+        Ok(root) => Ok(Some(root)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+/// A file's bytes; none when it is not there. Any other failure is an error.
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, RuntimeError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
     }
 }
 
@@ -704,7 +744,7 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
     };
     layout.recover()?;
     let (archive_path, image_id) = find_image(args)?;
-    let current = layout.active();
+    let current = layout.active()?;
     if let Some((slot, info)) = &current {
         if info.revision == image_id && info.setvalues == args.setvalues && info.image == args.image
         {
@@ -743,7 +783,7 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
             notify::status(&message);
             return Ok(());
         }
-    } else if !layout.owns_unit() {
+    } else if !layout.owns_unit()? {
         return Err(image_err(format!(
             "{} exists and was not installed by atomic-preload; not overwriting it",
             layout.unit_out().display()
@@ -863,10 +903,13 @@ impl Layout<'_> {
     /// is the pending record removed.
     fn finish(&self, pending: &Pending) -> Result<Info, RuntimeError> {
         let dir = self.slot(pending.to);
-        let info = self.read_info(&dir).ok_or_else(|| {
+        let info = self.read_info(&dir)?.ok_or_else(|| {
             RuntimeError::System(format!("{} has no readable info", dir.display()))
         })?;
-        let old = pending.from.and_then(|n| self.read_info(&self.slot(n)));
+        let old = match pending.from {
+            Some(n) => self.read_info(&self.slot(n))?,
+            None => None,
+        };
         if pending.was_active && self.is_active() {
             self.systemctl_ok(&["stop", &self.unit_name()])?;
         }
@@ -879,8 +922,8 @@ impl Layout<'_> {
         }
         let empty = hostfiles::Installed::new();
         let old_files = old.as_ref().map_or(&empty, |i| &i.installed_files_checksum);
-        match Root::open(&dir.join("rootfs")) {
-            Ok(rootfs) => {
+        match open_rootfs(&dir)? {
+            Some(rootfs) => {
                 let templates: BTreeSet<String> =
                     info.installed_files_template.iter().cloned().collect();
                 let source = hostfiles::Source {
@@ -899,14 +942,15 @@ impl Layout<'_> {
             }
             // A host-files-only deployment after its activation (atomic keeps no rootfs):
             // what it owns is on the host already.
-            Err(_) => hostfiles::remove(
+            None => hostfiles::remove(
                 &old_files
                     .iter()
                     .filter(|(k, _)| !info.installed_files_checksum.contains_key(*k))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 &self.paths.host_root,
-            ),
+            )
+            .map_err(host_files_err)?,
         }
         let unit_copy = dir.join(self.unit_name());
         if info.has_container_service {
@@ -942,7 +986,7 @@ pub fn start(args: &StartSystemArgs) -> Result<(), RuntimeError> {
         name: &args.name,
     };
     layout.recover()?;
-    let Some((slot, info)) = layout.active() else {
+    let Some((slot, info)) = layout.active()? else {
         return Err(RuntimeError::System(format!(
             "{} is not installed (no {})",
             args.name,
@@ -1035,7 +1079,7 @@ fn settled(layout: &Layout<'_>, settle: Duration) -> bool {
 /// afterwards whether or not the current one was running (an automatic rollback's
 /// service had just failed).
 fn rollback_layout(layout: &Layout<'_>, start: bool) -> Result<(), RuntimeError> {
-    let Some((slot, current)) = layout.active() else {
+    let Some((slot, current)) = layout.active()? else {
         return Err(RuntimeError::Usage(format!(
             "{} is not installed",
             layout.name
@@ -1043,7 +1087,7 @@ fn rollback_layout(layout: &Layout<'_>, start: bool) -> Result<(), RuntimeError>
     };
     let other = 1 - slot;
     let dir = layout.slot(other);
-    let Some(mut previous) = layout.read_info(&dir) else {
+    let Some(mut previous) = layout.read_info(&dir)? else {
         return Err(RuntimeError::Usage(format!(
             "cannot find a previous deployment to roll back to at {}",
             dir.display()
@@ -1061,7 +1105,7 @@ fn rollback_layout(layout: &Layout<'_>, start: bool) -> Result<(), RuntimeError>
         dir.display()
     );
     // The host files it will own again, planned against what the current one owns.
-    if let Ok(rootfs) = Root::open(&dir.join("rootfs")) {
+    if let Some(rootfs) = open_rootfs(&dir)? {
         let templates: BTreeSet<String> =
             previous.installed_files_template.iter().cloned().collect();
         let source = hostfiles::Source {
@@ -1070,17 +1114,14 @@ fn rollback_layout(layout: &Layout<'_>, start: bool) -> Result<(), RuntimeError>
             renames: &previous.rename_installed_files,
             values: &previous.values,
         };
-        match hostfiles::plan(
+        let planned = hostfiles::plan(
             &source,
             &layout.paths.host_root,
             &current.installed_files_checksum,
-        ) {
-            Ok(planned) => {
-                previous.installed_files = planned.keys().cloned().collect();
-                previous.installed_files_checksum = planned;
-            }
-            Err(e) => eprintln!("host files of {}: {e}", dir.display()),
-        }
+        )
+        .map_err(host_files_err)?;
+        previous.installed_files = planned.keys().cloned().collect();
+        previous.installed_files_checksum = planned;
     }
     previous.verified = true;
     write_info(&dir, &previous)?;
@@ -1104,7 +1145,7 @@ pub fn rollback(args: &SystemNameArgs) -> Result<(), RuntimeError> {
         name: &args.name,
     };
     // A rollback cut short and run again is finished, not done twice.
-    let interrupted = layout.read_pending().is_some_and(|p| p.kind == "rollback");
+    let interrupted = layout.read_pending()?.is_some_and(|p| p.kind == "rollback");
     layout.recover()?;
     if interrupted {
         return Ok(());
@@ -1131,34 +1172,35 @@ pub fn uninstall(args: &SystemNameArgs) -> Result<(), RuntimeError> {
     }
     // Host files of the active deployment, and of both while an activation is pending
     // (either may own some of them).
-    let mut records: Vec<Info> = layout.active().map(|(_, i)| i).into_iter().collect();
-    if let Some(p) = layout.read_pending() {
-        records.extend(
-            [Some(p.to), p.from]
-                .into_iter()
-                .flatten()
-                .filter_map(|n| layout.read_info(&layout.slot(n))),
-        );
+    let mut records: Vec<Info> = layout.active()?.map(|(_, i)| i).into_iter().collect();
+    if let Some(p) = layout.read_pending()? {
+        for n in [Some(p.to), p.from].into_iter().flatten() {
+            records.extend(layout.read_info(&layout.slot(n))?);
+        }
     }
     if records.iter().all(|i| i.has_container_service) {
-        let _ = layout.systemctl(&["disable", "--now", &layout.unit_name()]);
+        // Its exit status says little (the unit may be gone already); not being able to
+        // run systemctl at all stops the uninstall, to be run again.
+        layout.systemctl(&["disable", "--now", &layout.unit_name()])?;
     }
     // The unit goes first, so the container cannot be started while files disappear.
     durable::remove_file(&layout.unit_out()).map_err(io_err(&layout.unit_out()))?;
-    let _ = layout.systemctl(&["daemon-reload"]);
+    layout.systemctl_ok(&["daemon-reload"])?;
     let tmpfiles_out = layout.tmpfiles_out();
     if tmpfiles_out.exists() {
         let _ = layout.tmpfiles("--remove", &tmpfiles_out);
         durable::remove_file(&tmpfiles_out).map_err(io_err(&tmpfiles_out))?;
     }
     for info in &records {
-        hostfiles::remove(&info.installed_files_checksum, &args.paths.host_root);
+        hostfiles::remove(&info.installed_files_checksum, &args.paths.host_root)
+            .map_err(host_files_err)?;
     }
     // The link, then the deployments, then the pending record: a run cut short anywhere
     // still finds something to finish with.
     durable::remove_file(&layout.link()).map_err(io_err(&layout.link()))?;
     for n in [0, 1] {
         layout.discard(n)?;
+        remove_dir(&layout.temp_slot(n))?;
     }
     durable::remove_file(&layout.pending_path()).map_err(io_err(&layout.pending_path()))?;
     if let Ok(marks) = Marks::new(&args.paths.state_dir, "rolled-back") {

@@ -35,17 +35,20 @@ fn io_err(path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> HostFilesError {
 }
 
 /// What a host path holds now, in the terms [`Installed`] records: a file's SHA-256, a
-/// symlink's target, `dir` for a directory, `0` for nothing (atomic's value).
-pub fn checksum(path: &Path) -> String {
-    match fs::symlink_metadata(path) {
-        Err(_) => "0".into(),
-        Ok(m) if m.file_type().is_symlink() => match fs::read_link(path) {
-            Ok(t) => format!("symlink:{}", t.display()),
-            Err(_) => "0".into(),
-        },
-        Ok(m) if m.is_dir() => "dir".into(),
-        Ok(_) => crate::runtime::digest::sha256_of(path).unwrap_or_else(|_| "0".into()),
-    }
+/// symlink's target, `dir` for a directory, `0` for nothing (atomic's value). A path that
+/// cannot be read is an error, never "nothing": it must not be taken as free.
+pub fn checksum(path: &Path) -> io::Result<String> {
+    let m = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok("0".into()),
+        other => other?,
+    };
+    Ok(if m.file_type().is_symlink() {
+        format!("symlink:{}", fs::read_link(path)?.display())
+    } else if m.is_dir() {
+        "dir".into()
+    } else {
+        crate::runtime::digest::sha256_of(path)?
+    })
 }
 
 fn on_host(host_root: &Path, path: &str) -> PathBuf {
@@ -169,12 +172,10 @@ impl Source<'_> {
 
     /// Whether a directory of `hostfs/` is empty in the image: only such a directory is
     /// recorded (and so removed later), since one that holds files may hold the admin's.
-    fn is_empty_dir(&self, src: &Path) -> bool {
-        self.rootfs
-            .dir(&Path::new(HOSTFS).join(src))
-            .ok()
-            .and_then(|fd| children(&fd).ok())
-            .is_some_and(|c| c.is_empty())
+    fn is_empty_dir(&self, src: &Path) -> Result<bool, HostFilesError> {
+        let dir = Path::new(HOSTFS).join(src);
+        let fd = self.rootfs.dir(&dir).map_err(io_err(&dir))?;
+        Ok(children(&fd).map_err(io_err(&dir))?.is_empty())
     }
 }
 
@@ -204,7 +205,8 @@ pub fn plan(
 ) -> Result<Installed, HostFilesError> {
     let mut planned = Installed::new();
     for c in source.walk()? {
-        let now = checksum(&on_host(host_root, &c.dest));
+        let host = on_host(host_root, &c.dest);
+        let now = checksum(&host).map_err(io_err(&host))?;
         let free = now == "0" || replaceable.get(&c.dest) == Some(&now);
         if !free {
             if c.kind != FileType::Directory {
@@ -212,7 +214,7 @@ pub fn plan(
             }
             continue;
         }
-        if c.kind != FileType::Directory || source.is_empty_dir(&c.src) {
+        if c.kind != FileType::Directory || source.is_empty_dir(&c.src)? {
             planned.insert(c.dest.clone(), source.expected(&c)?.0);
         }
     }
@@ -236,10 +238,10 @@ pub fn apply(
         .filter(|(path, _)| !planned.contains_key(*path))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    remove(&leftover, host_root);
+    remove(&leftover, host_root)?;
     for c in source.walk()? {
         let host = on_host(host_root, &c.dest);
-        let now = checksum(&host);
+        let now = checksum(&host).map_err(io_err(&host))?;
         let Some(want) = planned.get(&c.dest) else {
             // Not ours, but a directory the files below it need.
             if c.kind == FileType::Directory && now == "0" {
@@ -280,11 +282,13 @@ pub fn apply(
 }
 
 /// Remove what an earlier install created, unless it was changed since (then say so).
-/// Deepest paths first, so directories are empty when their turn comes.
-pub fn remove(installed: &Installed, host_root: &Path) {
+/// Deepest paths first, so directories are empty when their turn comes (one that is not,
+/// holds someone's files: it stays, saying so). A file that cannot be read or removed is
+/// an error, so the caller keeps its record and a later run tries again.
+pub fn remove(installed: &Installed, host_root: &Path) -> Result<(), HostFilesError> {
     for (path, recorded) in installed.iter().rev() {
         let host = on_host(host_root, path);
-        let now = checksum(&host);
+        let now = checksum(&host).map_err(io_err(&host))?;
         if now == "0" {
             continue;
         }
@@ -292,15 +296,18 @@ pub fn remove(installed: &Installed, host_root: &Path) {
             println!("Will not delete {path} as it was manually modified.");
             continue;
         }
-        let removed = if recorded == "dir" {
-            fs::remove_dir(&host)
+        if recorded == "dir" {
+            match fs::remove_dir(&host) {
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTEMPTY.raw_os_error()) => {
+                    println!("Will not delete {path}: it holds files now.");
+                }
+                other => other.map_err(io_err(&host))?,
+            }
         } else {
-            durable::remove_file(&host)
-        };
-        if let Err(e) = removed {
-            println!("Could not delete {path}: {e}");
+            durable::remove_file(&host).map_err(io_err(&host))?;
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
