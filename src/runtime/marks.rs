@@ -70,7 +70,11 @@ impl Marks {
         for (k, v) in &mark.0 {
             text.push_str(&format!("{k}={v}\n"));
         }
-        super::durable::write(&self.path(name), text.as_bytes(), None)
+        let path = self.path(name);
+        super::durable::write(&path, text.as_bytes(), None).map_err(|e| {
+            let note = super::disk_full_note(&path, &e);
+            io::Error::new(e.kind(), format!("{}: {e}{note}", path.display()))
+        })
     }
 
     pub fn remove(&self, name: &str) -> io::Result<()> {

@@ -31,7 +31,7 @@ pub enum RuntimeError {
     EngineUnreachable(&'static str, String),
     #[error("{what}: {message}")]
     Docker { what: String, message: String },
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}{}", path.display(), disk_full_note(path, source))]
     Io { path: PathBuf, source: io::Error },
     #[error("reading the archive: {0}")]
     ReadArchive(io::Error),
@@ -73,6 +73,30 @@ pub enum RuntimeError {
     /// A source that could not be staged (download, save, digest, not an archive).
     #[error("{0}")]
     Fetch(String),
+}
+
+/// For a full disk, which file system is full and how big it is: "; the file system
+/// holding /var/lib/containers/atomic is full (0 B of 64.0 MiB free)". Empty otherwise.
+pub(crate) fn disk_full_note(path: &Path, e: &io::Error) -> String {
+    let full = [rustix::io::Errno::NOSPC, rustix::io::Errno::DQUOT]
+        .iter()
+        .any(|n| e.raw_os_error() == Some(n.raw_os_error()));
+    if !full {
+        return String::new();
+    }
+    let Some((dir, st)) = path
+        .ancestors()
+        .find_map(|d| rustix::fs::statvfs(d).ok().map(|st| (d, st)))
+    else {
+        return "; its file system is full".into();
+    };
+    let mib = |blocks: u64| (blocks * st.f_frsize) as f64 / (1024.0 * 1024.0);
+    format!(
+        "; the file system holding {} is full ({:.1} MiB of {:.1} MiB free): free space there, and it is tried again at the next start",
+        dir.display(),
+        mib(st.f_bavail),
+        mib(st.f_blocks)
+    )
 }
 
 /// `map_err` for a file operation on `path`.

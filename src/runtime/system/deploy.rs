@@ -520,9 +520,13 @@ fn check_config(bytes: &[u8], host_root: &Path) -> Result<Vec<String>, RuntimeEr
     Ok(missing)
 }
 
-fn layer_err(i: usize, name: &str, e: LayerError) -> RuntimeError {
-    match e {
-        LayerError::Write { .. } => RuntimeError::System(format!("layer {} ({name}): {e}", i + 1)),
+fn layer_err(i: usize, name: &str, rootfs: &Path, e: LayerError) -> RuntimeError {
+    match &e {
+        LayerError::Write { source, .. } => RuntimeError::System(format!(
+            "layer {} ({name}): {e}{}",
+            i + 1,
+            crate::runtime::disk_full_note(rootfs, source)
+        )),
         _ => image_err(format!("layer {} ({name}): {e}", i + 1)),
     }
 }
@@ -564,7 +568,8 @@ fn checkout(
         let file = fs::File::open(path).map_err(io_err(path))?;
         let reader =
             archive::layer_reader(file).map_err(|e| image_err(format!("layer {}: {e}", i + 1)))?;
-        let stats = layer::apply(&root, reader).map_err(|e| layer_err(i, layer_name, e))?;
+        let stats =
+            layer::apply(&root, reader).map_err(|e| layer_err(i, layer_name, &rootfs_dir, e))?;
         let expected = &config.rootfs.diff_ids[i];
         if &stats.diff_id != expected {
             return Err(image_err(format!(
