@@ -690,3 +690,72 @@ fn a_whiteout_never_creates_its_directory() {
     ok(&host.install("w1", &[]));
     assert!(!host.p("checkout/w1/rootfs/not").exists());
 }
+
+#[test]
+fn runs_on_one_container_wait_for_each_other_and_say_so() {
+    let host = Host::new();
+    etcd_image("v1").save(&host.p("preload/ostree/etcd.tar"));
+    ok(&host.install("etcd", &[]));
+    ok(&host.install("etcd", &["GREETING=changed"]));
+    // Another run holds etcd's lock: a rollback waits, saying for what, and goes on when
+    // the lock is released.
+    let lock_path = host.p("state/lock-system/etcd");
+    let held = fs::File::options().write(true).open(&lock_path).unwrap();
+    held.lock().unwrap();
+    let mut args: Vec<String> = vec!["rollback".into(), "etcd".into()];
+    args.extend(host.path_args());
+    let waiting = Command::new(support::helper())
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        fs::read_link(host.p("checkout/etcd")).unwrap(),
+        host.p("checkout/etcd.1"),
+        "nothing happens while the lock is held"
+    );
+    // A run on another container does not wait.
+    etcd_image("v1").save(&host.p("preload/ostree/other.tar"));
+    let other = ok(&host.install("other", &[]));
+    assert!(!other.contains("waiting"), "{other}");
+    drop(held);
+    let out = waiting.wait_with_output().unwrap();
+    let stdout = ok(&out);
+    assert!(
+        stdout.starts_with(&format!(
+            "waiting for another atomic-preload run to finish (it holds {})\n",
+            lock_path.display()
+        )),
+        "{stdout}"
+    );
+    assert_eq!(
+        fs::read_link(host.p("checkout/etcd")).unwrap(),
+        host.p("checkout/etcd.0")
+    );
+}
+
+#[test]
+fn commands_that_take_a_name_refuse_paths() {
+    let host = Host::new();
+    let victim = host.p("notes.txt");
+    fs::write(&victim, "keep").unwrap();
+    let name = victim.display().to_string();
+    for args in [
+        vec!["rollback", name.as_str()],
+        vec!["uninstall", name.as_str()],
+        vec!["start-system", "--name", name.as_str()],
+        vec!["uninstall", "../../x"],
+    ] {
+        let out = host.helper(&args);
+        assert_eq!(out.status.code(), Some(65), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is not a valid container name"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+}

@@ -16,6 +16,13 @@ use crate::config::Named;
 use crate::generator;
 
 pub fn run(args: &UninstallArgs) -> Result<(), RuntimeError> {
+    // Checked before it names any file or container: never a path.
+    if !crate::config::is_valid_name(&args.name) {
+        return Err(RuntimeError::Usage(format!(
+            "{:?} is not a valid container name",
+            args.name
+        )));
+    }
     let system = SystemNameArgs {
         name: args.name.clone(),
         paths: args.paths.clone(),
