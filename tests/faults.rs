@@ -327,27 +327,25 @@ impl Scenario {
     }
     /// Keep the prepared state: every run starts from it.
     fn save(&self) {
-        let ok = Command::new("cp")
-            .arg("-a")
-            .arg(&self.work)
-            .arg(&self.saved)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        copy_tree(&self.work, &self.saved);
     }
     fn restore(&self) {
         (self.reset)();
         fs::remove_dir_all(&self.work).unwrap();
-        let ok = Command::new("cp")
-            .arg("-a")
-            .arg(&self.saved)
-            .arg(&self.work)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        copy_tree(&self.saved, &self.work);
     }
+}
+
+/// `cp -a`: modes, owners, links and xattrs kept.
+fn copy_tree(from: &Path, to: &Path) {
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a {} {}", from.display(), to.display());
 }
 
 impl Drop for Scenario {

@@ -14,7 +14,7 @@ use crate::runtime::marks::{self, Mark, Marks};
 use crate::runtime::{RuntimeError, io_err};
 use crate::runtime::{durable, notify};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -865,33 +865,52 @@ fn record(
     archive_path: &Path,
 ) -> Result<Info, RuntimeError> {
     let rootfs = Root::open(&tmp.join("rootfs")).map_err(io_err(tmp))?;
-    let templates: BTreeSet<String> = prepared.templates.iter().cloned().collect();
-    let source = hostfiles::Source {
-        rootfs: &rootfs,
-        templates: &templates,
-        renames: &prepared.renames,
-        values: &prepared.values,
-    };
-    let empty = hostfiles::Installed::new();
-    let replaceable = current.map_or(&empty, |(_, i)| &i.installed_files_checksum);
-    let planned =
-        hostfiles::plan(&source, &args.paths.host_root, replaceable).map_err(host_files_err)?;
-    Ok(Info {
+    let mut info = Info {
         image: args.image.clone(),
         revision: prepared.image_id.clone(),
         created: now(),
         values: prepared.values.clone(),
         setvalues: args.setvalues.clone(),
         has_container_service: prepared.has_container_service,
-        installed_files: planned.keys().cloned().collect(),
-        installed_files_checksum: planned,
+        installed_files: Vec::new(),
+        installed_files_checksum: hostfiles::Installed::new(),
         installed_files_template: prepared.templates.clone(),
         rename_installed_files: prepared.renames.clone(),
         remote: None,
         runtime: args.paths.runtime.clone(),
         archive: archive_path.display().to_string(),
         verified: current.is_none(),
-    })
+    };
+    let empty = hostfiles::Installed::new();
+    let replaceable = current.map_or(&empty, |(_, i)| &i.installed_files_checksum);
+    info.plan_host_files(&rootfs, &args.paths.host_root, replaceable)?;
+    Ok(info)
+}
+
+impl Info {
+    /// How this deployment's host files are made from its rootfs.
+    fn host_files<'a>(&'a self, rootfs: &'a Root) -> hostfiles::Source<'a> {
+        hostfiles::Source {
+            rootfs,
+            templates: &self.installed_files_template,
+            renames: &self.rename_installed_files,
+            values: &self.values,
+        }
+    }
+
+    /// Record the host files this deployment will own (see [`hostfiles::plan`]).
+    fn plan_host_files(
+        &mut self,
+        rootfs: &Root,
+        host_root: &Path,
+        replaceable: &hostfiles::Installed,
+    ) -> Result<(), RuntimeError> {
+        let planned = hostfiles::plan(&self.host_files(rootfs), host_root, replaceable)
+            .map_err(host_files_err)?;
+        self.installed_files = planned.keys().cloned().collect();
+        self.installed_files_checksum = planned;
+        Ok(())
+    }
 }
 
 impl Layout<'_> {
@@ -929,16 +948,8 @@ impl Layout<'_> {
         let old_files = old.as_ref().map_or(&empty, |i| &i.installed_files_checksum);
         match open_rootfs(&dir)? {
             Some(rootfs) => {
-                let templates: BTreeSet<String> =
-                    info.installed_files_template.iter().cloned().collect();
-                let source = hostfiles::Source {
-                    rootfs: &rootfs,
-                    templates: &templates,
-                    renames: &info.rename_installed_files,
-                    values: &info.values,
-                };
                 hostfiles::apply(
-                    &source,
+                    &info.host_files(&rootfs),
                     &self.paths.host_root,
                     &info.installed_files_checksum,
                     old_files,
@@ -1111,22 +1122,11 @@ fn rollback_layout(layout: &Layout<'_>, start: bool) -> Result<(), RuntimeError>
     );
     // The host files it will own again, planned against what the current one owns.
     if let Some(rootfs) = open_rootfs(&dir)? {
-        let templates: BTreeSet<String> =
-            previous.installed_files_template.iter().cloned().collect();
-        let source = hostfiles::Source {
-            rootfs: &rootfs,
-            templates: &templates,
-            renames: &previous.rename_installed_files,
-            values: &previous.values,
-        };
-        let planned = hostfiles::plan(
-            &source,
+        previous.plan_host_files(
+            &rootfs,
             &layout.paths.host_root,
             &current.installed_files_checksum,
-        )
-        .map_err(host_files_err)?;
-        previous.installed_files = planned.keys().cloned().collect();
-        previous.installed_files_checksum = planned;
+        )?;
     }
     previous.verified = true;
     write_info(&dir, &previous)?;

@@ -11,7 +11,7 @@ use super::values::Values;
 use crate::runtime::durable;
 use rustix::fs::{self as rfs, AtFlags, FileType};
 use sha2::Digest;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
@@ -71,7 +71,7 @@ fn rename(path: &str, renames: &BTreeMap<String, String>) -> String {
 /// recorded in its deployment's `info`.
 pub struct Source<'a> {
     pub rootfs: &'a Root,
-    pub templates: &'a BTreeSet<String>,
+    pub templates: &'a [String],
     pub renames: &'a BTreeMap<String, String>,
     pub values: &'a Values,
 }
