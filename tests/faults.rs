@@ -1318,3 +1318,97 @@ fn every_writer_syncs_before_and_after_it_renames() {
     let bad = "1 openat(AT_FDCWD</>, \"/x/.a.tmp\", O_WRONLY) = 3</x/.a.tmp>\n1 rename(\"/x/.a.tmp\", \"/x/a\") = 0\n";
     assert_eq!(durability_violations(bad, &|_| false).len(), 2);
 }
+
+// ---------------------------------------------------------------------------------------
+// A real full disk
+
+/// A tmpfs of `size` mounted on `dir` for the test's lifetime.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs on {}", dir.display());
+        Tmpfs(dir.to_owned())
+    }
+    fn resize(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_checkout_file_system_says_so_keeps_the_running_version_and_recovers() {
+    let s = system_scenario("full-disk");
+    let disk = Tmpfs::mount(&s.p("checkout"), "8M");
+    let archive = s.p("preload/ostree/etcd.tar");
+    sys_image("v1").save(&archive);
+    must(run(&install_cmd(&s), &[]));
+    must(run(
+        &system_args(&s, &["start-system", "--name", "etcd"]),
+        &[],
+    ));
+    let before = system_state(&s);
+    // v2 carries 12 MB more than the file system has room for.
+    let mut v2 = sys_image("v2");
+    v2.layers.push(
+        Layer::new()
+            .file("payload", &vec![7u8; 12 << 20], 0o644)
+            .bytes(),
+    );
+    v2.save(&archive);
+    let out = run(&install_cmd(&s), &[]);
+    let said = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "retried at the next start: {said}"
+    );
+    let checkout = s.p("checkout").display().to_string();
+    assert!(
+        said.contains(&format!("the file system holding {checkout} is full"))
+            && said.contains("is full (0.0 MiB of 8.0 MiB free)")
+            && said.contains("No space left on device"),
+        "{said}"
+    );
+    system_settled(&s).unwrap();
+    let mut now = system_state(&s);
+    now.remove("preload/ostree/etcd.tar");
+    let mut expected = before.clone();
+    expected.remove("preload/ostree/etcd.tar");
+    assert_eq!(
+        now,
+        expected,
+        "nothing half installed, v1 untouched and running:\n{}",
+        diff(&expected, &now)
+    );
+    // Space freed: the next start installs v2.
+    disk.resize("64M");
+    must(run(&install_cmd(&s), &[]));
+    system_settled(&s).unwrap();
+    assert_eq!(
+        fs::read_link(s.p("checkout/etcd")).unwrap(),
+        s.p("checkout/etcd.1")
+    );
+    assert_eq!(
+        fs::read_to_string(s.p("sd/state")).unwrap().trim(),
+        "active"
+    );
+    drop(disk);
+}

@@ -550,7 +550,21 @@ fn checkout(
         archive_path.display(),
         dest.display()
     );
-    let spool = Spool::create(archive_path, &spool_dir).map_err(|e| image_err(e.to_string()))?;
+    let spool = Spool::create(archive_path, &spool_dir).map_err(|e| match e {
+        // A full disk where the archive is spooled is the checkout's file system, and is
+        // retried; a truncated or unreadable archive is the archive's fault.
+        // (The note is made now: the failed checkout's space is freed before it prints.)
+        archive::ArchiveError::Io { source, .. }
+            if !crate::runtime::disk_full_note(&spool_dir, &source).is_empty() =>
+        {
+            RuntimeError::System(format!(
+                "checking out into {}: {source}{}",
+                args.paths.checkout_dir.display(),
+                crate::runtime::disk_full_note(&args.paths.checkout_dir, &source)
+            ))
+        }
+        e => image_err(e.to_string()),
+    })?;
     let (item, config, image_id) = spool
         .image(&args.image)
         .map_err(|e| image_err(e.to_string()))?;
