@@ -128,7 +128,8 @@ fn trace(cmd: &[String], env: &[(String, String)], follow: bool) -> Vec<(u32, St
         .lines()
         .filter_map(|l| {
             let (pid, call) = match l.split_once(' ') {
-                Some((pid, rest)) if follow => (pid.parse().ok()?, rest),
+                // strace pads the PID: "1234  openat(…".
+                Some((pid, rest)) if follow => (pid.parse().ok()?, rest.trim_start()),
                 _ => (0, l),
             };
             let name = call.split_once('(')?.0;
@@ -1161,7 +1162,7 @@ fn a_stage_from_a_url_converges_after_a_fault_anywhere() {
 /// going to the trash, a backup) are not trusted by anyone and are exempt, and so are
 /// symlinks (nothing to fsync but their directory) and what `exempt` says (the test's
 /// stand-ins for systemctl).
-fn durability_violations(trace: &str, exempt: &dyn Fn(&str) -> bool) -> Vec<String> {
+fn durability_violations(trace: &str, exempt: &dyn Fn(&str) -> bool) -> (Vec<String>, usize) {
     let quoted = |line: &str| -> Vec<String> {
         line.split('"')
             .enumerate()
@@ -1176,9 +1177,10 @@ fn durability_violations(trace: &str, exempt: &dyn Fn(&str) -> bool) -> Vec<Stri
     };
     let lines: Vec<&str> = trace
         .lines()
-        .map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest))
+        .map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest.trim_start()))
         .collect();
     let mut violations = Vec::new();
+    let mut checked = 0;
     for (i, line) in lines.iter().enumerate() {
         if !(line.starts_with("rename(") || line.starts_with("renameat")) || !line.ends_with("= 0")
         {
@@ -1192,6 +1194,7 @@ fn durability_violations(trace: &str, exempt: &dyn Fn(&str) -> bool) -> Vec<Stri
         if to_name.starts_with('.') || exempt(to) {
             continue;
         }
+        checked += 1;
         let dir = to.rsplit_once('/').map_or(".", |(d, _)| d);
         let before = &lines[..i];
         let synced = match fs::symlink_metadata(to) {
@@ -1214,7 +1217,7 @@ fn durability_violations(trace: &str, exempt: &dyn Fn(&str) -> bool) -> Vec<Stri
             violations.push(format!("{to}: no fsync of {dir} after the rename"));
         }
     }
-    violations
+    (violations, checked)
 }
 
 /// Run `cmd` under `strace -f -y`, must succeed; its trace.
@@ -1247,12 +1250,17 @@ fn every_writer_syncs_before_and_after_it_renames() {
     let work = s.work.display().to_string();
     let not_ours = move |p: &str| p.starts_with(&sd) || !p.starts_with(&work);
     let mut checked = Vec::new();
+    // A start of a verified deployment writes nothing and an uninstall only deletes;
+    // every other run renames something of ours.
     let mut check = |what: &str, cmd: Vec<String>, env: &[(String, String)]| {
         let trace = traced(&cmd, env);
-        let renames = trace.lines().filter(|l| l.contains(" rename")).count();
-        let v = durability_violations(&trace, &not_ours);
+        let (v, renames) = durability_violations(&trace, &not_ours);
         assert!(v.is_empty(), "{what}:\n{}", v.join("\n"));
-        checked.push(format!("{what}: {renames} renames"));
+        assert!(
+            renames > 0 || what == "start" || what == "uninstall",
+            "{what}: no rename of ours was seen in the trace"
+        );
+        checked.push(format!("{what}: {renames} renames checked"));
     };
     check("first install", install_cmd(&s), &[]);
     check(
@@ -1316,7 +1324,19 @@ fn every_writer_syncs_before_and_after_it_renames() {
     eprintln!("{}", checked.join("\n"));
     // The checker itself: a rename with no fsync at all is caught.
     let bad = "1 openat(AT_FDCWD</>, \"/x/.a.tmp\", O_WRONLY) = 3</x/.a.tmp>\n1 rename(\"/x/.a.tmp\", \"/x/a\") = 0\n";
-    assert_eq!(durability_violations(bad, &|_| false).len(), 2);
+    assert_eq!(
+        durability_violations(bad, &|_| false),
+        (
+            vec![
+                "/x/a: renamed from /x/.a.tmp without an fsync of it first".to_owned(),
+                "/x/a: no fsync of /x after the rename".to_owned(),
+            ],
+            1
+        )
+    );
+    // With the PID padded as strace does for short ones.
+    let padded = bad.replace("1 ", "123  ");
+    assert_eq!(durability_violations(&padded, &|_| false).0.len(), 2);
 }
 
 // ---------------------------------------------------------------------------------------
