@@ -786,6 +786,13 @@ fn updated_scenario(name: &'static str) -> Scenario {
     s
 }
 
+/// [`updated_scenario`] with v2 installed over v1 (v1 kept for rollback).
+fn two_versions_scenario(name: &'static str) -> Scenario {
+    let s = updated_scenario(name);
+    must(run(&install_cmd(&s), &[]));
+    s
+}
+
 #[test]
 fn an_update_of_a_running_container_converges_after_a_fault_anywhere() {
     strace_available();
@@ -808,8 +815,7 @@ fn an_update_of_a_running_container_converges_after_a_fault_anywhere() {
 #[test]
 fn an_automatic_rollback_converges_after_a_fault_anywhere() {
     strace_available();
-    let mut s = updated_scenario("auto-rollback");
-    must(run(&install_cmd(&s), &[]));
+    let mut s = two_versions_scenario("auto-rollback");
     // The new version's service fails to start.
     fs::write(
         s.p("sd/fail-when"),
@@ -831,8 +837,7 @@ fn an_automatic_rollback_converges_after_a_fault_anywhere() {
 #[test]
 fn a_rollback_converges_after_a_fault_anywhere() {
     strace_available();
-    let mut s = updated_scenario("rollback");
-    must(run(&install_cmd(&s), &[]));
+    let mut s = two_versions_scenario("rollback");
     s.save();
     s.cmd = system_args(&s, &["rollback", "etcd"]);
     let rolled = reference(&s, &s.cmd);
@@ -851,8 +856,7 @@ fn a_rollback_converges_after_a_fault_anywhere() {
 #[test]
 fn an_uninstall_converges_after_a_fault_anywhere() {
     strace_available();
-    let mut s = updated_scenario("uninstall");
-    must(run(&install_cmd(&s), &[]));
+    let mut s = two_versions_scenario("uninstall");
     s.save();
     s.cmd = system_args(&s, &["uninstall", "etcd"]);
     let r = reference(&s, &s.cmd);
