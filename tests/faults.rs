@@ -1158,6 +1158,342 @@ fn a_stage_from_a_url_converges_after_a_fault_anywhere() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Two operations at once
+
+/// How often each pair runs: half the rounds with one started first, half the other,
+/// the second started a little later each round, from together to when the first, run
+/// alone, would have finished.
+const ROUNDS: usize = 24;
+
+/// `first` started, `second` started `delay` later; both waited for (killed after a
+/// minute: two runs that wait for each other are a failure, not a hang of the suite).
+fn together(
+    first: &[String],
+    second: &[String],
+    env: &[(String, String)],
+    delay: Duration,
+) -> (Output, Output) {
+    let start = |cmd: &[String]| {
+        let (out, err) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+        let child = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(err.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        (child, out, err)
+    };
+    let a = start(first);
+    std::thread::sleep(delay);
+    let b = start(second);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let finish = |(mut child, out, err): (std::process::Child, fs::File, fs::File)| {
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{first:?} and {second:?} together: still running after a minute");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let read = |mut f: fs::File| {
+            use std::io::{Read, Seek};
+            let mut bytes = Vec::new();
+            f.seek(std::io::SeekFrom::Start(0)).unwrap();
+            f.read_to_end(&mut bytes).unwrap();
+            bytes
+        };
+        Output {
+            status,
+            stdout: read(out),
+            stderr: read(err),
+        }
+    };
+    let a = finish(a);
+    let b = finish(b);
+    (a, b)
+}
+
+/// Run `a` and `b` together [`ROUNDS`] times from the saved state. Never interleaved
+/// means: each time, the exit statuses and the state (`state`) are those of running them
+/// one after the other, in one order or the other, and the state is `settled`. Returns
+/// how many rounds one of them had to wait for the other (said so on its output).
+fn race(
+    s: &Scenario,
+    a: &[String],
+    b: &[String],
+    state: &dyn Fn(&Scenario) -> BTreeMap<String, String>,
+    settled: &dyn Fn(&Scenario) -> Result<(), String>,
+) -> usize {
+    let serial = |x: &[String], y: &[String]| {
+        s.restore();
+        let t = Instant::now();
+        let ox = run(x, &s.env);
+        let tx = t.elapsed();
+        let oy = run(y, &s.env);
+        settled(s)
+            .unwrap_or_else(|e| panic!("{x:?} then {y:?}: {e}\n{}\n{}", text(&ox), text(&oy)));
+        ((ox.status.code(), oy.status.code()), state(s), tx)
+    };
+    let (ab_codes, ab_state, ta) = serial(a, b);
+    let (ba, ba_state, tb) = serial(b, a);
+    let ba_codes = (ba.1, ba.0);
+    let mut waited = 0;
+    let mut failures = Vec::new();
+    for round in 0..ROUNDS {
+        s.restore();
+        let a_first = round % 2 == 0;
+        let (first, second, alone) = if a_first { (a, b, ta) } else { (b, a, tb) };
+        let delay = alone * (round / 2) as u32 / (ROUNDS / 2) as u32;
+        let (o1, o2) = together(first, second, &s.env, delay);
+        let (oa, ob) = if a_first { (o1, o2) } else { (o2, o1) };
+        let said = format!("{}\n--\n{}", text(&oa), text(&ob));
+        if said.contains("waiting for another atomic-preload run to finish") {
+            waited += 1;
+        }
+        let codes = (oa.status.code(), ob.status.code());
+        let now = state(s);
+        let at = format!("{}: round {round} ({delay:?} apart)", s.name);
+        if let Err(e) = settled(s) {
+            failures.push(format!("{at}: {e}\n{said}"));
+        } else if !((codes == ab_codes && now == ab_state)
+            || (codes == ba_codes && now == ba_state))
+        {
+            failures.push(format!(
+                "{at}: exit statuses {codes:?} (one after the other: {ab_codes:?} or {ba_codes:?}) and the state:\n{}\n{said}",
+                diff(if codes == ba_codes { &ba_state } else { &ab_state }, &now)
+            ));
+        }
+    }
+    eprintln!(
+        "{}: {ROUNDS} rounds, {waited} where one waited for the other, {} not as if one after the other",
+        s.name,
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {ROUNDS} rounds interleaved; first ones:\n{}",
+        failures.len(),
+        failures[..failures.len().min(2)].join("\n\n")
+    );
+    assert!(
+        waited > 0,
+        "{}: in no round did one run wait for the other: the pair never overlapped",
+        s.name
+    );
+    waited
+}
+
+fn system_race(s: &Scenario, a: &[String], b: &[String]) {
+    race(s, a, b, &system_state, &system_settled);
+}
+
+#[test]
+fn two_first_installs_at_once_are_one_install() {
+    let mut s = system_scenario("race-install-install");
+    sys_image("v1").save(&s.p("preload/ostree/etcd.tar"));
+    s.save();
+    s.cmd = install_cmd(&s);
+    system_race(&s, &s.cmd, &s.cmd);
+}
+
+#[test]
+fn an_update_and_a_rollback_at_once_are_one_after_the_other() {
+    let s = updated_scenario("race-update-rollback");
+    s.save();
+    system_race(
+        &s,
+        &install_cmd(&s),
+        &system_args(&s, &["rollback", "etcd"]),
+    );
+}
+
+#[test]
+fn an_update_and_an_uninstall_at_once_are_one_after_the_other() {
+    let s = updated_scenario("race-update-uninstall");
+    s.save();
+    system_race(
+        &s,
+        &install_cmd(&s),
+        &system_args(&s, &["uninstall", "etcd"]),
+    );
+}
+
+#[test]
+fn a_rollback_and_an_uninstall_at_once_are_one_after_the_other() {
+    let s = two_versions_scenario("race-rollback-uninstall");
+    s.save();
+    let rollback = system_args(&s, &["rollback", "etcd"]);
+    system_race(&s, &rollback, &system_args(&s, &["uninstall", "etcd"]));
+    system_race(&s, &rollback, &rollback);
+}
+
+#[test]
+fn a_start_and_a_rollback_at_once_are_one_after_the_other() {
+    let s = two_versions_scenario("race-start-rollback");
+    s.save();
+    system_race(
+        &s,
+        &system_args(&s, &["start-system", "--name", "etcd", "--settle", "0"]),
+        &system_args(&s, &["rollback", "etcd"]),
+    );
+}
+
+/// `stage --root` onto the root a host runs from (an admin on a live host), with v2 of
+/// the archive the other operation reads (`src/ARCHIVE`).
+fn stage_v2_cmd(s: &Scenario, system: bool, archive: &str) -> Vec<String> {
+    let mut cmd = vec![
+        support::helper().display().to_string(),
+        "stage".into(),
+        "--root".into(),
+        s.p("root").display().to_string(),
+    ];
+    if system {
+        cmd.push("--system".into());
+    }
+    cmd.push(s.p(&format!("src/{archive}")).display().to_string());
+    cmd
+}
+
+#[test]
+fn a_system_stage_onto_a_live_host_and_an_install_at_once_are_one_after_the_other() {
+    let s = system_scenario("race-stage-install");
+    // The host's preload directory is the root's, as on a live host staged with --root /.
+    fs::create_dir_all(s.p("root/etc")).unwrap();
+    fs::create_dir_all(s.p("src")).unwrap();
+    let preload = s.p("root/var/lib/atomic/preload");
+    fs::create_dir_all(preload.join("ostree")).unwrap();
+    sys_image("v1").save(&preload.join("ostree/etcd.tar"));
+    sys_image("v2").save(&s.p("src/etcd.tar"));
+    s.save();
+    let install: Vec<String> = install_cmd(&s)
+        .into_iter()
+        .map(|a| {
+            if a == s.p("preload").display().to_string() {
+                preload.display().to_string()
+            } else {
+                a
+            }
+        })
+        .collect();
+    let state = |s: &Scenario| {
+        let mut all = system_state(s);
+        for (k, v) in snapshot(&s.p("root"), &|_, t| t) {
+            all.insert(format!("root/{k}"), v);
+        }
+        all
+    };
+    race(
+        &s,
+        &install,
+        &stage_v2_cmd(&s, true, "etcd.tar"),
+        &state,
+        &system_settled,
+    );
+}
+
+/// A Podman scenario: `preload/docker/app.tar` (v1) with its recorded digest under a
+/// root, and v2 of it in `src/`.
+fn podman_race_scenario(
+    name: &'static str,
+    podman: &std::rc::Rc<support::podman::Podman>,
+) -> Scenario {
+    let mut s = Scenario::new(name);
+    let docker = s.p("root/var/lib/atomic/preload/docker");
+    for d in [&docker, &s.p("root/etc"), &s.p("src"), &s.p("state")] {
+        fs::create_dir_all(d).unwrap();
+    }
+    for (marker, path) in [("v1", s.p("src/v1.tar")), ("v2", s.p("src/app.tar"))] {
+        let mut image = Image::new("test/app:1", vec![Layer::new().busybox().bytes()]);
+        image.marker = marker.into();
+        image.save(&path);
+    }
+    must(run(&stage_v2_cmd(&s, false, "v1.tar"), &[]));
+    fs::rename(docker.join("v1.tar"), docker.join("app.tar")).unwrap();
+    fs::write(
+        docker.join("app.tar.sha256"),
+        fs::read_to_string(docker.join("v1.tar.sha256"))
+            .unwrap()
+            .replace("v1.tar", "app.tar"),
+    )
+    .unwrap();
+    fs::remove_file(docker.join("v1.tar.sha256")).unwrap();
+    s.save();
+    s.env = podman
+        .env()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.display().to_string()))
+        .collect();
+    let p = podman.clone();
+    s.reset = Box::new(move || {
+        let _ = p.podman(&["rmi", "-f", "test/app:1"]);
+    });
+    s
+}
+
+/// What a load leaves: the image the engine has, what the marks record (not the
+/// fingerprint: a restored file has a new inode), the root.
+fn podman_race_state(s: &Scenario, podman: &support::podman::Podman) -> BTreeMap<String, String> {
+    let mut all = snapshot(&s.p("root"), &|_, t| t);
+    let id = podman.podman(&["image", "inspect", "--format", "{{.Id}}", "test/app:1"]);
+    all.insert("(image)".into(), text(&id));
+    for (k, v) in snapshot(&s.p("state/loaded"), &|_, t| {
+        t.lines()
+            .filter(|l| l.starts_with("sha256=") || l.starts_with("images="))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }) {
+        all.insert(format!("marks/{k}"), v);
+    }
+    all
+}
+
+fn podman_load_cmd(s: &Scenario) -> Vec<String> {
+    let mut cmd = load_cmd(s, &["--engine", "podman"]);
+    let preload = s.p("root/var/lib/atomic/preload").display().to_string();
+    let i = cmd.iter().position(|a| a == "--preload-dir").unwrap();
+    cmd[i + 1] = preload;
+    cmd
+}
+
+#[test]
+fn two_loads_at_once_load_once() {
+    if !support::podman::podman_available() {
+        return;
+    }
+    let podman = std::rc::Rc::new(support::podman::Podman::new());
+    let s = podman_race_scenario("race-load-load", &podman);
+    let load = podman_load_cmd(&s);
+    race(
+        &s,
+        &load,
+        &load,
+        &|s| podman_race_state(s, &podman),
+        &|_| Ok(()),
+    );
+}
+
+#[test]
+fn a_stage_onto_a_live_host_and_a_load_at_once_are_one_after_the_other() {
+    if !support::podman::podman_available() {
+        return;
+    }
+    let podman = std::rc::Rc::new(support::podman::Podman::new());
+    let s = podman_race_scenario("race-stage-load", &podman);
+    race(
+        &s,
+        &podman_load_cmd(&s),
+        &stage_v2_cmd(&s, false, "app.tar"),
+        &|s| podman_race_state(s, &podman),
+        &|_| Ok(()),
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // Power loss: the order of writes
 
 /// Every rename in a trace (`strace -f -y`) of a writer that a later run trusts must

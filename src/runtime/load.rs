@@ -276,6 +276,10 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
 
     engine.ping()?;
     let _lock = marks::lock(&args.engine.state_dir).map_err(RuntimeError::State)?;
+    let _archives = marks::lock_archives(&dir, false).map_err(|source| RuntimeError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let marks = Marks::new(&args.engine.state_dir, &marks_kind).map_err(RuntimeError::State)?;
 
     // Several archives load at once, one per core: the engine unpacks layers in parallel,

@@ -98,7 +98,31 @@ pub fn lock_file(state_dir: &Path, name: &str) -> io::Result<File> {
         .truncate(false)
         .write(true)
         .open(&path)?;
-    match file.try_lock() {
+    take(file, &path, true)
+}
+
+/// A lock on the archive directory `dir` itself (none when it does not exist): shared by
+/// the stages that read an archive together with its recorded digest or its index,
+/// exclusive for `stage` while it renames a new archive and its sidecar into place — so
+/// a boot's load never sees a new archive beside the old digest (and fails it as
+/// tampered) when an admin stages onto a live host.
+pub fn lock_archives(dir: &Path, exclusive: bool) -> io::Result<Option<File>> {
+    match File::open(dir) {
+        Ok(file) => take(file, dir, exclusive).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Lock `file` (`path`, for the message), waiting if another run holds it; when it must
+/// wait, the journal and the status line say for what.
+fn take(file: File, path: &Path, exclusive: bool) -> io::Result<File> {
+    let tried = if exclusive {
+        file.try_lock()
+    } else {
+        file.try_lock_shared()
+    };
+    match tried {
         Ok(()) => return Ok(file),
         Err(fs::TryLockError::WouldBlock) => {}
         Err(fs::TryLockError::Error(e)) => return Err(e),
@@ -109,7 +133,11 @@ pub fn lock_file(state_dir: &Path, name: &str) -> io::Result<File> {
     );
     println!("{message}");
     super::notify::status(&message);
-    file.lock()?;
+    if exclusive {
+        file.lock()?;
+    } else {
+        file.lock_shared()?;
+    }
     Ok(file)
 }
 

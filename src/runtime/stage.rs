@@ -9,9 +9,9 @@
 //! created, so ROOT is exactly as before.
 
 use super::digest::{self, hex};
-use super::durable;
 use super::system::archive;
 use super::{RuntimeError, io_err};
+use super::{durable, marks};
 use crate::cli::StageArgs;
 use crate::config::{self, Named, archive_problem};
 use crate::{generator, paths};
@@ -744,6 +744,8 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         write_file(&temp, text.as_bytes())?;
         renames.push((temp, config_path.clone()));
     }
+    // A load or install reading these archives on a live host finishes first.
+    let _archives = marks::lock_archives(&dir, true).map_err(io_err(&dir))?;
     commit(&renames)?;
     undo.done = true;
     for s in &staged {

@@ -762,6 +762,10 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
         name: &args.name,
     };
     layout.recover()?;
+    // The archive is indexed here and read again by the checkout: a stage onto this host
+    // waits until both are done.
+    let ostree = args.preload_dir.join("ostree");
+    let _archives = marks::lock_archives(&ostree, false).map_err(io_err(&ostree))?;
     let (archive_path, image_id) = find_image(args)?;
     let current = layout.active()?;
     if let Some((slot, info)) = &current {
