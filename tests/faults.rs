@@ -259,6 +259,8 @@ fn snapshot(dir: &Path, normalize: &dyn Fn(&str, String) -> String) -> BTreeMap<
             } else if m.is_dir() {
                 stack.push(p.clone());
                 "dir".into()
+            } else if !m.is_file() {
+                "special".into()
             } else {
                 let bytes = fs::read(&p).unwrap();
                 match String::from_utf8(bytes.clone()) {
@@ -382,7 +384,15 @@ fn campaign(
         errors: 0,
         failures: Vec::new(),
     };
+    // FAULT_POINT=SYSCALL#N runs that point alone (to look at one failure).
+    let only = std::env::var("FAULT_POINT").ok();
     for point in &points {
+        if only
+            .as_ref()
+            .is_some_and(|p| *p != format!("{}#{}", point.syscall, point.nth))
+        {
+            continue;
+        }
         s.restore();
         let faulted = run_faulted(point, &s.cmd, &s.env);
         match point.fault {
@@ -402,7 +412,10 @@ fn campaign(
         }
         let again = run(&s.cmd, &s.env);
         if !rerun_ok(&again) {
-            eprintln!("{at}: the rerun failed");
+            eprintln!(
+                "{at}: the rerun failed: {}",
+                text(&again).trim().lines().last().unwrap_or("")
+            );
             report.failures.push(format!(
                 "{at}: the rerun failed:\n{}\n(the faulted run said:\n{})",
                 text(&again),
@@ -1057,14 +1070,85 @@ fn effective_config(s: &Scenario) -> String {
     text(&out)
 }
 
+/// Where `stage --podman-store` puts the images, in the root.
+const STORE: &str = "var/lib/containers/atomic-preload-store";
+
+/// `podman ARGS` on the root's image store (a run root of the test's own).
+fn store_podman(s: &Scenario, args: &[&str]) -> Output {
+    let conf = s.work.with_extension("storage.conf");
+    fs::write(
+        &conf,
+        format!(
+            "[storage]\ndriver = \"overlay\"\nrunroot = \"{}\"\ngraphroot = \"{}\"\n",
+            s.work.with_extension("store-run").display(),
+            s.p(&format!("root/{STORE}")).display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(support::podman::PODMAN)
+        .args(args)
+        .env("CONTAINERS_STORAGE_CONF", &conf)
+        .output()
+        .unwrap();
+    // Podman's overlay driver leaves its directory mounted onto itself; and its own
+    // database is no part of the store.
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(s.p(&format!("root/{STORE}/overlay")))
+        .stderr(Stdio::null())
+        .status();
+    let _ = fs::remove_dir_all(s.p(&format!("root/{STORE}/libpod")));
+    let _ = fs::remove_dir_all(s.work.with_extension("store-run"));
+    out
+}
+
+/// The root as a stage leaves it, comparable between runs: the files (but Podman's own
+/// bookkeeping in the image store differs between two correct runs: the store is the
+/// images it lists, each readable in full), and the units the config makes.
 fn stage_state(s: &Scenario) -> BTreeMap<String, String> {
     let mut tree = snapshot(&s.p("root"), &|_, t| t);
     tree.remove("var/lib/atomic/preload/config.yaml");
     tree.insert("(effective config)".into(), effective_config(s));
+    if tree.contains_key(STORE) {
+        tree.retain(|k, _| !k.starts_with(&format!("{STORE}/")));
+        let images = store_podman(
+            s,
+            &["images", "--format", "{{.ID}} {{.Repository}}:{{.Tag}}"],
+        );
+        tree.insert("(store images)".into(), text(&images));
+        let save = store_podman(s, &["save", "-o", "/dev/null", "test/app:1"]);
+        tree.insert(
+            "(store: test/app:1 read in full)".into(),
+            format!("{:?} {}", save.status.code(), text(&save)),
+        );
+    }
     tree
 }
 
-fn stage_campaign(name: &'static str, source: &dyn Fn(&Scenario) -> String) {
+/// Anything a stage leaves that it should not: a dot-file in the root, a mount inside
+/// it, a temp dir of its own.
+fn stage_stray(s: &Scenario) -> Option<String> {
+    let root = s.p("root").display().to_string();
+    // Podman's own dot-files in the store are its business; a `.stage-…` file anywhere
+    // is ours.
+    if let Some(k) = snapshot(&s.p("root"), &|_, t| t).into_keys().find(|k| {
+        let base = k.rsplit('/').next().unwrap();
+        base.starts_with(".stage-") || (base.starts_with('.') && !k.starts_with(STORE))
+    }) {
+        return Some(k);
+    }
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    if let Some(m) = mounts.lines().find(|l| l.contains(&root)) {
+        return Some(format!("a mount: {m}"));
+    }
+    fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("atomic-preload-stage-"))
+}
+
+fn stage_campaign(name: &'static str, podman_store: bool, source: &dyn Fn(&Scenario) -> String) {
     strace_available();
     let mut s = Scenario::new(name);
     // An image root that already has an archive and a config.
@@ -1098,18 +1182,37 @@ fn stage_campaign(name: &'static str, source: &dyn Fn(&Scenario) -> String) {
         s.p("root").display().to_string(),
         "--config".into(),
         s.p("src/app.yaml").display().to_string(),
-        src,
     ];
+    if podman_store {
+        // Its work is Podman's too: faults in Podman's threads as well.
+        s.cmd.push("--podman-store".into());
+        s.follow = true;
+        // A run killed before it released the mount Podman leaves in the store (the
+        // rerun releases it) keeps the directory from being restored.
+        let store = s.p(&format!("root/{STORE}/overlay"));
+        s.reset = Box::new(move || {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&store)
+                .stderr(Stdio::null())
+                .status();
+        });
+    }
+    s.cmd.push(src);
     s.restore();
     let before = snapshot(&s.p("root"), &|_, t| t);
     must(run(&s.cmd, &[]));
     let reference = stage_state(&s);
-    assert!(reference.contains_key("var/lib/atomic/preload/docker/app.tar.sha256"));
-    let stray = |s: &Scenario| {
-        snapshot(&s.p("root"), &|_, t| t)
-            .into_keys()
-            .find(|k| k.rsplit('/').next().unwrap().starts_with('.'))
-    };
+    if podman_store {
+        assert!(
+            reference["(store images)"].contains("localhost/test/app:1")
+                && reference["(store: test/app:1 read in full)"].starts_with("Some(0)"),
+            "{reference:?}"
+        );
+    } else {
+        assert!(reference.contains_key("var/lib/atomic/preload/docker/app.tar.sha256"));
+    }
+    let stray = stage_stray;
     assert_report(campaign(
         &s,
         &|o| o.status.success(),
@@ -1117,9 +1220,12 @@ fn stage_campaign(name: &'static str, source: &dyn Fn(&Scenario) -> String) {
             // A stage that failed (rather than being killed) is all or nothing: the root
             // is as it was, or (when what failed came after the commit, such as printing
             // the result) exactly what a stage does.
-            if matches!(point.fault, Fault::Errno(_)) && !out.status.success() {
+            // (Killed by the watchdog, a run whose engine hung on the error counts as
+            // killed.)
+            let killed = std::os::unix::process::ExitStatusExt::signal(&out.status).is_some();
+            if matches!(point.fault, Fault::Errno(_)) && !out.status.success() && !killed {
                 let now = snapshot(&s.p("root"), &|_, t| t);
-                if now != before && (stage_state(s) != reference || stray(s).is_some()) {
+                if now != before && (stray(s).is_some() || stage_state(s) != reference) {
                     return Err(format!(
                         "a failed stage changed the root:\n{}",
                         diff(&before, &now)
@@ -1147,13 +1253,25 @@ fn stage_campaign(name: &'static str, source: &dyn Fn(&Scenario) -> String) {
 
 #[test]
 fn a_stage_from_a_file_converges_after_a_fault_anywhere() {
-    stage_campaign("stage-file", &|s| s.p("src/app.tar").display().to_string());
+    stage_campaign("stage-file", false, &|s| {
+        s.p("src/app.tar").display().to_string()
+    });
 }
 
 #[test]
 fn a_stage_from_a_url_converges_after_a_fault_anywhere() {
-    stage_campaign("stage-url", &|s| {
+    stage_campaign("stage-url", false, &|s| {
         serve(fs::read(s.p("src/app.tar")).unwrap())
+    });
+}
+
+#[test]
+fn a_stage_into_a_podman_store_converges_after_a_fault_anywhere() {
+    if !support::podman::podman_available() {
+        return;
+    }
+    stage_campaign("stage-podman-store", true, &|s| {
+        s.p("src/app.tar").display().to_string()
     });
 }
 
@@ -1742,8 +1860,9 @@ fn a_full_checkout_file_system_says_so_keeps_the_running_version_and_recovers() 
     );
     let checkout = s.p("checkout").display().to_string();
     assert!(
-        said.contains(&format!("the file system holding {checkout} is full"))
-            && said.contains("is full (0.0 MiB of 8.0 MiB free)")
+        said.contains(&format!(
+            "the file system holding {checkout} ran out of space"
+        )) && said.contains("ran out of space (0.0 MiB of 8.0 MiB free now)")
             && said.contains("No space left on device"),
         "{said}"
     );
@@ -1770,5 +1889,121 @@ fn a_full_checkout_file_system_says_so_keeps_the_running_version_and_recovers() 
         fs::read_to_string(s.p("sd/state")).unwrap().trim(),
         "active"
     );
+    drop(disk);
+}
+
+/// A private Podman whose storage (graph root) is on a tmpfs of `size`.
+fn podman_on_tmpfs(size: &str) -> (std::rc::Rc<support::podman::Podman>, Tmpfs) {
+    let podman = support::podman::Podman::new();
+    let graph = podman.dir.path().join("root");
+    fs::create_dir_all(&graph).unwrap();
+    let disk = Tmpfs::mount(&graph, size);
+    (std::rc::Rc::new(podman), disk)
+}
+
+fn podman_env(podman: &support::podman::Podman) -> Vec<(String, String)> {
+    podman
+        .env()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.display().to_string()))
+        .collect()
+}
+
+#[test]
+fn a_full_engine_storage_says_so_is_retried_and_recovers() {
+    if !support::podman::podman_available() {
+        return;
+    }
+    let (podman, disk) = podman_on_tmpfs("8M");
+    let s = Scenario::new("full-engine");
+    fs::create_dir_all(s.p("preload/docker")).unwrap();
+    fs::create_dir_all(s.p("state")).unwrap();
+    // 12 MB more than the engine's storage has room for.
+    let image = Image::new(
+        "test/app:1",
+        vec![
+            Layer::new().busybox().bytes(),
+            Layer::new()
+                .file("payload", &vec![7u8; 12 << 20], 0o644)
+                .bytes(),
+        ],
+    );
+    image.save(&s.p("preload/docker/app.tar"));
+    let archive_sha = sha(&fs::read(s.p("preload/docker/app.tar")).unwrap());
+    let env = podman_env(&podman);
+    let cmd = load_cmd(&s, &["--engine", "podman"]);
+    let out = run(&cmd, &env);
+    let said = text(&out);
+    eprintln!("{said}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "retried at the next start, not refused as a bad archive: {said}"
+    );
+    let graph = podman.dir.path().join("root").display().to_string();
+    assert!(
+        said.contains("no space left on device")
+            && said.contains(&format!("the file system holding {graph}"))
+            && said.contains("of 8.0 MiB free now): free space there, and it is tried again"),
+        "{said}"
+    );
+    let has = |image: &str| podman.podman(&["image", "exists", image]).status.success();
+    load_any_moment(&s, &archive_sha, &has, "podman").unwrap();
+    assert!(!s.p("state/loaded/podman/app.tar").exists(), "no mark");
+    // Space freed: the next start loads it.
+    disk.resize("64M");
+    must(run(&cmd, &env));
+    load_settled(&s, &archive_sha, &has, "podman").unwrap();
+    let _ = podman.podman(&["rmi", "-af"]);
+    drop(disk);
+}
+
+#[test]
+fn a_full_state_directory_says_so_and_recovers() {
+    if !support::podman::podman_available() {
+        return;
+    }
+    let podman = std::rc::Rc::new(support::podman::Podman::new());
+    let s = Scenario::new("full-state");
+    fs::create_dir_all(s.p("preload/docker")).unwrap();
+    fs::create_dir_all(s.p("state")).unwrap();
+    let disk = Tmpfs::mount(&s.p("state"), "1M");
+    // Fill it up.
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", s.p("state/filler").display()))
+        .stderr(Stdio::null())
+        .status();
+    let mut image = Image::new("test/app:1", vec![Layer::new().busybox().bytes()]);
+    image.marker = "v1".into();
+    image.save(&s.p("preload/docker/app.tar"));
+    let archive_sha = sha(&fs::read(s.p("preload/docker/app.tar")).unwrap());
+    let env = podman_env(&podman);
+    let has = |image: &str| podman.podman(&["image", "exists", image]).status.success();
+    // The unit of one entry: its image is loaded, so its container can start; the
+    // journal says the record could not be kept, and where.
+    let cmd = load_cmd(&s, &["--engine", "podman"]);
+    let out = run(&cmd, &env);
+    let said = text(&out);
+    let state = s.p("state").display().to_string();
+    eprintln!("{said}");
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("No space left on device")
+            && said.contains(&format!("the file system holding {state}"))
+            && said.contains("ran out of space (0.0 MiB of 1.0 MiB free now)"),
+        "{said}"
+    );
+    load_any_moment(&s, &archive_sha, &has, "podman").unwrap();
+    // The unit for every archive (no image of its own) fails, to be retried.
+    let mut all = cmd.clone();
+    all.truncate(all.len() - 2);
+    let _ = podman.podman(&["rmi", "-af"]);
+    let out = run(&all, &env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // Space freed: the next start loads and records it.
+    fs::remove_file(s.p("state/filler")).unwrap();
+    must(run(&cmd, &env));
+    load_settled(&s, &archive_sha, &has, "podman").unwrap();
     drop(disk);
 }

@@ -6,7 +6,7 @@ use super::RuntimeError;
 use super::engine::{self, Client, Feed, ImageEngine, ImageInfo};
 use crate::engine::EngineKind;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 pub struct Docker {
@@ -113,6 +113,10 @@ impl ImageEngine for Docker {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+
+    fn storage_dir(&self) -> Option<PathBuf> {
+        self.client.info_path("{{.DockerRootDir}}")
     }
 }
 

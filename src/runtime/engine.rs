@@ -63,6 +63,8 @@ pub trait ImageEngine: Sync {
     fn is_client_word(&self, word: &str) -> bool;
     /// Remove a container by name, if there is one.
     fn remove_container(&self, name: &str);
+    /// Where the engine keeps its images (asked only to say which file system is full).
+    fn storage_dir(&self) -> Option<PathBuf>;
 }
 
 /// The engine the stage's options name (`--engine auto`: the host's, as the generator
@@ -102,6 +104,8 @@ fn load_error(stderr: &[u8]) -> String {
         .lines()
         .find_map(|l| l.trim_start().strip_prefix("* docker-archive: "));
     match docker_archive {
+        // Not the archive's fault when Podman's storage is full.
+        Some(why) if super::says_storage_full(why) => why.trim().to_owned(),
         Some(why) => format!("not a readable docker-archive: {}", why.trim()),
         None => last_line(stderr),
     }
@@ -113,6 +117,14 @@ impl Client {
             program: self.path.display().to_string(),
             source,
         }
+    }
+
+    /// `CLIENT info --format FORMAT`, when it answers with a path.
+    pub fn info_path(&self, format: &str) -> Option<PathBuf> {
+        let out = self.output(&["info", "--format", format]).ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        let path = text.trim();
+        (out.status.success() && path.starts_with('/')).then(|| PathBuf::from(path))
     }
 
     pub fn output(&self, args: &[&str]) -> Result<Output, RuntimeError> {

@@ -163,9 +163,20 @@ fn load_one(
             (loaded, sha256)
         }
     };
-    let loaded = loaded.map_err(|e| RuntimeError::LoadFailed {
-        path: path.clone(),
-        message: e.to_string(),
+    let loaded = loaded.map_err(|e| {
+        let message = e.to_string();
+        if super::says_storage_full(&message) {
+            RuntimeError::EngineStorageFull {
+                path: path.clone(),
+                message,
+                storage: engine.storage_dir(),
+            }
+        } else {
+            RuntimeError::LoadFailed {
+                path: path.clone(),
+                message,
+            }
+        }
     })?;
     let sha256 = sha256.map_err(archive_err)?;
     // Record only what we actually read: if the file changed meanwhile, load it next time.
@@ -308,6 +319,9 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
     });
     results.sort_by_key(|(i, _)| *i);
     let mut failures = Vec::new();
+    // A full disk (the engine's storage, the state directory) is nothing wrong with the
+    // archive: the unit fails with it, to be retried, not as a bad archive.
+    let mut out_of_space = None;
     for (i, result) in results {
         let name = &names[i];
         match result {
@@ -317,12 +331,21 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
             Err(err) => {
                 eprintln!("{err}");
                 failures.push(format!("{name} ({err})"));
+                if matches!(
+                    err,
+                    RuntimeError::EngineStorageFull { .. } | RuntimeError::State(_)
+                ) {
+                    out_of_space.get_or_insert(err);
+                }
             }
         }
     }
 
     if let Some(image) = &args.image {
         if !engine.has_images(&[image])? {
+            if let Some(err) = out_of_space {
+                return Err(err);
+            }
             let looked = if names.is_empty() {
                 "no archives there".to_owned()
             } else {
@@ -343,6 +366,9 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
     // Named archives belong to this unit: any failure is its failure. Without an image to
     // check, this is the unit for all archives, and any failure is its failure too.
     if !failures.is_empty() && (named || args.image.is_none()) {
+        if let Some(err) = out_of_space {
+            return Err(err);
+        }
         return Err(RuntimeError::LoadFailures(failures.len()));
     }
     Ok(())

@@ -1,6 +1,8 @@
-//! The stages generated units run (`atomic-preload load`, `atomic-preload install`).
-//! They talk to the Docker engine and keep small marks in the state directory; their
-//! output goes to the unit's journal.
+//! The stages generated units run (`load`, `install`, `run`, and for system containers
+//! `install-system`, `start-system`), and the operator's commands (`stage`, `status`,
+//! `rollback`, `uninstall`). The stages talk to the container engine (Docker or Podman,
+//! behind [`engine`]) or check system containers out for runc, keep small records in the
+//! state directory, and write to the unit's journal.
 
 pub mod compression;
 pub mod digest;
@@ -37,6 +39,14 @@ pub enum RuntimeError {
     ReadArchive(io::Error),
     #[error("cannot load {}: {message}", path.display())]
     LoadFailed { path: PathBuf, message: String },
+    /// The engine's own storage (`storage`, when it said where) is full: nothing wrong
+    /// with the archive (retried).
+    #[error("cannot load {}: {message}{}", path.display(), engine_full_note(storage.as_deref()))]
+    EngineStorageFull {
+        path: PathBuf,
+        message: String,
+        storage: Option<PathBuf>,
+    },
     #[error(
         "{0} archive(s) could not be loaded (see above); nothing was deleted, they are tried again at the next start"
     )]
@@ -76,7 +86,8 @@ pub enum RuntimeError {
 }
 
 /// For a full disk, which file system is full and how big it is: "; the file system
-/// holding /var/lib/containers/atomic is full (0 B of 64.0 MiB free)". Empty otherwise.
+/// holding /var/lib/containers/atomic ran out of space (0.0 MiB of 64.0 MiB free now)"
+/// (what an engine or a cleanup freed since may show as free). Empty otherwise.
 pub(crate) fn disk_full_note(path: &Path, e: &io::Error) -> String {
     let full = [rustix::io::Errno::NOSPC, rustix::io::Errno::DQUOT]
         .iter()
@@ -92,11 +103,27 @@ pub(crate) fn disk_full_note(path: &Path, e: &io::Error) -> String {
     };
     let mib = |blocks: u64| (blocks * st.f_frsize) as f64 / (1024.0 * 1024.0);
     format!(
-        "; the file system holding {} is full ({:.1} MiB of {:.1} MiB free): free space there, and it is tried again at the next start",
+        "; the file system holding {} ran out of space ({:.1} MiB of {:.1} MiB free now): free space there, and it is tried again at the next start",
         dir.display(),
         mib(st.f_bavail),
         mib(st.f_blocks)
     )
+}
+
+/// Whether an engine's error says its storage is full ("no space left on device", as
+/// Docker and Podman pass the kernel's message on).
+pub(crate) fn says_storage_full(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("no space left on device") || m.contains("disk quota exceeded")
+}
+
+/// [`disk_full_note`] for the engine's storage directory, or only that it is full.
+fn engine_full_note(storage: Option<&Path>) -> String {
+    let full = io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error());
+    match storage {
+        Some(dir) => disk_full_note(dir, &full),
+        None => "; the engine's storage is full: free space there, and it is tried again at the next start".into(),
+    }
 }
 
 /// `map_err` for a file operation on `path`.

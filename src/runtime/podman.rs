@@ -5,7 +5,7 @@ use super::RuntimeError;
 use super::engine::{self, Client, Feed, ImageEngine, ImageInfo};
 use crate::engine::EngineKind;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 pub struct Podman {
@@ -119,5 +119,9 @@ impl ImageEngine for Podman {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+
+    fn storage_dir(&self) -> Option<PathBuf> {
+        self.client.info_path("{{.Store.GraphRoot}}")
     }
 }

@@ -116,12 +116,14 @@ impl Drop for Undo {
         if self.done {
             return;
         }
+        // A removal that fails (an I/O error on a failing disk) is tried once more: a
+        // failed stage must leave the root as it was.
         for file in &self.files {
-            let _ = fs::remove_file(file);
+            let _ = fs::remove_file(file).or_else(|_| fs::remove_file(file));
         }
         for tree in &self.trees {
             release_store_mount(tree);
-            let _ = fs::remove_dir_all(tree);
+            let _ = fs::remove_dir_all(tree).or_else(|_| fs::remove_dir_all(tree));
         }
         for dir in self.dirs.iter().rev() {
             let _ = fs::remove_dir(dir);
@@ -879,6 +881,15 @@ fn fill_podman_store(
         undo.create_dir_all(&store).map_err(io_err(&store))?;
         undo.trees.push(store.clone());
     }
+    // Podman's own database (containers, the run root it was opened with) is no part of
+    // an image store: removed before Podman opens the store (a stage killed while
+    // loading leaves one naming its own run root, which Podman would refuse to open with
+    // another: "database configuration mismatch") and after.
+    let libpod = store.join("libpod");
+    let _ = fs::remove_dir_all(&libpod);
+    // Released on every way out, a failed load too (a store this run created could not
+    // be removed with the mount in it).
+    let _released = StoreGuard(&store);
     let runroot = tempfile_dir()?;
     for s in staged {
         // Podman 4.3 cannot read a gzip-compressed docker-archive: decompressed here and
@@ -924,14 +935,19 @@ fn fill_podman_store(
             )));
         }
     }
-    // Podman's overlay driver bind-mounts its directory onto itself and leaves it mounted:
-    // an image root must not keep a mount (the builder could not unmount the image).
-    release_store_mount(&store);
-    // Podman's own database (containers, the run root it was opened with) is no part of
-    // an image store: without it, the next stage run opens the store afresh and the
-    // image ships no state.
-    let _ = fs::remove_dir_all(store.join("libpod"));
     Ok((conf_path, conf))
+}
+
+/// What Podman leaves in a store once the store is filled (or failed to be): its overlay
+/// driver bind-mounts its directory onto itself and leaves it mounted — an image root must
+/// not keep a mount (the builder could not unmount the image) — and its database.
+struct StoreGuard<'a>(&'a Path);
+
+impl Drop for StoreGuard<'_> {
+    fn drop(&mut self) {
+        release_store_mount(self.0);
+        let _ = fs::remove_dir_all(self.0.join("libpod"));
+    }
 }
 
 /// Undo the mount Podman's overlay driver leaves on `STORE/overlay` (none: nothing to do).
@@ -951,8 +967,22 @@ impl Drop for TempDir {
     }
 }
 
+/// This run's `TMPDIR/atomic-preload-stage-PID`, after removing those of stages that were
+/// killed (their PID no longer runs).
 fn tempfile_dir() -> Result<TempDir, RuntimeError> {
-    let dir = std::env::temp_dir().join(format!("atomic-preload-stage-{}", std::process::id()));
+    let tmp = std::env::temp_dir();
+    for entry in fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name
+            .strip_prefix("atomic-preload-stage-")
+            .and_then(|pid| pid.parse::<u32>().ok())
+            && pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = tmp.join(format!("atomic-preload-stage-{}", std::process::id()));
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     Ok(TempDir(dir))
 }
