@@ -1191,3 +1191,508 @@ fn s11_staged_image_root_boots_and_status_reports_it() {
     assert!(status.ends_with("exit=1\n"), "{status}");
     m.poweroff();
 }
+
+// ---------------------------------------------------------------------------------------
+// Chaos: one guest booted 20 times, a random change before each boot
+
+/// xorshift64*: the test's own dice, seeded (and printed) so a failing run can be
+/// replayed with `CHAOS_SEED`.
+struct Dice(u64);
+
+impl Dice {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    }
+}
+
+/// How a boot is cut short.
+enum Cut {
+    After(Duration),
+    /// While the archive (of that unit) loads, by that unit or by
+    /// atomic-preload-load.service.
+    WhileLoading(String, String),
+}
+
+/// What the test believes an archive in `docker/` is.
+#[derive(Clone, Debug, PartialEq)]
+enum Archive {
+    Valid(String),
+    Corrupt,
+    Missing,
+}
+
+/// The oracle's model, kept apart from the code under test: what the config says, what
+/// each archive holds, and which system-container version runs.
+struct Model {
+    /// Docker entries: (name, in the config, using its `-alt` image and archive).
+    entries: Vec<(&'static str, bool, bool)>,
+    /// Archive file name → what it holds, and its last valid bytes and marker (to restore).
+    archives: std::collections::BTreeMap<String, (Archive, Option<(Vec<u8>, String)>)>,
+    /// etcd: the archive's version (and whether it fails to start), the version installed
+    /// and proven, the version rolled back from (not tried again).
+    etcd_archive: (String, bool),
+    etcd_installed: String,
+    etcd_rolled_back: Option<String>,
+    /// Set after a boot cut short: the next boot's preload-etcd may finish what the cut
+    /// one started (fail now) or find it done.
+    etcd_uncertain: bool,
+}
+
+impl Model {
+    fn archive_of(&self, name: &str, alt: bool) -> String {
+        if alt {
+            format!("{name}-alt.tar")
+        } else {
+            format!("{name}.tar")
+        }
+    }
+    fn image_of(name: &str, alt: bool) -> String {
+        format!("docker.io/chaos/{name}{}:1", if alt { "-alt" } else { "" })
+    }
+    fn config(&self) -> String {
+        let mut text = String::from(
+            "- name: etcd\n  image: docker.io/gscrivano/etcd\n  install:\n    system: true\n    setvalues: [ETCD_NAME=chaos]\n  run: {}\n",
+        );
+        for (name, present, alt) in &self.entries {
+            if *present {
+                text.push_str(&format!(
+                    "- name: {name}\n  image: {}\n  archive: {}\n  run: {{}}\n",
+                    Model::image_of(name, *alt),
+                    self.archive_of(name, *alt)
+                ));
+            }
+        }
+        text
+    }
+    /// Docker entries that must run after a boot, with the marker their container shows.
+    fn running(&self) -> Vec<(&'static str, String)> {
+        self.entries
+            .iter()
+            .filter(|(_, present, _)| *present)
+            .filter_map(
+                |(name, _, alt)| match &self.archives[&self.archive_of(name, *alt)].0 {
+                    Archive::Valid(m) => Some((*name, m.clone())),
+                    _ => None,
+                },
+            )
+            .collect()
+    }
+}
+
+fn broken_etcd_image(marker: &str) -> Image {
+    let mut broken = etcd_image(marker);
+    let exits = Layer::new().file("exports/config.json.template", br#"{"ociVersion": "1.0.2", "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/bin/false"], "cwd": "/"}, "root": {"path": "rootfs", "readonly": true}}"#, 0o644).bytes();
+    broken.layers.push(exits);
+    broken
+}
+
+/// Every file under `dir` whose name starts with a dot (a temp file or dir left behind).
+fn dot_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            // The deployments' rootfs are the images' own business.
+            if p.ends_with("rootfs") {
+                continue;
+            }
+            if e.file_name().to_string_lossy().starts_with('.') {
+                out.push(p.display().to_string());
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+#[ignore = "20 boots, ~5 minutes: its own run in .ci/run (cargo test --test boot -- --ignored)"]
+fn chaos_twenty_boots_with_random_changes_each_converge() {
+    let _serial = scenario!();
+    let seed = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("chaos: CHAOS_SEED={seed}");
+    let mut dice = Dice(seed);
+    let mut s = Scenario::new();
+    let ostree = s.path(PRELOAD).join("ostree");
+    let checkout = s.path("var/lib/containers/atomic");
+    let state_dir = s.path("var/lib/atomic-preload");
+    let mut model = Model {
+        entries: vec![
+            ("web", true, false),
+            ("db", true, false),
+            ("cache", false, false),
+        ],
+        archives: Default::default(),
+        etcd_archive: ("e0".into(), false),
+        etcd_installed: "e0".into(),
+        etcd_rolled_back: None,
+        etcd_uncertain: false,
+    };
+    let mut version = 0;
+    // A new image for `archive` (built on the engine, then removed from it: the engine
+    // only gets images through the guest's loads).
+    let build = |s: &Scenario, archive: &str, marker: &str| {
+        let tag = Model::image_of(
+            archive.trim_end_matches(".tar").trim_end_matches("-alt"),
+            archive.contains("-alt"),
+        );
+        s.engine
+            .build_archive(&tag, marker, &[serve_cmd()], &s.archive(archive));
+        let _ = s.engine.docker(&["rmi", "-f", &tag]);
+        fs::read(s.archive(archive)).unwrap()
+    };
+    for (name, _, _) in model.entries.clone() {
+        for alt in [false, true] {
+            let archive = model.archive_of(name, alt);
+            let marker = format!("{archive}-v0");
+            let bytes = build(&s, &archive, &marker);
+            model.archives.insert(
+                archive,
+                (Archive::Valid(marker.clone()), Some((bytes, marker))),
+            );
+        }
+    }
+    etcd_image("e0").save(&ostree.join("etcd.tar"));
+
+    for boot in 0..20 {
+        let mut engine_down = false;
+        let mut cut_short = None;
+        // The change before this boot (the first boots the initial state).
+        let change = if boot == 0 { 99 } else { dice.below(12) };
+        let pick = |dice: &mut Dice, model: &Model| {
+            let i = dice.below(model.entries.len());
+            model.entries[i].0
+        };
+        let said = match change {
+            0 | 1 => {
+                let i = dice.below(model.entries.len());
+                model.entries[i].1 = !model.entries[i].1;
+                format!(
+                    "entry {} {}",
+                    model.entries[i].0,
+                    if model.entries[i].1 {
+                        "added"
+                    } else {
+                        "removed"
+                    }
+                )
+            }
+            2 => {
+                let i = dice.below(model.entries.len());
+                model.entries[i].2 = !model.entries[i].2;
+                format!(
+                    "entry {} changed to its other image and archive",
+                    model.entries[i].0
+                )
+            }
+            3 | 4 => {
+                let name = pick(&mut dice, &model);
+                let alt = dice.below(2) == 1;
+                let archive = model.archive_of(name, alt);
+                version += 1;
+                let marker = format!("{archive}-v{version}");
+                let bytes = build(&s, &archive, &marker);
+                model.archives.insert(
+                    archive.clone(),
+                    (Archive::Valid(marker.clone()), Some((bytes, marker))),
+                );
+                format!("archive {archive} replaced")
+            }
+            5 => {
+                let name = pick(&mut dice, &model);
+                let archive = model.archive_of(name, dice.below(2) == 1);
+                fs::write(s.archive(&archive), b"\x1f\x8b\x08 not really an archive").unwrap();
+                model.archives.get_mut(&archive).unwrap().0 = Archive::Corrupt;
+                format!("archive {archive} corrupted")
+            }
+            6 => {
+                let name = pick(&mut dice, &model);
+                let archive = model.archive_of(name, dice.below(2) == 1);
+                let _ = fs::remove_file(s.archive(&archive));
+                model.archives.get_mut(&archive).unwrap().0 = Archive::Missing;
+                format!("archive {archive} removed")
+            }
+            7 => {
+                let name = pick(&mut dice, &model);
+                let archive = model.archive_of(name, dice.below(2) == 1);
+                let entry = model.archives.get_mut(&archive).unwrap();
+                let (bytes, marker) = entry.1.clone().unwrap();
+                fs::write(s.archive(&archive), bytes).unwrap();
+                entry.0 = Archive::Valid(marker);
+                format!("archive {archive} restored")
+            }
+            8 => {
+                // The engine lost an image (removed, garbage-collected).
+                let name = pick(&mut dice, &model);
+                let image = Model::image_of(name, dice.below(2) == 1);
+                let _ = s.engine.docker(&["rmi", "-f", &image]);
+                format!("the engine lost {image}")
+            }
+            9 => {
+                version += 1;
+                let broken = dice.below(2) == 1;
+                let marker = format!("e{version}");
+                if broken {
+                    broken_etcd_image(&marker).save(&ostree.join("etcd.tar"));
+                } else {
+                    etcd_image(&marker).save(&ostree.join("etcd.tar"));
+                }
+                model.etcd_archive = (marker.clone(), broken);
+                format!(
+                    "etcd archive {marker}{}",
+                    if broken { " (its service fails)" } else { "" }
+                )
+            }
+            10 => {
+                engine_down = true;
+                "the engine is down for this boot".into()
+            }
+            11 if dice.below(2) == 0 => {
+                let after = Duration::from_millis(500 + dice.below(6000) as u64);
+                cut_short = Some(Cut::After(after));
+                format!("this boot is cut short after {after:?}")
+            }
+            11 => {
+                // A large new archive for an entry in the config, and the power cut while
+                // its unit loads it.
+                let present: Vec<(&'static str, bool)> = model
+                    .entries
+                    .iter()
+                    .filter(|e| e.1)
+                    .map(|e| (e.0, e.2))
+                    .collect();
+                match present.get(dice.below(present.len().max(1))) {
+                    None => "no entry to cut a load of: a plain boot".into(),
+                    Some(&(name, alt)) => {
+                        let archive = model.archive_of(name, alt);
+                        version += 1;
+                        let marker = format!("{archive}-v{version}");
+                        let tag = Model::image_of(name, alt);
+                        let payload: Vec<u8> = (0..600u32 << 20).map(|i| (i % 251) as u8).collect();
+                        s.engine.build_archive_with_payload(
+                            &tag,
+                            &marker,
+                            &[serve_cmd()],
+                            &payload,
+                            &s.archive(&archive),
+                        );
+                        let _ = s.engine.docker(&["rmi", "-f", &tag]);
+                        let bytes = fs::read(s.archive(&archive)).unwrap();
+                        model.archives.insert(
+                            archive.clone(),
+                            (Archive::Valid(marker.clone()), Some((bytes, marker))),
+                        );
+                        cut_short = Some(Cut::WhileLoading(
+                            format!("preload-{name}.service"),
+                            archive.clone(),
+                        ));
+                        format!(
+                            "archive {archive} replaced by a 600 MB one, and the boot cut short while it loads"
+                        )
+                    }
+                }
+            }
+            _ => "first boot".into(),
+        };
+        eprintln!("chaos: boot {boot}: {said}");
+        s.config(&model.config());
+        let archive_shas: Vec<(String, String)> = fs::read_dir(s.path(PRELOAD).join("docker"))
+            .unwrap()
+            .flatten()
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), sha(&e.path())))
+            .collect();
+        let marks = |s: &Scenario| {
+            let mut v: Vec<(String, String)> =
+                fs::read_dir(s.path("var/lib/atomic-preload/loaded/docker"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| {
+                        (
+                            e.file_name().to_string_lossy().into_owned(),
+                            fs::read_to_string(e.path()).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+            v.sort();
+            v
+        };
+        let marks_before = marks(&s);
+        if engine_down {
+            s.engine.stop_daemon();
+        }
+        let m = s.boot();
+        let at = |what: &str| format!("boot {boot} ({said}; CHAOS_SEED={seed}): {what}");
+
+        // The system container, whatever the engine does.
+        let (marker, broken) = model.etcd_archive.clone();
+        let mut preload_etcd = vec!["active/exited"];
+        if marker != model.etcd_installed && broken {
+            if model.etcd_rolled_back.as_deref() != Some(marker.as_str()) {
+                preload_etcd = vec!["failed/failed"];
+            }
+            model.etcd_rolled_back = Some(marker.clone());
+        } else if marker != model.etcd_installed {
+            model.etcd_installed = marker.clone();
+        }
+        if model.etcd_uncertain {
+            preload_etcd = vec!["active/exited", "failed/failed"];
+        }
+
+        if let Some(cut) = cut_short {
+            // A power cut: the guest and every container of this machine go.
+            match cut {
+                Cut::After(after) => std::thread::sleep(after),
+                Cut::WhileLoading(unit, archive) => {
+                    // As soon as the guest answers, the large load is under way (it takes
+                    // several seconds); the journal says whether it had finished after all.
+                    let journal = m.sh(&["journalctl", "-b", "-o", "cat", "--no-pager"]);
+                    let finished = journal.contains(&format!("{archive}: loaded"));
+                    eprintln!(
+                        "chaos: boot {boot}: cut {} {unit}'s load of {archive} had finished",
+                        if finished { "after" } else { "before" }
+                    );
+                }
+            }
+            drop(m);
+            let _ = s.engine.docker(&["rm", "-f", "web", "db", "cache"]);
+            model.etcd_uncertain = true;
+            // Nothing a cut can do to the archives.
+            for (name, want) in &archive_shas {
+                assert_eq!(
+                    &sha(&s.archive(name)),
+                    want,
+                    "{}",
+                    at(&format!("{name} changed"))
+                );
+            }
+            continue;
+        }
+        model.etcd_uncertain = false;
+        m.wait_for(
+            &at(&format!(
+                "preload-etcd.service to be one of {preload_etcd:?}"
+            )),
+            120,
+            |m| preload_etcd.contains(&m.state("preload-etcd.service").as_str()),
+        );
+        m.wait_state("etcd.service", "active/running");
+        assert_eq!(
+            m.sh(&["/usr/local/bin/etcdctl-test"]),
+            format!("etcdctl {}\n", model.etcd_installed),
+            "{}",
+            at("the host file of the version that runs")
+        );
+        let active = fs::read_link(checkout.join("etcd")).unwrap();
+        let info = fs::read_to_string(
+            s.root
+                .path()
+                .join(active.strip_prefix("/").unwrap())
+                .join("info"),
+        )
+        .unwrap();
+        assert!(
+            info.contains("\"verified\": true"),
+            "{}",
+            at(&format!("the running deployment is proven: {info}"))
+        );
+
+        if engine_down {
+            std::thread::sleep(Duration::from_secs(5));
+            for (name, _, _) in &model.entries {
+                assert_ne!(
+                    m.state(&format!("preload-{name}.service")),
+                    "active/running",
+                    "{}",
+                    at("no engine, no container")
+                );
+            }
+            assert_eq!(
+                marks(&s),
+                marks_before,
+                "{}",
+                at("no mark changes without an engine")
+            );
+            m.poweroff();
+            s.engine.start_daemon();
+            continue;
+        }
+
+        // Docker entries: each runs its archive's content, or fails for its bad archive.
+        let running = model.running();
+        for (name, present, alt) in model.entries.clone() {
+            let unit = format!("preload-{name}.service");
+            if !present {
+                assert_eq!(
+                    m.prop(&unit, "LoadState"),
+                    "not-found",
+                    "{}",
+                    at(&format!("{unit} of a removed entry"))
+                );
+                continue;
+            }
+            if let Some((_, marker)) = running.iter().find(|(n, _)| *n == name) {
+                m.wait_for(&at(&format!("{name} running {marker}")), 120, |m| {
+                    m.state(&unit) == "active/running"
+                        && s.engine.docker(&["exec", name, "cat", "/marker"]).stdout
+                            == marker.as_bytes()
+                });
+            } else {
+                let archive = model.archive_of(name, alt);
+                m.wait_for(&at(&format!("{unit} failing for {archive}")), 120, |m| {
+                    m.prop(&unit, "Result") == "exit-code"
+                        && m.prop(&unit, "ActiveState") != "active"
+                });
+            }
+        }
+        let mut expected: Vec<&str> = running.iter().map(|(n, _)| *n).collect();
+        expected.sort();
+        s.wait_containers(&expected);
+
+        // Nothing lost, nothing stray.
+        for (name, want) in &archive_shas {
+            assert_eq!(
+                &sha(&s.archive(name)),
+                want,
+                "{}",
+                at(&format!("{name} was modified"))
+            );
+        }
+        let stray: Vec<String> = [dot_files(&checkout), dot_files(&state_dir)].concat();
+        assert!(
+            stray.is_empty(),
+            "{}",
+            at(&format!("stray temp files: {stray:?}"))
+        );
+        let mut slots: Vec<String> = fs::read_dir(&checkout)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        slots.sort();
+        assert!(
+            slots
+                .iter()
+                .all(|n| ["etcd", "etcd.0", "etcd.1"].contains(&n.as_str())),
+            "{}",
+            at(&format!("the checkout directory holds {slots:?}"))
+        );
+        m.poweroff();
+        s.wait_containers(&[]);
+    }
+}

@@ -206,6 +206,24 @@ impl Engine {
         self.build(tag, changes, &[("marker", marker.as_bytes())], archive);
     }
 
+    /// Like `build_archive`, with `payload` added to the image as /payload (a large
+    /// image, slow to load).
+    pub fn build_archive_with_payload(
+        &self,
+        tag: &str,
+        marker: &str,
+        changes: &[String],
+        payload: &[u8],
+        archive: &Path,
+    ) {
+        self.build(
+            tag,
+            changes,
+            &[("marker", marker.as_bytes()), ("payload", payload)],
+            archive,
+        );
+    }
+
     /// Like `build_archive`, with `file`'s bytes added to the image as /payload.
     pub fn build_archive_with_file(&self, tag: &str, file: &Path, archive: &Path) {
         self.build(
