@@ -759,3 +759,32 @@ fn commands_that_take_a_name_refuse_paths() {
     }
     assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
 }
+
+/// A system container's unit goes to the unit directory, which overrides every other
+/// unit of its name: names of our own units, the engines' and systemd's are refused
+/// before anything is checked out.
+#[test]
+fn install_refuses_names_that_would_override_other_units() {
+    let host = Host::new();
+    for name in [
+        "preload-web",
+        "atomic-preload-refresh",
+        "docker",
+        "kubelet",
+        "systemd-udevd",
+    ] {
+        etcd_image("v1").save(&host.p(&format!("preload/ostree/{name}.tar")));
+        let out = host.install(name, &[]);
+        assert_eq!(out.status.code(), Some(65), "{name}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!(
+                "a system container cannot be named {name:?}: it would install {}",
+                host.p(&format!("units/{name}.service")).display()
+            )),
+            "{name}: {}",
+            stderr(&out)
+        );
+        assert!(!host.p(&format!("units/{name}.service")).exists());
+        assert!(!host.p(&format!("checkout/{name}")).exists());
+    }
+}

@@ -291,6 +291,34 @@ pub fn is_valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
+/// Why `NAME.service` must not be a system container's unit (it is installed in
+/// /etc/systemd/system, which overrides every other unit of that name), or `None`.
+pub fn system_name_taken(name: &str) -> Option<String> {
+    /// Engines' and Kubernetes' units, which a preloaded container must not replace.
+    const ENGINE_UNITS: &[&str] = &[
+        "docker",
+        "containerd",
+        "podman",
+        "crio",
+        "cri-o",
+        "kubelet",
+        "runc",
+    ];
+    if let Some(entry) = name.strip_prefix("preload-") {
+        Some(format!(
+            "overriding the unit atomic-preload generates for an entry named {entry:?}"
+        ))
+    } else if name == "atomic-preload" || name.starts_with("atomic-preload-") {
+        Some("overriding one of atomic-preload's own units".into())
+    } else if name.starts_with("systemd-") || name == "dbus" {
+        Some("overriding one of systemd's own units".into())
+    } else if ENGINE_UNITS.contains(&name) {
+        Some(format!("overriding the {name} unit of the host"))
+    } else {
+        None
+    }
+}
+
 /// A Docker image reference as far as we need it: what `docker` accepts as one word and
 /// cannot mistake for an option.
 fn image_problem(image: &str) -> Option<String> {
@@ -582,6 +610,10 @@ fn validate_entry(text: &str, node: &SNode) -> Item {
         system_only_keys(&mut c, get("install"), get("run"));
         if let Some(n) = get("engine") {
             c.problem(n, "\"engine\" does not apply to system containers (runc runs them from a checkout, with no engine)");
+        }
+        if let (Some(n), Some(why)) = (get("name"), name.as_deref().and_then(system_name_taken)) {
+            let found = name.clone().unwrap_or_default();
+            c.problem(n, format!("a system container cannot be named {found:?}: it would install /etc/systemd/system/{found}.service, {why}"));
         }
     }
 

@@ -186,6 +186,22 @@ fn messages_point_at_line_and_column() {
             "c.yaml:1:9: \"name\" must match [a-zA-Z0-9][a-zA-Z0-9_.-]+ (Docker's container-name rule, at most 200 characters), found \"../x\"",
         ),
         (
+            "- name: preload-web\n  image: x\n  install: {system: true}\n",
+            "c.yaml:1:9: a system container cannot be named \"preload-web\": it would install /etc/systemd/system/preload-web.service, overriding the unit atomic-preload generates for an entry named \"web\"",
+        ),
+        (
+            "- name: atomic-preload-refresh\n  image: x\n  install: {system: true}\n",
+            "c.yaml:1:9: a system container cannot be named \"atomic-preload-refresh\": it would install /etc/systemd/system/atomic-preload-refresh.service, overriding one of atomic-preload's own units",
+        ),
+        (
+            "- name: docker\n  image: x\n  install: {system: true}\n",
+            "c.yaml:1:9: a system container cannot be named \"docker\": it would install /etc/systemd/system/docker.service, overriding the docker unit of the host",
+        ),
+        (
+            "- name: systemd-journald\n  image: x\n  install: {system: true}\n",
+            "c.yaml:1:9: a system container cannot be named \"systemd-journald\": it would install /etc/systemd/system/systemd-journald.service, overriding one of systemd's own units",
+        ),
+        (
             "- name: [a]\n  image: x\n",
             "c.yaml:1:9: \"name\" must be a string, found a list",
         ),

@@ -748,6 +748,18 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
             args.name
         ))
     })?;
+    // Only a new installation is refused: one made before the rule can still be rolled
+    // back or uninstalled.
+    if let Some(why) = crate::config::system_name_taken(&args.name) {
+        return Err(RuntimeError::Usage(format!(
+            "a system container cannot be named {:?}: it would install {}, {why}",
+            args.name,
+            args.paths
+                .unit_dir
+                .join(format!("{}.service", args.name))
+                .display()
+        )));
+    }
     let setvalues = parse_setvalues(&args.setvalues)?;
     // As atomic did: no runtime, no install (the unit would only fail later).
     if !Path::new(&args.paths.runtime).exists() {
