@@ -611,8 +611,9 @@ fn validate_entry(text: &str, node: &SNode) -> Item {
         if let Some(n) = get("engine") {
             c.problem(n, "\"engine\" does not apply to system containers (runc runs them from a checkout, with no engine)");
         }
-        if let (Some(n), Some(why)) = (get("name"), name.as_deref().and_then(system_name_taken)) {
-            let found = name.clone().unwrap_or_default();
+        if let (Some(n), Some(found)) = (get("name"), name.as_deref())
+            && let Some(why) = system_name_taken(found)
+        {
             c.problem(n, format!("a system container cannot be named {found:?}: it would install /etc/systemd/system/{found}.service, {why}"));
         }
     }
