@@ -51,7 +51,7 @@ impl EngineKind {
     /// engine is missing). `root` is the host's `/` (another directory in tests and image
     /// builds). Only two `stat`s: the generator must not talk to any process.
     pub fn detect(root: &Path) -> Self {
-        let installed = |client: &str| paths::under(root, client).exists();
+        let installed = |client: &str| paths::under(root, client).is_ok_and(|p| p.exists());
         if installed(paths::DOCKER) {
             EngineKind::Docker
         } else if installed(paths::PODMAN) {
@@ -72,7 +72,7 @@ mod tests {
     #[test]
     fn detection_prefers_docker_then_podman_then_docker() {
         let root = std::env::temp_dir().join(format!("ap-engine-{}", std::process::id()));
-        let bin = |c: &str| paths::under(&root, c);
+        let bin = |c: &str| paths::under(&root, c).unwrap();
         std::fs::create_dir_all(bin(paths::PODMAN).parent().unwrap()).unwrap();
         assert_eq!(EngineKind::detect(&root), EngineKind::Docker);
         std::fs::write(bin(paths::PODMAN), "").unwrap();

@@ -33,10 +33,12 @@ pub struct Outcome {
     pub failures: usize,
 }
 
-fn in_root(root: &Option<PathBuf>, path: &str) -> PathBuf {
+/// `path` as the generator reads it: below `--root` resolved inside that root, else the
+/// host's own.
+fn in_root(root: Option<&Path>, path: &str) -> io::Result<PathBuf> {
     match root {
         Some(root) => paths::under(root, path),
-        None => PathBuf::from(path),
+        None => Ok(PathBuf::from(path)),
     }
 }
 
@@ -84,6 +86,21 @@ pub fn load_effective(path: &Path) -> config::Effective {
     }
 }
 
+/// [`load_effective`] of the config at `path` (as the booted image sees it) below
+/// `root`, or of the host's own without one.
+pub fn load_effective_under(root: Option<&Path>, path: &str) -> config::Effective {
+    match in_root(root, path) {
+        Ok(path) => load_effective(&path),
+        Err(e) => config::Effective {
+            items: vec![],
+            problems: vec![Problem {
+                position: Position::default(),
+                message: format!("cannot read the config: {e}"),
+            }],
+        },
+    }
+}
+
 /// Paths we write into units must be absolute and free of whitespace, control characters
 /// and backslashes, which the path settings (`RequiresMountsFor=`) cannot carry.
 fn check_host_path(what: &str, path: &str) -> Result<(), String> {
@@ -113,12 +130,12 @@ pub fn plan_for(options: &Options) -> Result<(Plan, Vec<String>), String> {
     let settings = Settings {
         config_file: absolute(options.config_file.as_ref(), defaults.config_file),
         preload_dir: absolute(options.preload_dir.as_ref(), defaults.preload_dir),
-        selinux: in_root(&options.root, "/sys/fs/selinux").is_dir(),
+        selinux: in_root(options.root.as_deref(), "/sys/fs/selinux").is_ok_and(|p| p.is_dir()),
         engine: EngineKind::detect(options.root.as_deref().unwrap_or(Path::new("/"))),
     };
     check_host_path("--config", &settings.config_file)?;
     check_host_path("--preload-dir", &settings.preload_dir)?;
-    let effective = load_effective(&in_root(&options.root, &settings.config_file));
+    let effective = load_effective_under(options.root.as_deref(), &settings.config_file);
     let problems = effective
         .all_problems()
         .iter()

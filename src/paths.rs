@@ -1,7 +1,10 @@
 //! Where things are. Install locations are fixed at build time by the Makefile
 //! (`ATOMIC_PRELOAD_BINDIR=… cargo build`), so generated units name the real binaries.
 
-use std::path::{Path, PathBuf};
+use rustix::io::Errno;
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
+use std::{fs, io};
 
 const fn or(value: Option<&'static str>, default: &'static str) -> &'static str {
     match value {
@@ -42,9 +45,72 @@ pub const REFRESH_PATH: &str = "atomic-preload-refresh.path";
 /// The unit that shows config problems no entry's own unit can show.
 pub const CONFIG_ERROR_UNIT: &str = "atomic-preload-config.service";
 
-/// `path` (absolute, as the host sees it) below `root`: an image root, a test's fake root.
-pub fn under(root: &Path, path: &str) -> PathBuf {
-    root.join(path.trim_start_matches('/'))
+/// `path` (absolute, as the booted image will see it) below `root`, an image root or a
+/// test's fake root, with every symlink on the way resolved as the booted image will
+/// resolve it: an absolute target starts again at `root` and `..` stops there, as
+/// systemd's `--root` and `dnf --installroot` do. So an image whose `/var` is a link to
+/// `/srv/var`, or whose `/etc/containers` points at `../../../etc`, is read and written
+/// at `root/srv/var` and `root/etc`, never on the build machine. Components that do not
+/// exist yet are kept as they are (to be created); a loop is `ELOOP` after 40 links.
+///
+/// The returned path has no symlink left in its existing part, so opening it follows
+/// nothing out of `root` — unless the tree changes in between: image roots are built by
+/// one process at a time, and what is guarded against is the image's content, not a
+/// concurrent writer. The generator's and runtime's own paths on a live host (`root` is
+/// `/`) resolve exactly as the kernel would.
+pub fn under(root: &Path, path: &str) -> io::Result<PathBuf> {
+    let mut resolved = PathBuf::new();
+    let mut pending: Vec<OsString> = components(Path::new(path));
+    pending.reverse();
+    let mut links = 0;
+    let mut missing = false;
+    while let Some(component) = pending.pop() {
+        if component == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&component);
+        if !missing {
+            match fs::symlink_metadata(root.join(&candidate)) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    links += 1;
+                    if links > 40 {
+                        return Err(Errno::LOOP.into());
+                    }
+                    let target = fs::read_link(root.join(&candidate))?;
+                    if target.is_absolute() {
+                        resolved = PathBuf::new();
+                    }
+                    let mut target = components(&target);
+                    target.reverse();
+                    pending.extend(target);
+                    continue;
+                }
+                Ok(_) => {}
+                // Not there (or below a file): the rest is created, or fails, as it is.
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) =>
+                {
+                    missing = true
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        resolved = candidate;
+    }
+    Ok(root.join(resolved))
+}
+
+/// A path's names and `..`s, without `/` and `.`.
+fn components(path: &Path) -> Vec<OsString> {
+    path.components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect()
 }
 
 pub fn helper() -> String {
@@ -60,4 +126,47 @@ pub fn container_unit(name: &str) -> String {
 /// symlinks): a container's unit or the config-problems unit.
 pub fn is_generated_unit(name: &str) -> bool {
     (name.starts_with("preload-") && name.ends_with(".service")) || name == CONFIG_ERROR_UNIT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn links_in_a_root_resolve_inside_it() {
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        fs::create_dir_all(r.join("srv/var/lib")).unwrap();
+        fs::create_dir_all(r.join("etc")).unwrap();
+        symlink("/srv/var", r.join("var")).unwrap();
+        symlink("../../../../etc", r.join("srv/var/lib/up")).unwrap();
+        symlink(outside.path(), r.join("etc/out")).unwrap();
+        symlink("/loop", r.join("loop")).unwrap();
+        let cases = [
+            ("/var/lib/atomic/preload", "srv/var/lib/atomic/preload"),
+            ("/var/lib/up/containers", "etc/containers"),
+            ("/var/../../../etc", "etc"),
+            ("var/lib/./x", "srv/var/lib/x"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(under(r, path).unwrap(), r.join(want), "{path}");
+        }
+        // A host path as a link target is that path inside the root.
+        let out = under(r, "/etc/out/x").unwrap();
+        assert_eq!(
+            out,
+            r.join(outside.path().strip_prefix("/").unwrap()).join("x")
+        );
+        assert_eq!(
+            under(r, "/loop/x").unwrap_err().raw_os_error(),
+            Some(Errno::LOOP.raw_os_error())
+        );
+        // The host itself resolves as the kernel does.
+        assert_eq!(
+            under(Path::new("/"), "/proc/self/..").unwrap(),
+            Path::new("/proc")
+        );
+    }
 }

@@ -199,6 +199,9 @@ fn bad_input_leaves_the_root_exactly_as_before() {
     fs::write(&bad_config, "- name: x\n  image: test/x:1\n  rnu: {}\n").unwrap();
     let flow = src.path().join("flow.yaml");
     fs::write(&flow, "[{name: yy, image: test/yy:1}]\n").unwrap();
+    // Where the second archive would go, someone left a directory.
+    let second = archive(src.path(), "second.tar", "test/second:1");
+    fs::create_dir_all(r.join(PRELOAD).join("docker/second.tar/kept")).unwrap();
     let before = snapshot(r);
 
     let cases: Vec<(Vec<String>, String)> = vec![
@@ -217,6 +220,13 @@ fn bad_input_leaves_the_root_exactly_as_before() {
         (
             vec!["--config".into(), flow.display().to_string()],
             "would give a config with problems (merge by hand), nothing staged".into(),
+        ),
+        (
+            vec![good.display().to_string(), second.display().to_string()],
+            format!(
+                "{}/{PRELOAD}/docker/second.tar: is a directory, where a file is to go: move it away; nothing staged",
+                r.display()
+            ),
         ),
         (
             vec![src.path().join("missing.tar").display().to_string()],

@@ -164,6 +164,28 @@ fn usage(message: impl Into<String>) -> RuntimeError {
 }
 
 /// ROOT must be a root file system (an image being built, or `/`), not a typo.
+/// `path` (as the image sees it) in the image root, its symlinks resolved inside the root
+/// (see [`paths::under`]): nothing is read or written on the build machine.
+fn in_root(root: &Path, path: &str) -> Result<PathBuf, RuntimeError> {
+    paths::under(root, path).map_err(|e| usage(format!("{path} in --root {}: {e}", root.display())))
+}
+
+/// A destination is renamed over, so it must be a file (or a link, which the rename
+/// replaces) or nothing: a directory or a device there is the operator's to move away.
+fn check_destination(path: &Path) -> Result<(), RuntimeError> {
+    let kind = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() || meta.is_symlink() => return Ok(()),
+        Ok(meta) if meta.is_dir() => "a directory",
+        Ok(_) => "a special file",
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    Err(usage(format!(
+        "{}: is {kind}, where a file is to go: move it away; nothing staged",
+        path.display()
+    )))
+}
+
 fn check_root(root: &Path) -> Result<(), RuntimeError> {
     if !root.is_dir() {
         return Err(usage(format!("--root {}: not a directory", root.display())));
@@ -600,9 +622,17 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         })
         .collect::<Result<_, _>>()?;
     check_root(&args.root)?;
-    let preload = paths::under(&args.root, paths::PRELOAD_DIR);
-    let dir = preload.join(if args.system { "ostree" } else { "docker" });
-    let config_path = paths::under(&args.root, paths::CONFIG_FILE);
+    let preload = in_root(&args.root, paths::PRELOAD_DIR)?;
+    let dir = in_root(
+        &args.root,
+        &format!(
+            "{}/{}",
+            paths::PRELOAD_DIR,
+            if args.system { "ostree" } else { "docker" }
+        ),
+    )?;
+    let config_path = in_root(&args.root, paths::CONFIG_FILE)?;
+    let podman_store = in_root(&args.root, PODMAN_STORE)?;
 
     let sources: Vec<Source> = args.sources.iter().map(|s| Source::parse(s)).collect();
     let mut names = Vec::new();
@@ -617,6 +647,16 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         }
         names.push(name);
     }
+    // Destinations that are not files stop the run before any download.
+    if !args.podman_store {
+        for name in &names {
+            check_destination(&dir.join(name))?;
+            check_destination(&digest::sidecar_path(&dir.join(name)))?;
+        }
+    }
+    if args.config.is_some() {
+        check_destination(&config_path)?;
+    }
     // The config first: a bad one stops the run before any download.
     let merged = match &args.config {
         Some(file) => Some(merge_config(&config_path, file)?),
@@ -627,10 +667,7 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         for ((source, name), i) in sources.iter().zip(&names).zip(0..) {
             // With --podman-store the archive only passes through on its way into the store.
             let dest = if args.podman_store {
-                format!(
-                    "the Podman image store {}",
-                    paths::under(&args.root, PODMAN_STORE).display()
-                )
+                format!("the Podman image store {}", podman_store.display())
             } else {
                 dir.join(name).display().to_string()
             };
@@ -674,7 +711,7 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         return Ok(());
     }
 
-    remove_stale_temps(&[&dir, &preload, &paths::under(&args.root, "/etc/containers")]);
+    remove_stale_temps(&[&dir, &preload, &in_root(&args.root, "/etc/containers")?]);
     let mut undo = Undo {
         files: Vec::new(),
         dirs: Vec::new(),
@@ -727,7 +764,7 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
             write_file(&temp, text.as_bytes())?;
             renames.push((temp, conf_path));
         }
-        store = Some(paths::under(&args.root, PODMAN_STORE));
+        store = Some(podman_store);
     }
     // Sidecars under temporary names too, then the config: everything is ready.
     for s in staged.iter().filter(|_| store.is_none()) {
@@ -869,8 +906,8 @@ fn fill_podman_store(
     staged: &[Staged],
     undo: &mut Undo,
 ) -> Result<(PathBuf, Option<String>), RuntimeError> {
-    let store = paths::under(&args.root, PODMAN_STORE);
-    let conf_path = paths::under(&args.root, STORAGE_CONF);
+    let store = in_root(&args.root, PODMAN_STORE)?;
+    let conf_path = in_root(&args.root, STORAGE_CONF)?;
     let current = match fs::read_to_string(&conf_path) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,

@@ -93,14 +93,22 @@ fn mtime(path: &Path) -> Option<String> {
 struct Context<'a> {
     args: &'a StatusArgs,
     root: PathBuf,
+    /// The preload, state and checkout directories, resolved inside the root (`None`
+    /// when they cannot be: a symlink loop, shown as a config problem).
+    preload: Option<PathBuf>,
+    state: Option<PathBuf>,
+    checkout: Option<PathBuf>,
     /// systemd is asked only about the running host, not an image root.
     live: bool,
     host_engine: EngineKind,
 }
 
 impl Context<'_> {
-    fn state(&self) -> PathBuf {
-        paths::under(&self.root, &self.args.state_dir.display().to_string())
+    /// `name` in `dir` (one of the resolved directories), its own symlinks resolved inside
+    /// the root too: an image's `docker/app.tar -> /srv/app.tar` is the image's file.
+    fn inside(&self, dir: &Path, name: &str) -> Option<PathBuf> {
+        let rel = dir.strip_prefix(&self.root).ok()?.join(name);
+        paths::under(&self.root, &rel.display().to_string()).ok()
     }
 
     fn unit(&self, unit: &str) -> Option<UnitStatus> {
@@ -137,18 +145,19 @@ impl Context<'_> {
     fn archives(
         &self,
         entry: &Entry,
-        dir: &Path,
+        dir: Option<&Path>,
         marks: Option<&Marks>,
     ) -> (Vec<ArchiveStatus>, bool) {
         let names = if entry.archives.is_empty() {
-            list_archives(dir).unwrap_or_default()
+            dir.and_then(|dir| list_archives(dir).ok())
+                .unwrap_or_default()
         } else {
             entry.archives.clone()
         };
         let mut all: Vec<ArchiveStatus> = names
             .iter()
             .map(|name| {
-                let path = dir.join(name);
+                let path = dir.and_then(|dir| self.inside(dir, name));
                 let mark: Option<Mark> = marks.and_then(|m| m.read(name));
                 let images = match &mark {
                     Some(mark) => mark
@@ -158,14 +167,18 @@ impl Context<'_> {
                         .map(String::from)
                         .collect(),
                     // Before the first boot: read the archive itself.
-                    None if !self.live && path.is_file() => archive::index(&path)
-                        .map(|images| images.into_iter().flat_map(|i| i.tags).collect())
-                        .unwrap_or_default(),
-                    None => vec![],
+                    None => match &path {
+                        Some(path) if !self.live && path.is_file() => archive::index(path)
+                            .map(|images| images.into_iter().flat_map(|i| i.tags).collect())
+                            .unwrap_or_default(),
+                        _ => vec![],
+                    },
                 };
                 ArchiveStatus {
                     file: name.clone(),
-                    recorded_sha256: digest::recorded_digest(&path).ok().flatten(),
+                    recorded_sha256: path
+                        .as_ref()
+                        .and_then(|path| digest::recorded_digest(path).ok().flatten()),
                     loaded_at: mark
                         .as_ref()
                         .and_then(|_| marks.and_then(|m| mtime(&m.path_of(name)))),
@@ -193,9 +206,11 @@ impl Context<'_> {
     /// Read from the store's image list (c/storage's `overlay-images/images.json`): asking
     /// podman would write its database into the image root.
     fn in_podman_store(&self, image: &str) -> bool {
-        let list =
-            paths::under(&self.root, super::stage::PODMAN_STORE).join("overlay-images/images.json");
-        let Ok(bytes) = std::fs::read(list) else {
+        let list = paths::under(
+            &self.root,
+            &format!("{}/overlay-images/images.json", super::stage::PODMAN_STORE),
+        );
+        let Ok(bytes) = list.and_then(std::fs::read) else {
             return false;
         };
         let Ok(serde_json::Value::Array(images)) = serde_json::from_slice(&bytes) else {
@@ -213,19 +228,19 @@ impl Context<'_> {
     }
 
     fn entry(&self, entry: &Entry) -> EntryStatus {
-        let preload = paths::under(&self.root, &self.args.preload_dir.display().to_string());
-        let state = self.state();
+        let state = self.state.as_deref();
         let unit_name = paths::container_unit(&entry.name);
         let held_image;
         let mut status = if entry.is_system() {
-            let dir = preload.join("ostree");
-            let checkout = paths::under(&self.root, &self.args.checkout_dir.display().to_string());
-            let link = checkout.join(&entry.name);
-            let info: Option<Info> = std::fs::read(link.join("info"))
-                .ok()
+            let dir = self.preload.as_ref().and_then(|p| self.inside(p, "ostree"));
+            let link = self.checkout.as_ref().map(|c| c.join(&entry.name));
+            let info: Option<Info> = link
+                .as_ref()
+                .and_then(|link| self.inside(link, "info"))
+                .and_then(|info| std::fs::read(info).ok())
                 .and_then(|b| serde_json::from_slice(&b).ok());
-            let marks = Marks::new_existing(&state, "loaded/ostree");
-            let (archives, held) = self.archives(entry, &dir, marks.as_ref());
+            let marks = state.and_then(|s| Marks::new_existing(s, "loaded/ostree"));
+            let (archives, held) = self.archives(entry, dir.as_deref(), marks.as_ref());
             held_image = held;
             EntryStatus {
                 name: entry.name.clone(),
@@ -234,7 +249,9 @@ impl Context<'_> {
                 archives,
                 installed_at: info.as_ref().map(|i| utc(i.created as i64)),
                 installed: info.as_ref().map(|i| {
-                    let target = std::fs::read_link(&link)
+                    let target = link
+                        .as_ref()
+                        .and_then(|link| std::fs::read_link(link).ok())
                         .map(|t| t.display().to_string())
                         .unwrap_or_default();
                     format!("{target} ({})", i.revision)
@@ -248,17 +265,18 @@ impl Context<'_> {
             }
         } else {
             let engine = entry.engine.unwrap_or(self.host_engine);
-            let dir = preload.join("docker");
-            let marks = Marks::new_existing(&state, &format!("loaded/{}", engine.as_str()));
+            let dir = self.preload.as_ref().and_then(|p| self.inside(p, "docker"));
+            let marks =
+                state.and_then(|s| Marks::new_existing(s, &format!("loaded/{}", engine.as_str())));
             let installed = entry.install.as_ref().and_then(|_| {
-                let marks = Marks::new_existing(&state, "installed")?;
+                let marks = Marks::new_existing(state?, "installed")?;
                 let mark = marks.read(&entry.name)?;
                 Some((
                     mtime(&marks.path_of(&entry.name)),
                     mark.get("image").unwrap_or("").to_owned(),
                 ))
             });
-            let (archives, held) = self.archives(entry, &dir, marks.as_ref());
+            let (archives, held) = self.archives(entry, dir.as_deref(), marks.as_ref());
             held_image = held
                 || (!self.live
                     && engine == EngineKind::Podman
@@ -293,8 +311,13 @@ impl Context<'_> {
         if !self.live {
             let mismatch = status.archives.iter().find(|a| {
                 a.recorded_sha256.as_ref().is_some_and(|want| {
-                    digest::sha256_of(&preload_dir_of(&preload, entry).join(&a.file))
-                        .is_ok_and(|have| &have != want)
+                    self.preload
+                        .as_ref()
+                        .and_then(|p| self.inside(p, preload_dir_of(entry)))
+                        .and_then(|dir| self.inside(&dir, &a.file))
+                        .is_some_and(|file| {
+                            digest::sha256_of(&file).is_ok_and(|have| &have != want)
+                        })
                 })
             });
             status.problem = if let Some(a) = mismatch {
@@ -316,25 +339,39 @@ impl Context<'_> {
     }
 }
 
-fn preload_dir_of(preload: &Path, entry: &Entry) -> PathBuf {
-    preload.join(if entry.is_system() {
+fn preload_dir_of(entry: &Entry) -> &'static str {
+    if entry.is_system() {
         "ostree"
     } else {
         "docker"
-    })
+    }
 }
 
 pub fn report(args: &StatusArgs) -> Report {
     let root = args.root.clone().unwrap_or_else(|| PathBuf::from("/"));
     let live = args.root.is_none();
+    let mut unresolvable = Vec::new();
+    let mut resolve = |dir: &Path| match paths::under(&root, &dir.display().to_string()) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            unresolvable.push(format!(
+                "{}: cannot be read in the root: {e}",
+                dir.display()
+            ));
+            None
+        }
+    };
     let context = Context {
         args,
         live,
         host_engine: EngineKind::detect(&root),
+        preload: resolve(&args.preload_dir),
+        state: resolve(&args.state_dir),
+        checkout: resolve(&args.checkout_dir),
         root: root.clone(),
     };
-    let config_path = paths::under(&root, &args.config.display().to_string());
-    let effective = generator::load_effective(&config_path);
+    let effective =
+        generator::load_effective_under(args.root.as_deref(), &args.config.display().to_string());
     let shown = args.config.display().to_string();
     let mut report = Report {
         config: shown.clone(),
@@ -342,6 +379,7 @@ pub fn report(args: &StatusArgs) -> Report {
             .all_problems()
             .iter()
             .map(|p| p.display(&shown).to_string())
+            .chain(unresolvable)
             .collect(),
         entries: Vec::new(),
     };
