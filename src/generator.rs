@@ -5,8 +5,8 @@ use crate::config::{self, Position, Problem};
 use crate::engine::EngineKind;
 use crate::log::{Level, Logger};
 use crate::plan::{self, Plan, Settings};
-use crate::{paths, render, write};
-use std::io::{self, Read};
+use crate::{bounded, paths, render, write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// Larger files are refused rather than read: a config is a few kilobytes.
@@ -49,30 +49,15 @@ pub fn read_config(path: &Path) -> Result<Vec<u8>, Problem> {
         position: Position::default(),
         message,
     };
-    let meta = match std::fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(problem(format!("cannot read the config: {e}"))),
-    };
-    // Refuse FIFOs and devices: opening one could block boot.
-    if !meta.is_file() {
-        return Err(problem("cannot read the config: not a regular file".into()));
-    }
-    if meta.len() > CONFIG_SIZE_LIMIT {
-        return Err(problem(format!(
+    // FIFOs and devices are refused without blocking: opening one could block boot.
+    match bounded::read(path, CONFIG_SIZE_LIMIT) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(problem(format!(
             "the config is larger than {CONFIG_SIZE_LIMIT} bytes"
-        )));
+        ))),
+        Err(e) => Err(problem(format!("cannot read the config: {e}"))),
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(CONFIG_SIZE_LIMIT + 1).read_to_end(&mut bytes))
-        .map_err(|e| problem(format!("cannot read the config: {e}")))?;
-    if bytes.len() as u64 > CONFIG_SIZE_LIMIT {
-        return Err(problem(format!(
-            "the config is larger than {CONFIG_SIZE_LIMIT} bytes"
-        )));
-    }
-    Ok(bytes)
 }
 
 /// Read and validate a config file: what `atomic-preload validate` and the generator share.

@@ -6,6 +6,7 @@
 //! → [`write`] (files and symlinks). [`runtime`] holds the stages the units run
 //! (load, install), [`escape`] owns unit-file quoting, [`log`] the kmsg/stderr logger.
 
+pub mod bounded;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -54,15 +54,23 @@ pub fn sidecar_text(hex: &str, archive_name: &str) -> String {
     format!("{hex}  {archive_name}\n")
 }
 
+/// A sidecar is one `sha256sum` line: 64 hex digits, two spaces and a file name.
+pub const SIDECAR_SIZE_LIMIT: u64 = 4096;
+
 /// The digest recorded for `archive`, lowercase hex; `None` when it has no sidecar. A
 /// sidecar that is not `sha256sum` output is an error (it would otherwise check nothing).
 pub fn recorded_digest(archive: &Path) -> io::Result<Option<String>> {
     let path = sidecar_path(archive);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
+    // Bounded and never blocking: a FIFO here must not hang a load that holds the
+    // archive lock, nor `/dev/zero` fill memory.
+    let bytes = match crate::bounded::read(&path, SIDECAR_SIZE_LIMIT) {
+        Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) => {
+            return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+        }
     };
+    let text = String::from_utf8_lossy(&bytes);
     let hex = text.split_whitespace().next().unwrap_or("");
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(io::Error::new(

@@ -221,11 +221,17 @@ fn entry_names(text: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// A config file given with `--config`, bounded like the generator's (never blocking on a
+/// FIFO, never more than its size limit).
+fn read_config_file(path: &Path) -> Result<Vec<u8>, RuntimeError> {
+    crate::bounded::read(path, generator::CONFIG_SIZE_LIMIT).map_err(io_err(path))
+}
+
 /// The config after merging `addition` into `existing`: appended, so an entry with the
 /// same name replaces the earlier one, as at boot; comments and order are kept. Both
 /// must be valid.
 fn merge_config(existing: &Path, addition: &Path) -> Result<(String, Vec<String>), RuntimeError> {
-    let added = fs::read(addition).map_err(io_err(addition))?;
+    let added = read_config_file(addition)?;
     let added_problems = problems(&added, &addition.display().to_string());
     if !added_problems.is_empty() {
         return Err(usage(format!(
@@ -695,7 +701,7 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
             }
         }
         if let (Some((_, replaced)), Some(file)) = (&merged, &args.config) {
-            let added = entry_names(&fs::read(file).map_err(io_err(file))?);
+            let added = entry_names(&read_config_file(file)?);
             println!(
                 "would merge {} into {}: entries {}{}",
                 file.display(),
@@ -908,8 +914,11 @@ fn fill_podman_store(
 ) -> Result<(PathBuf, Option<String>), RuntimeError> {
     let store = in_root(&args.root, PODMAN_STORE)?;
     let conf_path = in_root(&args.root, STORAGE_CONF)?;
-    let current = match fs::read_to_string(&conf_path) {
-        Ok(text) => Some(text),
+    let current = match crate::bounded::read(&conf_path, generator::CONFIG_SIZE_LIMIT) {
+        Ok(bytes) => Some(
+            String::from_utf8(bytes)
+                .map_err(|_| usage(format!("{}: not UTF-8 text", conf_path.display())))?,
+        ),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_err(&conf_path)(e)),
     };

@@ -23,6 +23,10 @@ pub struct ArchiveStatus {
     pub file: String,
     /// The digest recorded when it was staged (`NAME.sha256`), if any.
     pub recorded_sha256: Option<String>,
+    /// Why its sidecar cannot be used (the load stage's own verdict: not a digest, not a
+    /// regular file, too large); the unit will fail on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sidecar_problem: Option<String>,
     /// When it was loaded (UTC), and the digest of what was loaded.
     pub loaded_at: Option<String>,
     pub loaded_sha256: Option<String>,
@@ -104,6 +108,15 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// A message with the image root's paths shown as the booted machine's.
+    fn shown(&self, message: String) -> String {
+        if self.root == Path::new("/") {
+            message
+        } else {
+            message.replace(&self.root.display().to_string(), "")
+        }
+    }
+
     /// `name` in `dir` (one of the resolved directories), its own symlinks resolved inside
     /// the root too: an image's `docker/app.tar -> /srv/app.tar` is the image's file.
     fn inside(&self, dir: &Path, name: &str) -> Option<PathBuf> {
@@ -174,11 +187,16 @@ impl Context<'_> {
                         _ => vec![],
                     },
                 };
+                // The load stage's parser, so status and the unit agree.
+                let recorded = path.as_ref().map(|path| digest::recorded_digest(path));
                 ArchiveStatus {
                     file: name.clone(),
-                    recorded_sha256: path
+                    recorded_sha256: recorded
                         .as_ref()
-                        .and_then(|path| digest::recorded_digest(path).ok().flatten()),
+                        .and_then(|r| r.as_ref().ok().cloned().flatten()),
+                    sidecar_problem: recorded
+                        .and_then(|r| r.err())
+                        .map(|e| self.shown(e.to_string())),
                     loaded_at: mark
                         .as_ref()
                         .and_then(|_| marks.and_then(|m| mtime(&m.path_of(name)))),
@@ -320,7 +338,13 @@ impl Context<'_> {
                         })
                 })
             });
-            status.problem = if let Some(a) = mismatch {
+            let bad_sidecar = status
+                .archives
+                .iter()
+                .find_map(|a| a.sidecar_problem.clone());
+            status.problem = if let Some(problem) = bad_sidecar {
+                Some(format!("{problem}: its unit will fail"))
+            } else if let Some(a) = mismatch {
                 Some(format!(
                     "{} does not match its recorded digest: its unit will fail",
                     a.file
