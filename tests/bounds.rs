@@ -94,3 +94,73 @@ fn large_hostile_configs_finish_within_limits() {
         }
     }
 }
+
+/// A 0.7 MB `.tar.gz` of 40 JSON-looking members of 16 MiB each would be 640 MiB of
+/// "metadata" in memory: `stage`, `status --root` (and install-system's index, the same
+/// code) stop at the index's total cap instead. `prlimit` is the oracle: with the
+/// address space capped at 512 MiB, reading them all could not succeed.
+#[test]
+fn an_archive_of_huge_json_members_is_refused_not_read_into_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("bomb.tar.gz");
+    {
+        let gz = flate2::write::GzEncoder::new(
+            fs::File::create(&bomb).unwrap(),
+            flate2::Compression::best(),
+        );
+        let mut tar = tar::Builder::new(gz);
+        let mut member = vec![b' '; (16 << 20) - 2];
+        member[0] = b'{';
+        for i in 0..40 {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(member.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, format!("{i:02}.json"), &member[..])
+                .unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap();
+    }
+    assert!(fs::metadata(&bomb).unwrap().len() < 2 << 20);
+    let root = dir.path().join("root");
+    let docker = root.join("var/lib/atomic/preload/docker");
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::create_dir_all(&docker).unwrap();
+    let capped = |args: &[&str]| {
+        Command::new("timeout")
+            .args(["120", "prlimit", "--as=536870912", "--"])
+            .arg(env!("CARGO_BIN_EXE_atomic-preload"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let r = root.to_str().unwrap();
+    let out = capped(&["stage", "--dry-run", "--root", r, bomb.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{stderr}");
+    assert!(
+        stderr.contains(
+            "bomb.tar.gz: its JSON members add up to more than 64 MiB (an image's metadata is a few KiB): not indexed"
+        ),
+        "{stderr}"
+    );
+    // Staged by hand (a copy), then inspected: status says no archive holds the image.
+    fs::copy(&bomb, docker.join("bomb.tar.gz")).unwrap();
+    fs::write(
+        root.join("var/lib/atomic/preload/config.yaml"),
+        "- name: app\n  image: test/app:1\n",
+    )
+    .unwrap();
+    let out = capped(&["status", "--root", r]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("no archive holds test/app:1: its unit will fail"),
+        "{stdout}"
+    );
+}

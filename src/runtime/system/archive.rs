@@ -54,6 +54,10 @@ pub enum ArchiveError {
 
 /// JSON members larger than this are not image metadata.
 const JSON_MAX: u64 = 16 << 20;
+/// All metadata an index keeps: an image's manifest and config are a few KiB, so a
+/// many-image archive stays far below this; an archive past it (dozens of JSON-looking
+/// members of 16 MiB each) is refused rather than read into memory.
+const JSON_TOTAL_MAX: u64 = 64 << 20;
 
 /// The archive's bytes, decompressed according to its suffix; how far along the file
 /// is goes to the unit's status line as "`doing` NAME: x of y MB".
@@ -162,6 +166,7 @@ fn walk(
 /// One pass over the archive: its images (tags and IDs), without keeping any layer.
 pub fn index(path: &Path) -> Result<Vec<IndexedImage>, ArchiveError> {
     let mut json: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut kept = 0u64;
     let links = walk(path, "indexing", |_, key, entry| {
         // Configs are `<hex>.json` (docker save) or `blobs/sha256/<hex>` (OCI layout);
         // nothing larger than JSON_MAX is metadata.
@@ -172,6 +177,16 @@ pub fn index(path: &Path) -> Result<Vec<IndexedImage>, ArchiveError> {
             if entry.read(&mut bytes)? == 1 && (bytes[0] == b'{' || key == "manifest.json") {
                 entry.take(JSON_MAX).read_to_end(&mut bytes)?;
                 if (bytes.len() as u64) < JSON_MAX {
+                    kept += bytes.len() as u64;
+                    if kept > JSON_TOTAL_MAX {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "its JSON members add up to more than {} MiB (an image's metadata is a few KiB): not indexed",
+                                JSON_TOTAL_MAX >> 20
+                            ),
+                        ));
+                    }
                     json.insert(key, bytes);
                 }
             }
@@ -263,6 +278,14 @@ fn manifest_of(
     Ok(items)
 }
 
+/// A spooled metadata member (manifest, index, config), no larger than an index keeps.
+fn read_member(path: &Path) -> Result<Vec<u8>, ArchiveError> {
+    crate::bounded::read(path, JSON_MAX).map_err(|source| ArchiveError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// An archive's files, spooled for a checkout.
 pub struct Spool {
     pub dir: PathBuf,
@@ -311,12 +334,7 @@ impl Spool {
     pub fn manifest(&self) -> Result<Vec<ManifestItem>, ArchiveError> {
         manifest_of(&self.archive, |key: &str| match self.member(key) {
             Err(_) => Ok(None),
-            Ok(path) => std::fs::read(path)
-                .map(Some)
-                .map_err(|source| ArchiveError::Io {
-                    path: path.to_owned(),
-                    source,
-                }),
+            Ok(path) => read_member(path).map(Some),
         })
     }
 
@@ -336,11 +354,7 @@ impl Spool {
                     .any(|t| normalize_reference(t) == wanted)
             })
             .ok_or_else(|| format_err(&self.archive, format!("it has no image {reference}")))?;
-        let path = self.member(&item.config)?;
-        let bytes = std::fs::read(path).map_err(|source| ArchiveError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = read_member(self.member(&item.config)?)?;
         let config: ImageConfig = serde_json::from_slice(&bytes)
             .map_err(|e| format_err(&self.archive, format!("image config: {e}")))?;
         if config.rootfs.diff_ids.len() != item.layers.len() {
