@@ -274,3 +274,58 @@ fn readme_quick_start_generator_line_works_verbatim() {
             && text.contains("# preload-busybox_sleep.service\n")
     );
 }
+
+/// Values from the config that start with `-` (an archive named `-lead.tar`, `--help.tar`)
+/// reach the helper as values: every stage command line the generator writes parses,
+/// where `--archive -lead.tar` would be a usage error (exit 2) at every start.
+#[test]
+fn values_starting_with_a_dash_stay_values_in_generated_command_lines() {
+    let (_dir, root) = root_with_config(
+        "- name: lead\n  image: test/lead\n  archive: [-lead.tar, --help.tar, -h.tar]\n  install: {setvalues: [X=-1]}\n  run: {}\n\
+         - name: sys\n  image: test/sys\n  archive: -sys.tar\n  install: {system: true, setvalues: [Y=--help]}\n  run: {}\n",
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let preload = empty.path().to_str().unwrap();
+    let out = generator(&[
+        "--dry-run",
+        "--root",
+        root.to_str().unwrap(),
+        "--preload-dir",
+        preload,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let units = stdout(&out);
+    let mut ran = 0;
+    for line in units.lines() {
+        let Some((_, command)) = line.split_once("=:/usr/bin/atomic-preload ") else {
+            continue;
+        };
+        let mut argv = shell_words::split(command).unwrap();
+        let stage = argv[0].clone();
+        // The engine client is one that fails at once: the point is that the command
+        // line parses, and the stage gets as far as needing the engine or the archive.
+        let at = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
+        if ["load", "install"].contains(&stage.as_str()) {
+            argv.insert(at, "--docker=/bin/false".into());
+        } else if stage == "run" {
+            argv[at + 1] = "/bin/false".into();
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_atomic-preload"))
+            .args(&argv)
+            .env("ATOMIC_PRELOAD_NO_NOTIFY", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(2), "{stage}: {command}\n{stderr}");
+        assert!(
+            !stderr.contains("unexpected argument"),
+            "{command}\n{stderr}"
+        );
+        ran += 1;
+    }
+    assert!(ran >= 5, "{units}");
+}

@@ -59,6 +59,13 @@ fn rows() -> Vec<Row> {
         Row { what: "archive escaping the preload dir", input: Text("- {name: ab, image: x, archive: ../../etc/x.tar}\n"), says: "config.yaml:1:33: \"archive\" must be a file name in docker/ (ostree/ for system containers), not a path: \"../../etc/x.tar\"" },
         Row { what: "archive as an absolute path", input: Text("- {name: ab, image: x, archive: /etc/x.tar}\n"), says: "config.yaml:1:33: \"archive\" must be a file name in docker/ (ostree/ for system containers), not a path: \"/etc/x.tar\"" },
         Row { what: "archive with an unknown suffix", input: Text("- {name: ab, image: x, archive: x.zip}\n"), says: "config.yaml:1:33: \"archive\" \"x.zip\" does not end in one of .tar, .tar.gz, .tgz, .tar.xz, .tar.zst, .tar.bz2" },
+        Row { what: "archive that is a hidden file", input: Text("- {name: ab, image: x, archive: ..tar}\n"), says: "config.yaml:1:33: \"archive\" must not start with '.' (the load stage skips hidden files): \"..tar\"" },
+        Row {
+            what: "archive name of 300 characters",
+            input: Setup(|d| fs::write(d.join("config.yaml"), format!("- {{name: ab, image: x, archive: {}.tar}}\n", "a".repeat(296))).unwrap()),
+            says: "config.yaml:1:33: \"archive\" is longer than 200 bytes: \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"…",
+        },
+        Row { what: "archive that looks like an option (accepted: written as `--archive=-h.tar`)", input: Text("- {name: ab, image: x, archive: -h.tar}\n"), says: "" },
         Row { what: "top level that is not a list", input: Text("name: ab\nimage: x\n"), says: "config.yaml:1:1: the config must be a list of entries (\"- name: ...\"), found a mapping" },
         Row { what: "YAML syntax error", input: Text("- {name: ab, image: [x}\n"), says: "config.yaml:1:21: invalid YAML: mismatched bracket '[' closed by '}'" },
         Row { what: "tab indentation", input: Text("- name: ab\n\timage: x\n"), says: "config.yaml:1:9: invalid YAML: while scanning a plain scalar, found a tab" },

@@ -355,6 +355,10 @@ pub fn is_archive_name(name: &str) -> bool {
 }
 
 /// Why `name` is not an archive file name we load, if it is not.
+/// The longest archive file name: a file name's 255 bytes less room for stage's
+/// temporary name.
+pub const ARCHIVE_NAME_MAX: usize = 200;
+
 pub fn archive_problem(name: &str) -> Option<String> {
     if name.contains('/') || name == "." || name == ".." {
         return Some(format!(
@@ -364,6 +368,19 @@ pub fn archive_problem(name: &str) -> Option<String> {
     if name.chars().any(char::is_control) {
         return Some(format!(
             "\"archive\" must not contain control characters: {name:?}"
+        ));
+    }
+    // `stage` fetches into `.stage-PID-NAME` beside it, which must fit in 255 bytes too.
+    if name.len() > ARCHIVE_NAME_MAX {
+        return Some(format!(
+            "\"archive\" is longer than {ARCHIVE_NAME_MAX} bytes: {:?}…",
+            &name[..name.floor_char_boundary(40)]
+        ));
+    }
+    // Dot-files in docker/ are stage's temporary files, which the load stage skips.
+    if name.starts_with('.') {
+        return Some(format!(
+            "\"archive\" must not start with '.' (the load stage skips hidden files): {name:?}"
         ));
     }
     if !is_archive_name(name) {

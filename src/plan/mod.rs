@@ -99,6 +99,13 @@ pub struct ContainerUnit {
     pub kill_mode: Option<&'static str>,
 }
 
+/// `--NAME=VALUE`, the one form the generator writes an option with a value in: a value
+/// from the config that starts with `-` (an archive named `-lead.tar`) stays the option's
+/// value, where `--archive -lead.tar` would be read as another option.
+pub(crate) fn option(name: &str, value: &str) -> String {
+    format!("--{name}={value}")
+}
+
 /// The load stage, then the install stage when the entry has `install:`, of an image an
 /// engine runs; `engine` is the stages' `--engine` option (none: Docker, the default).
 pub(crate) fn image_stages(entry: &Entry, settings: &Settings, engine: &[&str]) -> Vec<Command> {
@@ -106,27 +113,20 @@ pub(crate) fn image_stages(entry: &Entry, settings: &Settings, engine: &[&str]) 
     let mut load = vec![helper.clone(), "load".into()];
     load.extend(engine.iter().map(|s| s.to_string()));
     load.extend([
-        "--preload-dir".into(),
-        settings.preload_dir.clone(),
-        "--image".into(),
-        entry.image.clone(),
+        option("preload-dir", &settings.preload_dir),
+        option("image", &entry.image),
     ]);
     for archive in &entry.archives {
-        load.extend(["--archive".into(), archive.clone()]);
+        load.push(option("archive", archive));
     }
     let mut stages = vec![Command::new(load)];
 
     if let Some(install) = &entry.install {
         let mut argv = vec![helper, "install".into()];
         argv.extend(engine.iter().map(|s| s.to_string()));
-        argv.extend([
-            "--name".into(),
-            entry.name.clone(),
-            "--image".into(),
-            entry.image.clone(),
-        ]);
+        argv.extend([option("name", &entry.name), option("image", &entry.image)]);
         for set in &install.setvalues {
-            argv.extend(["--set".into(), set.clone()]);
+            argv.push(option("set", set));
         }
         if !install.extra_args.is_empty() {
             argv.push("--".into());
@@ -163,14 +163,9 @@ pub(crate) fn run_stage(
     argv.extend(run.extra_args.iter().cloned());
     let mut start = vec![paths::helper(), "run".into()];
     start.extend(engine.iter().map(|s| s.to_string()));
-    start.extend([
-        "--name".into(),
-        entry.name.clone(),
-        "--image".into(),
-        entry.image.clone(),
-    ]);
+    start.extend([option("name", &entry.name), option("image", &entry.image)]);
     if !run.extra_args.is_empty() {
-        start.extend(["--extra".into(), run.extra_args.len().to_string()]);
+        start.push(option("extra", &run.extra_args.len().to_string()));
     }
     start.push("--".into());
     start.extend(argv);

@@ -7,7 +7,7 @@
 //! leaves the container running. There is no ordering between them either: the run stage
 //! waits for `NAME.service`'s start job, which an `After=` would deadlock.
 
-use super::{Command, ContainerUnit, ServiceKind, Settings};
+use super::{Command, ContainerUnit, ServiceKind, Settings, option};
 use crate::config::Entry;
 use crate::paths;
 
@@ -16,26 +16,22 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
     let mut install = vec![
         helper.clone(),
         "install-system".into(),
-        "--preload-dir".into(),
-        settings.preload_dir.clone(),
-        "--name".into(),
-        entry.name.clone(),
-        "--image".into(),
-        entry.image.clone(),
+        option("preload-dir", &settings.preload_dir),
+        option("name", &entry.name),
+        option("image", &entry.image),
     ];
     for archive in &entry.archives {
-        install.extend(["--archive".into(), archive.clone()]);
+        install.push(option("archive", archive));
     }
     for set in entry.install.iter().flat_map(|i| &i.setvalues) {
-        install.extend(["--set".into(), set.clone()]);
+        install.push(option("set", set));
     }
     let mut start = vec![Command::new(install)];
     let how = if entry.run.is_some() {
         start.push(Command::new([
             helper,
             "start-system".into(),
-            "--name".into(),
-            entry.name.clone(),
+            option("name", &entry.name),
         ]));
         "runs as"
     } else {
