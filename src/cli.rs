@@ -326,6 +326,16 @@ pub struct StageArgs {
     #[arg(long, value_name = "PATH", default_value = paths::PODMAN)]
     pub podman: PathBuf,
     /// Archive files, http(s):// URLs, docker-image:NAME or podman-image:NAME.
+    /// Seconds to wait for a URL source's connection (TCP and TLS).
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout: u64,
+    /// Seconds a URL source may send nothing (no response, or no data in the body)
+    /// before the attempt fails and is retried.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_timeout: u64,
+    /// Seconds one URL source may take in all, retries included (0: no limit).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub max_time: u64,
     #[arg(value_name = "SRC")]
     pub sources: Vec<String>,
 }

@@ -91,7 +91,7 @@ impl Source {
     fn describe(&self) -> String {
         match self {
             Source::File(path) => path.display().to_string(),
-            Source::Url(url) => url.clone(),
+            Source::Url(url) => redact(url),
             Source::EngineImage { podman, image } => {
                 format!(
                     "{}-image:{image}",
@@ -102,8 +102,10 @@ impl Source {
     }
 }
 
-/// What this run created, removed again unless the run gets to commit.
-struct Undo {
+/// What this run created, removed again unless the run gets to commit: when it fails
+/// (the [`Undo`] guard is dropped) and when it is interrupted (SIGINT, SIGTERM, SIGHUP:
+/// [`undo_on_signals`]). One per process, so the signal thread can reach it.
+struct Created {
     files: Vec<PathBuf>,
     dirs: Vec<PathBuf>,
     /// Directory trees this run created whole (a new Podman image store).
@@ -111,29 +113,90 @@ struct Undo {
     done: bool,
 }
 
-impl Drop for Undo {
-    fn drop(&mut self) {
+static CREATED: std::sync::Mutex<Created> = std::sync::Mutex::new(Created {
+    files: Vec::new(),
+    dirs: Vec::new(),
+    trees: Vec::new(),
+    done: false,
+});
+
+fn created() -> std::sync::MutexGuard<'static, Created> {
+    CREATED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Created {
+    fn remove(&mut self) {
         if self.done {
             return;
         }
         // A removal that fails (an I/O error on a failing disk) is tried once more: a
         // failed stage must leave the root as it was.
-        for file in &self.files {
-            let _ = fs::remove_file(file).or_else(|_| fs::remove_file(file));
+        for file in self.files.drain(..) {
+            let _ = fs::remove_file(&file).or_else(|_| fs::remove_file(&file));
         }
-        for tree in &self.trees {
-            release_store_mount(tree);
-            let _ = fs::remove_dir_all(tree).or_else(|_| fs::remove_dir_all(tree));
+        for tree in self.trees.drain(..) {
+            release_store_mount(&tree);
+            let _ = fs::remove_dir_all(&tree).or_else(|_| fs::remove_dir_all(&tree));
         }
-        for dir in self.dirs.iter().rev() {
+        for dir in self.dirs.drain(..).rev() {
             let _ = fs::remove_dir(dir);
         }
     }
 }
 
+/// The guard of [`Created`]: what the run created goes again unless [`Undo::commit`]
+/// succeeded.
+struct Undo;
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        created().remove();
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP (an operator's Ctrl-C, a build system's timeout), what
+/// the run created is removed before it exits (128 + the signal): a stage stopped in a
+/// stalled download leaves no dot-file and no directory behind. A commit already under
+/// way finishes first (it holds [`CREATED`]), and then nothing is removed. SIGKILL
+/// cannot be caught: the next stage removes the dot-files a dead one left.
+fn undo_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let mut created = created();
+            if !created.done {
+                created.remove();
+                eprintln!("atomic-preload: stage interrupted (signal {signal}): nothing staged");
+            }
+            std::process::exit(128 + signal);
+        }
+    });
+}
+
 impl Undo {
+    fn file(&self, path: PathBuf) {
+        created().files.push(path);
+    }
+
+    fn tree(&self, path: PathBuf) {
+        created().trees.push(path);
+    }
+
+    /// [`commit`] the renames; after it, nothing this run created is removed.
+    fn commit(self, renames: &[(PathBuf, PathBuf)]) -> Result<(), RuntimeError> {
+        let mut created = created();
+        commit(renames)?;
+        created.done = true;
+        Ok(())
+    }
+
     /// `create_dir_all`, remembering each directory it created.
-    fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         let mut missing = Vec::new();
         let mut d = dir;
         while !d.exists() {
@@ -145,7 +208,7 @@ impl Undo {
         }
         for d in missing.into_iter().rev() {
             fs::create_dir(&d)?;
-            self.dirs.push(d);
+            created().dirs.push(d);
         }
         Ok(())
     }
@@ -371,38 +434,184 @@ fn finish(out: HashingWriter<File>, temp: &Path) -> Result<String, RuntimeError>
 }
 
 const ATTEMPTS: u32 = 3;
+/// Redirects one request follows.
+const REDIRECTS: u32 = 5;
 
-/// Download `url` into `temp`: streamed, checked against Content-Length, retried from the
-/// start (the file truncated) up to [`ATTEMPTS`] times when the transfer fails.
-fn download(url: &str, temp: &Path, name: &str) -> Result<String, RuntimeError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(Duration::from_secs(30)))
-        // No limit on the body: a multi-gigabyte archive takes what it takes.
-        .timeout_recv_body(None)
-        .timeout_per_call(None)
-        // The system's CA certificates (a builder's own CA for an internal server works).
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
-                .build(),
-        )
-        .build()
-        .into();
-    let mut last_error = String::new();
-    for attempt in 1..=ATTEMPTS {
-        if attempt > 1 {
-            eprintln!("{url}: {last_error}; retrying ({attempt} of {ATTEMPTS})");
-            std::thread::sleep(Duration::from_secs(u64::from(attempt - 1)));
-            let _ = fs::remove_file(temp);
+/// How long a download may wait (`--connect-timeout`, `--stall-timeout`, `--max-time`).
+pub struct Limits {
+    pub connect: Duration,
+    /// No response, or no body data, for this long fails the attempt.
+    pub stall: Duration,
+    /// The whole source, retries included; `None`: no limit.
+    pub max: Option<Duration>,
+}
+
+impl Limits {
+    fn of(args: &StageArgs) -> Limits {
+        Limits {
+            connect: Duration::from_secs(args.connect_timeout),
+            stall: Duration::from_secs(args.stall_timeout),
+            max: (args.max_time > 0).then(|| Duration::from_secs(args.max_time)),
         }
-        let response = match agent.get(url).call() {
+    }
+
+    /// What a timeout means, naming the option that sets it.
+    fn explain(&self, timeout: ureq::Timeout) -> String {
+        use ureq::Timeout::*;
+        match timeout {
+            Connect | Resolve => format!(
+                "no connection within {} s (--connect-timeout)",
+                self.connect.as_secs()
+            ),
+            Global => format!(
+                "not done within {} s (--max-time)",
+                self.max.unwrap_or_default().as_secs()
+            ),
+            _ => format!(
+                "the server sent nothing for {} s (--stall-timeout)",
+                self.stall.as_secs()
+            ),
+        }
+    }
+}
+
+/// `url` with any `user:password@` shown as `***@`: messages must not print credentials.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// A `Location` resolved against the URL it answered: absolute, `//host/…`, `/path` or
+/// relative to the current directory.
+fn redirect_target(from: &str, location: &str) -> String {
+    if location.contains("://") {
+        return location.to_owned();
+    }
+    let (scheme, rest) = from.split_once("://").unwrap_or(("http", from));
+    if let Some(other_host) = location.strip_prefix("//") {
+        return format!("{scheme}://{other_host}");
+    }
+    let path_at = rest.find('/').unwrap_or(rest.len());
+    let origin = format!("{scheme}://{}", &rest[..path_at]);
+    if location.starts_with('/') {
+        return format!("{origin}{location}");
+    }
+    let path = rest[path_at..].split(['?', '#']).next().unwrap_or("");
+    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    let dir = if dir.is_empty() { "/" } else { dir };
+    format!("{origin}{dir}{location}")
+}
+
+/// Why an attempt failed, and whether another can help.
+enum Failure {
+    Retry(String),
+    Final(String),
+}
+
+/// `GET url`, following up to [`REDIRECTS`] redirects ourselves so each target is checked:
+/// only `http://` and `https://` are followed, and a broken `Location` says so.
+fn get(
+    agent: &ureq::Agent,
+    url: &str,
+    limits: &Limits,
+) -> Result<ureq::http::Response<ureq::Body>, Failure> {
+    let mut url = url.to_owned();
+    for _ in 0..=REDIRECTS {
+        let response = match agent.get(&url).call() {
             Ok(response) => response,
             // 4xx: retrying will not help.
             Err(ureq::Error::StatusCode(code)) if (400..500).contains(&code) => {
-                return Err(RuntimeError::Fetch(format!("{url}: HTTP {code}")));
+                return Err(Failure::Final(format!("HTTP {code}")));
             }
-            Err(e) => {
-                last_error = e.to_string();
+            Err(ureq::Error::Timeout(timeout)) => {
+                return Err(Failure::Retry(limits.explain(timeout)));
+            }
+            Err(ureq::Error::BadUri(uri)) => {
+                return Err(Failure::Final(format!(
+                    "not a usable URL: {}",
+                    redact(&uri)
+                )));
+            }
+            Err(e) => return Err(Failure::Retry(e.to_string())),
+        };
+        let status = response.status().as_u16();
+        if !(300..400).contains(&status) {
+            return Ok(response);
+        }
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|l| !l.is_empty());
+        let Some(location) = location else {
+            return Err(Failure::Final(format!(
+                "HTTP {status} redirect without a usable Location header"
+            )));
+        };
+        let next = redirect_target(&url, location);
+        if !(next.starts_with("http://") || next.starts_with("https://")) {
+            return Err(Failure::Final(format!(
+                "HTTP {status} redirect to {}: only http:// and https:// are followed",
+                redact(&next)
+            )));
+        }
+        url = next;
+    }
+    Err(Failure::Final(format!("more than {REDIRECTS} redirects")))
+}
+
+/// Download `url` into `temp`: streamed, checked against Content-Length, retried from the
+/// start (the file truncated) up to [`ATTEMPTS`] times when the transfer fails. Every
+/// wait is bounded: the connection by `limits.connect`, the response and every read of
+/// the body by `limits.stall`, the whole source (retries included) by `limits.max`.
+fn download(url: &str, temp: &Path, name: &str, limits: &Limits) -> Result<String, RuntimeError> {
+    let shown = redact(url);
+    let deadline = limits.max.map(|max| Instant::now() + max);
+    let mut last_error = String::new();
+    let mut tried = 0;
+    for attempt in 1..=ATTEMPTS {
+        if attempt > 1 {
+            eprintln!("{shown}: {last_error}; retrying ({attempt} of {ATTEMPTS})");
+            std::thread::sleep(Duration::from_secs(u64::from(attempt - 1)));
+            let _ = fs::remove_file(temp);
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            last_error = limits.explain(ureq::Timeout::Global);
+            break;
+        }
+        tried = attempt;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(limits.connect))
+            .timeout_recv_response(Some(limits.stall))
+            .timeout_per_read(Some(limits.stall))
+            // No limit on the body as such: a multi-gigabyte archive takes what it takes,
+            // as long as data keeps coming (and --max-time, when given, is not reached).
+            .timeout_recv_body(None)
+            .timeout_global(left)
+            .max_redirects(0)
+            // The system's CA certificates (a builder's own CA for an internal server works).
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                    .build(),
+            )
+            .build()
+            .into();
+        let response = match get(&agent, url, limits) {
+            Ok(response) => response,
+            Err(Failure::Final(message)) => {
+                return Err(RuntimeError::Fetch(format!("{shown}: {message}")));
+            }
+            Err(Failure::Retry(message)) => {
+                last_error = message.replace(url, &shown);
                 continue;
             }
         };
@@ -421,11 +630,29 @@ fn download(url: &str, temp: &Path, name: &str) -> Result<String, RuntimeError> 
             Err(e) if e.kind() == io::ErrorKind::StorageFull => {
                 return Err(io_err(temp)(e));
             }
-            Err(e) => last_error = format!("transfer failed: {e}"),
+            Err(e) => {
+                let timeout = e.get_ref().and_then(|inner| match inner.downcast_ref() {
+                    Some(ureq::Error::Timeout(timeout)) => Some(*timeout),
+                    _ => None,
+                });
+                last_error = match timeout {
+                    Some(timeout) => format!("transfer failed: {}", limits.explain(timeout)),
+                    None if e.kind() == io::ErrorKind::TimedOut => format!(
+                        "transfer failed: {}",
+                        limits.explain(ureq::Timeout::PerRead)
+                    ),
+                    None => format!("transfer failed: {e}"),
+                }
+            }
+        }
+        // Out of time: another attempt could not finish either.
+        if limits.max.is_some() && last_error.contains("(--max-time)") {
+            break;
         }
     }
+    let attempts = if tried == 1 { "attempt" } else { "attempts" };
     Err(RuntimeError::Fetch(format!(
-        "{url}: {last_error} (after {ATTEMPTS} attempts)"
+        "{shown}: {last_error} (after {tried} {attempts})"
     )))
 }
 
@@ -523,7 +750,7 @@ fn fetch(
             })?;
             finish(out, temp)
         }
-        Source::Url(url) => download(url, temp, name),
+        Source::Url(url) => download(url, temp, name, &Limits::of(args)),
         Source::EngineImage { podman, image } => {
             let client = if *podman { &args.podman } else { &args.docker };
             save_image(client, *podman, image, temp, args.compress == "zstd")
@@ -642,13 +869,14 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
 
     let sources: Vec<Source> = args.sources.iter().map(|s| Source::parse(s)).collect();
     let mut names = Vec::new();
-    for (text, source) in args.sources.iter().zip(&sources) {
+    for source in &sources {
         let name = source
             .archive_name(args.compress == "zstd")
-            .map_err(|problem| usage(format!("{text}: {problem}")))?;
+            .map_err(|problem| usage(format!("{}: {problem}", source.describe())))?;
         if names.contains(&name) {
             return Err(usage(format!(
-                "{text}: two sources would both be staged as {name}"
+                "{}: two sources would both be staged as {name}",
+                source.describe()
             )));
         }
         names.push(name);
@@ -694,7 +922,7 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
                         tags(&images)
                     );
                 }
-                Source::Url(url) => println!("would download {url} -> {dest}"),
+                Source::Url(url) => println!("would download {} -> {dest}", redact(url)),
                 Source::EngineImage { .. } => {
                     println!("would save {} -> {dest}", source.describe())
                 }
@@ -718,12 +946,8 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
     }
 
     remove_stale_temps(&[&dir, &preload, &in_root(&args.root, "/etc/containers")?]);
-    let mut undo = Undo {
-        files: Vec::new(),
-        dirs: Vec::new(),
-        trees: Vec::new(),
-        done: false,
-    };
+    undo_on_signals();
+    let undo = Undo;
     let mut staged = Vec::new();
     if !sources.is_empty() {
         undo.create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -732,7 +956,7 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         // The temporary name keeps the archive's suffix (the index reads by it) and starts
         // with a dot (the load stage ignores such files).
         let temp = temp_beside(&dir.join(name), "");
-        undo.files.push(temp.clone());
+        undo.file(temp.clone());
         let sha256 = fetch(args, source, &temp, name)?;
         if let Some(want) = expected.get(i)
             && want != &sha256
@@ -761,12 +985,12 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
     // (temporary files) dropped, storage.conf updated with the rest.
     let mut store = None;
     if args.podman_store && !staged.is_empty() {
-        let (conf_path, conf) = fill_podman_store(args, &staged, &mut undo)?;
+        let (conf_path, conf) = fill_podman_store(args, &staged, &undo)?;
         if let Some(text) = conf {
             let parent = conf_path.parent().unwrap_or(&args.root).to_owned();
             undo.create_dir_all(&parent).map_err(io_err(&parent))?;
             let temp = temp_beside(&conf_path, "");
-            undo.files.push(temp.clone());
+            undo.file(temp.clone());
             write_file(&temp, text.as_bytes())?;
             renames.push((temp, conf_path));
         }
@@ -776,7 +1000,7 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
     for s in staged.iter().filter(|_| store.is_none()) {
         let sidecar = digest::sidecar_path(&dir.join(&s.name));
         let temp = temp_beside(&sidecar, "");
-        undo.files.push(temp.clone());
+        undo.file(temp.clone());
         write_file(&temp, digest::sidecar_text(&s.sha256, &s.name).as_bytes())?;
         renames.push((s.temp.clone(), dir.join(&s.name)));
         renames.push((temp, sidecar));
@@ -785,14 +1009,13 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         let parent = config_path.parent().unwrap_or(&preload).to_owned();
         undo.create_dir_all(&parent).map_err(io_err(&parent))?;
         let temp = temp_beside(&config_path, "");
-        undo.files.push(temp.clone());
+        undo.file(temp.clone());
         write_file(&temp, text.as_bytes())?;
         renames.push((temp, config_path.clone()));
     }
     // A load or install reading these archives on a live host finishes first.
     let _archives = marks::lock_archives(&dir, true).map_err(io_err(&dir))?;
-    commit(&renames)?;
-    undo.done = true;
+    undo.commit(&renames)?;
     for s in &staged {
         let images = if s.images.is_empty() {
             "untagged".into()
@@ -910,7 +1133,7 @@ fn storage_conf_with_store(current: Option<&str>) -> Result<Option<String>, Runt
 fn fill_podman_store(
     args: &StageArgs,
     staged: &[Staged],
-    undo: &mut Undo,
+    undo: &Undo,
 ) -> Result<(PathBuf, Option<String>), RuntimeError> {
     let store = in_root(&args.root, PODMAN_STORE)?;
     let conf_path = in_root(&args.root, STORAGE_CONF)?;
@@ -925,7 +1148,7 @@ fn fill_podman_store(
     let conf = storage_conf_with_store(current.as_deref())?;
     if !store.exists() {
         undo.create_dir_all(&store).map_err(io_err(&store))?;
-        undo.trees.push(store.clone());
+        undo.tree(store.clone());
     }
     // Podman's own database (containers, the run root it was opened with) is no part of
     // an image store: removed before Podman opens the store (a stage killed while
