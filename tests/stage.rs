@@ -202,9 +202,19 @@ fn bad_input_leaves_the_root_exactly_as_before() {
     // Where the second archive would go, someone left a directory.
     let second = archive(src.path(), "second.tar", "test/second:1");
     fs::create_dir_all(r.join(PRELOAD).join("docker/second.tar/kept")).unwrap();
+    let fifo = src.path().join("fifo.tar");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let before = snapshot(r);
 
     let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["--dry-run".into(), fifo.display().to_string()],
+            format!("{}: not a regular file", fifo.display()),
+        ),
+        (
+            vec![fifo.display().to_string()],
+            format!("{}: not a regular file", fifo.display()),
+        ),
         (
             vec!["--sha256".into(), "0".repeat(64), good.display().to_string()],
             format!("SHA-256 is {}, not the expected {}; nothing staged", hex_of(&good), "0".repeat(64)),

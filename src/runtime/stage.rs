@@ -17,6 +17,7 @@ use crate::config::{self, Named, archive_problem};
 use crate::{generator, paths};
 use std::fs::{self, File};
 use std::io::{self, IsTerminal, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -737,7 +738,12 @@ fn fetch(
 ) -> Result<String, RuntimeError> {
     match source {
         Source::File(path) => {
-            let mut from = File::open(path).map_err(io_err(path))?;
+            // Opened without blocking: a FIFO given as SRC is refused, not waited on.
+            let mut from = File::options()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                .open(path)
+                .map_err(io_err(path))?;
             if !from.metadata().map_err(io_err(path))?.is_file() {
                 return Err(usage(format!("{}: not a regular file", path.display())));
             }
@@ -870,6 +876,12 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
     let sources: Vec<Source> = args.sources.iter().map(|s| Source::parse(s)).collect();
     let mut names = Vec::new();
     for source in &sources {
+        // A FIFO or device as SRC is refused before anything reads it (it could block).
+        if let Source::File(path) = source
+            && fs::metadata(path).is_ok_and(|m| !m.is_file())
+        {
+            return Err(usage(format!("{}: not a regular file", path.display())));
+        }
         let name = source
             .archive_name(args.compress == "zstd")
             .map_err(|problem| usage(format!("{}: {problem}", source.describe())))?;
