@@ -5,7 +5,7 @@ use crate::config::{self, Position, Problem};
 use crate::engine::EngineKind;
 use crate::log::{Level, Logger};
 use crate::plan::{self, Plan, Settings};
-use crate::{bounded, paths, render, write};
+use crate::{bounded, paths, render, trust, write};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -72,17 +72,22 @@ pub fn load_effective(path: &Path) -> config::Effective {
 }
 
 /// [`load_effective`] of the config at `path` (as the booted image sees it) below
-/// `root`, or of the host's own without one.
+/// `root`, or of the host's own without one — if only root can write it (see
+/// [`trust`]): otherwise nothing in it is used, and the one problem says why.
 pub fn load_effective_under(root: Option<&Path>, path: &str) -> config::Effective {
+    let problem = |message: String| config::Effective {
+        items: vec![],
+        problems: vec![Problem {
+            position: Position::default(),
+            message,
+        }],
+    };
     match in_root(root, path) {
-        Ok(path) => load_effective(&path),
-        Err(e) => config::Effective {
-            items: vec![],
-            problems: vec![Problem {
-                position: Position::default(),
-                message: format!("cannot read the config: {e}"),
-            }],
+        Ok(path) => match trust::check(&path, root) {
+            Ok(()) => load_effective(&path),
+            Err(untrusted) => problem(untrusted.to_string()),
         },
+        Err(e) => problem(format!("cannot read the config: {e}")),
     }
 }
 

@@ -17,5 +17,6 @@ pub mod paths;
 pub mod plan;
 pub mod render;
 pub mod runtime;
+pub mod trust;
 pub mod unit_check;
 pub mod write;

@@ -582,7 +582,7 @@ fn s2_execstart_argv_is_exactly_the_configs_arguments() {
             "preload-argv.service"
         ])
         .contains(&format!(
-            "argv[]=/usr/bin/atomic-preload run --name argv --image docker.io/test/echo:1 --extra {} -- /usr/bin/docker run --rm --pull=never --name argv",
+            "argv[]=/usr/bin/atomic-preload run --name=argv --image=docker.io/test/echo:1 --extra={} -- /usr/bin/docker run --rm --pull=never --name argv",
             config_args.len()
         ))
     );
@@ -705,6 +705,66 @@ fn s5_broken_entry_is_failed_with_position_and_others_run() {
         status.contains("/var/lib/atomic/preload/config.yaml:7:9: \"name\" must match"),
         "{status}"
     );
+    m.poweroff();
+}
+
+/// Only root says what runs as root: a world-writable config.yaml runs nothing, and
+/// `systemctl --failed` says why; fixed, a world-writable docker/ fails the load naming
+/// it; fixed too, the container runs.
+#[test]
+fn s12_files_others_can_write_are_not_acted_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = scenario!();
+    let s = Scenario::new();
+    s.image("docker.io/example/app:1", "app", "app.tar");
+    s.config("- name: app\n  image: docker.io/example/app:1\n  run: {}\n");
+    let chmod = |rel: &str, mode: u32| {
+        fs::set_permissions(s.path(rel), fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let config = format!("{PRELOAD}/config.yaml");
+    let docker = format!("{PRELOAD}/docker");
+    chmod(&config, 0o666);
+    let m = s.boot();
+    m.wait_state("atomic-preload-config.service", "failed/failed");
+    let failed = m.sh(&["systemctl", "--failed", "--no-legend", "--plain"]);
+    assert!(failed.contains("atomic-preload-config.service"), "{failed}");
+    let status = m.sh(&["systemctl", "status", "atomic-preload-config.service"]);
+    assert!(
+        status.contains(
+            "/var/lib/atomic/preload/config.yaml is writable by group or others (owner uid 0, mode 0666): only root may say what runs as root, so nothing in it is used; fix: chmod go-w /var/lib/atomic/preload/config.yaml"
+        ),
+        "{status}"
+    );
+    let units = m.sh(&[
+        "systemctl",
+        "list-units",
+        "--all",
+        "--no-legend",
+        "--plain",
+        "preload-*",
+    ]);
+    assert!(units.trim().is_empty(), "no entry's unit: {units}");
+    s.wait_containers(&[]);
+
+    chmod(&config, 0o644);
+    chmod(&docker, 0o777);
+    m.sh(&["systemctl", "daemon-reload"]);
+    m.sh(&["systemctl", "start", "--no-block", "preload-app.service"]);
+    m.wait_state("preload-app.service", "failed/failed");
+    let status = m.sh(&["systemctl", "status", "preload-app.service"]);
+    assert!(
+        status.contains(
+            "/var/lib/atomic/preload/docker is writable by group or others (owner uid 0, mode 0777)"
+        ),
+        "{status}"
+    );
+    s.wait_containers(&[]);
+
+    chmod(&docker, 0o755);
+    m.sh(&["systemctl", "reset-failed", "preload-app.service"]);
+    m.sh(&["systemctl", "start", "--no-block", "preload-app.service"]);
+    m.wait_state("preload-app.service", "active/running");
+    s.wait_containers(&["app"]);
     m.poweroff();
 }
 

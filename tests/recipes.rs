@@ -159,9 +159,9 @@ fn kickstart_post_and_cloud_init_override() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let before = units(r);
-    assert!(before.contains("install-system --preload-dir /var/lib/atomic/preload --name mysyscontainer --image example.com/mysyscontainer:latest\n"), "{before}");
+    assert!(before.contains("install-system --preload-dir=/var/lib/atomic/preload --name=mysyscontainer --image=example.com/mysyscontainer:latest\n"), "{before}");
     assert!(
-        before.contains("start-system --name mysyscontainer"),
+        before.contains("start-system --name=mysyscontainer"),
         "{before}"
     );
 

@@ -170,7 +170,7 @@ fn stages_archives_with_digests_and_merges_config_entries() {
         .unwrap();
     let units = String::from_utf8_lossy(&dry_run.stdout);
     assert!(
-        units.contains("# preload-web.service") && units.contains("--image test/web:2"),
+        units.contains("# preload-web.service") && units.contains("--image=test/web:2"),
         "{units}"
     );
     assert!(
@@ -203,7 +203,13 @@ fn bad_input_leaves_the_root_exactly_as_before() {
     let second = archive(src.path(), "second.tar", "test/second:1");
     fs::create_dir_all(r.join(PRELOAD).join("docker/second.tar/kept")).unwrap();
     let fifo = src.path().join("fifo.tar");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
     let before = snapshot(r);
 
     let cases: Vec<(Vec<String>, String)> = vec![

@@ -788,3 +788,73 @@ fn install_refuses_names_that_would_override_other_units() {
         assert!(!host.p(&format!("checkout/{name}")).exists());
     }
 }
+
+/// Host files stay inside `--host-root`: a renameFiles target with `..` is refused (exit
+/// 65, nothing installed), a file that renameFiles puts under a symlink the image itself
+/// installs is not written through it, and systemd-tmpfiles is run with `--root` for that host root.
+#[test]
+fn host_files_stay_inside_the_host_root() {
+    let host = Host::new();
+    let escape = Layer::new()
+        .busybox()
+        .file(
+            "exports/manifest.json",
+            br#"{"renameFiles": {"/etc/a.conf": "/../../../../tmp/ap-host-escape/a.conf"}}"#,
+            0o644,
+        )
+        .file("exports/hostfs/etc/a.conf", b"x", 0o644)
+        .bytes();
+    Image::new(IMAGE, vec![escape]).save(&host.p("preload/ostree/escape.tar"));
+    let out = host.install("esc", &[]);
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "renameFiles maps /etc/a.conf to \"/../../../../tmp/ap-host-escape/a.conf\": a host path must be absolute, without \"..\""
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!Path::new("/tmp/ap-host-escape").exists());
+    assert!(host.tree("units").is_empty());
+    fs::remove_file(host.p("preload/ostree/escape.tar")).unwrap();
+
+    let through = Layer::new()
+        .busybox()
+        .file(
+            "exports/manifest.json",
+            br#"{"renameFiles": {"/etc/real": "/etc/app"}}"#,
+            0o644,
+        )
+        .symlink("exports/hostfs/etc/app", "/tmp/ap-host-through")
+        .file("exports/hostfs/etc/real/x.conf", b"x", 0o644)
+        .file(
+            "exports/tmpfiles.template",
+            b"d /run/$NAME 0755 0 0 - -\n",
+            0o644,
+        )
+        .file("exports/hostfs/etc/plain.conf", b"y", 0o644)
+        .bytes();
+    Image::new(IMAGE, vec![through]).save(&host.p("preload/ostree/through.tar"));
+    let out = ok(&host.install("thr", &[]));
+    assert!(
+        out.contains(
+            "Will not write /etc/app/x.conf through /etc/app, a symlink of the image's own"
+        ),
+        "{out}"
+    );
+    assert!(
+        fs::symlink_metadata(host.p("host/etc/app"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert!(host.p("host/etc/plain.conf").is_file());
+    assert!(!Path::new("/tmp/ap-host-through").exists());
+    assert!(!host.p("host/tmp/ap-host-through").exists());
+    let log = host.log("tmpfiles.log");
+    assert!(
+        log.contains(&format!("--root={}", host.p("host").display())),
+        "{log}"
+    );
+    ok(&host.helper(&["uninstall", "thr"]));
+    assert!(fs::symlink_metadata(host.p("host/etc/app")).is_err());
+}

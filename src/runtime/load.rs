@@ -190,6 +190,24 @@ fn load_one(
 }
 
 /// Every archive in `dir`, by name; a missing directory has none.
+/// Only root may say what is loaded and installed (see [`crate::trust`]): the archive
+/// directory with everything above it, each archive and its sidecar, and the state
+/// directory (whose marks decide what is skipped), checked before anything is read.
+pub(crate) fn check_trusted(
+    dir: &Path,
+    names: &[String],
+    state_dir: &Path,
+) -> Result<(), RuntimeError> {
+    crate::trust::check(dir, None)?;
+    for name in names {
+        let archive = dir.join(name);
+        crate::trust::check(&archive, None)?;
+        crate::trust::check(&digest::sidecar_path(&archive), None)?;
+    }
+    crate::trust::check(state_dir, None)?;
+    Ok(())
+}
+
 pub(crate) fn list_archives(dir: &Path) -> Result<Vec<String>, RuntimeError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -273,6 +291,7 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
     } else {
         list_archives(&dir)?
     };
+    check_trusted(&dir, &names, &args.engine.state_dir)?;
     // Marks exist only after a first load: before it, nothing is created here.
     let marks_kind = marks_dir(engine);
     if args.engine.state_dir.join(&marks_kind).is_dir() {

@@ -72,6 +72,9 @@ pub enum RuntimeError {
     State(io::Error),
     #[error("{0}")]
     Usage(String),
+    /// A file or directory that someone besides root can write (see [`crate::trust`]).
+    #[error("{0}")]
+    Untrusted(#[from] crate::trust::Untrusted),
     /// A system image that cannot be installed as it is (bad archive, template, config).
     #[error("{0}")]
     SystemImage(String),
@@ -150,6 +153,7 @@ impl RuntimeError {
             | RuntimeError::DigestMismatch { .. }
             | RuntimeError::Label(_)
             | RuntimeError::Usage(_)
+            | RuntimeError::Untrusted(_)
             | RuntimeError::SystemImage(_) => EXIT_PERMANENT,
             _ => 1,
         }

@@ -153,7 +153,12 @@ impl Layout<'_> {
     }
     fn tmpfiles(&self, verb: &str, file: &Path) -> Result<(), RuntimeError> {
         println!("systemd-tmpfiles {verb} {}", file.display());
-        let status = Command::new(&self.paths.systemd_tmpfiles)
+        let mut command = Command::new(&self.paths.systemd_tmpfiles);
+        // Another host root (an image being built, a test's): its paths, not this host's.
+        if self.paths.host_root != Path::new("/") {
+            command.arg(format!("--root={}", self.paths.host_root.display()));
+        }
+        let status = command
             .arg(verb)
             .arg(file)
             .stdin(Stdio::null())
@@ -314,6 +319,8 @@ struct Pending {
 fn host_files_err(e: hostfiles::HostFilesError) -> RuntimeError {
     match e {
         hostfiles::HostFilesError::Template(t) => template_err(t),
+        // The image's own manifest: another try gives the same answer.
+        e @ hostfiles::HostFilesError::Rename { .. } => RuntimeError::SystemImage(e.to_string()),
         other => RuntimeError::System(other.to_string()),
     }
 }
@@ -411,6 +418,7 @@ fn find_image(args: &InstallSystemArgs) -> Result<(PathBuf, String), RuntimeErro
         }
         args.archive.clone()
     };
+    crate::runtime::load::check_trusted(&dir, &names, &args.paths.state_dir)?;
     let wanted = normalize_reference(&args.image);
     let mut looked = Vec::new();
     for name in &names {

@@ -27,6 +27,9 @@ pub enum HostFilesError {
     Io { path: String, source: io::Error },
     #[error("{0}")]
     Template(#[from] template::TemplateError),
+    /// A renameFiles target that is not a plain absolute path.
+    #[error("renameFiles maps /{src} to {dest:?}: a host path must be absolute, without \"..\"")]
+    Rename { src: String, dest: String },
 }
 
 fn io_err(path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> HostFilesError {
@@ -51,8 +54,28 @@ pub fn checksum(path: &Path) -> io::Result<String> {
     })
 }
 
-fn on_host(host_root: &Path, path: &str) -> PathBuf {
-    host_root.join(path.trim_start_matches('/'))
+/// A host path below `host_root`, the symlinks of its directories resolved inside it (see
+/// [`crate::paths::under`]): with `--host-root` an image build's root, never the build
+/// machine's files. The last component is not followed: it is what is created, checked
+/// or removed (a link the install made is a link).
+fn on_host(host_root: &Path, path: &str) -> Result<PathBuf, HostFilesError> {
+    let path = Path::new(path);
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(host_root.to_owned());
+    };
+    let parent =
+        crate::paths::under(host_root, &parent.display().to_string()).map_err(io_err(parent))?;
+    Ok(parent.join(name))
+}
+
+/// The link among `links` (host paths the image installs as symlinks) that `dest` would be
+/// written through, if any: a host file is never written through the image's own link
+/// (`hostfs/etc/app -> /root` with `hostfs/etc/app/x`), only through the host's.
+fn through_own_link<'a>(dest: &str, links: &'a [String]) -> Option<&'a String> {
+    links.iter().find(|link| {
+        dest.strip_prefix(link.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
+    })
 }
 
 /// atomic's `_do_rename_path`: each prefix of the path may be renamed by the map.
@@ -114,8 +137,19 @@ impl Source<'_> {
                     kind,
                     FileType::Directory | FileType::Symlink | FileType::RegularFile
                 ) {
+                    let dest = rename(&format!("/{}", src.display()), self.renames);
+                    let plain = dest.starts_with('/')
+                        && Path::new(&dest)
+                            .components()
+                            .all(|c| !matches!(c, std::path::Component::ParentDir));
+                    if !plain {
+                        return Err(HostFilesError::Rename {
+                            src: src.display().to_string(),
+                            dest,
+                        });
+                    }
                     out.push(Candidate {
-                        dest: rename(&format!("/{}", src.display()), self.renames),
+                        dest,
                         src,
                         kind,
                         mode: st.st_mode & 0o7777,
@@ -204,8 +238,19 @@ pub fn plan(
     replaceable: &Installed,
 ) -> Result<Installed, HostFilesError> {
     let mut planned = Installed::new();
+    let mut links = Vec::new();
     for c in source.walk()? {
-        let host = on_host(host_root, &c.dest);
+        if let Some(link) = through_own_link(&c.dest, &links) {
+            println!(
+                "Will not write {} through {link}, a symlink of the image's own",
+                c.dest
+            );
+            continue;
+        }
+        if c.kind == FileType::Symlink {
+            links.push(c.dest.clone());
+        }
+        let host = on_host(host_root, &c.dest)?;
         let now = checksum(&host).map_err(io_err(&host))?;
         let free = now == "0" || replaceable.get(&c.dest) == Some(&now);
         if !free {
@@ -239,8 +284,17 @@ pub fn apply(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     remove(&leftover, host_root)?;
+    let links: Vec<String> = source
+        .walk()?
+        .into_iter()
+        .filter(|c| c.kind == FileType::Symlink)
+        .map(|c| c.dest)
+        .collect();
     for c in source.walk()? {
-        let host = on_host(host_root, &c.dest);
+        if through_own_link(&c.dest, &links).is_some() {
+            continue;
+        }
+        let host = on_host(host_root, &c.dest)?;
         let now = checksum(&host).map_err(io_err(&host))?;
         let Some(want) = planned.get(&c.dest) else {
             // Not ours, but a directory the files below it need.
@@ -287,7 +341,7 @@ pub fn apply(
 /// an error, so the caller keeps its record and a later run tries again.
 pub fn remove(installed: &Installed, host_root: &Path) -> Result<(), HostFilesError> {
     for (path, recorded) in installed.iter().rev() {
-        let host = on_host(host_root, path);
+        let host = on_host(host_root, path)?;
         let now = checksum(&host).map_err(io_err(&host))?;
         if now == "0" {
             continue;
