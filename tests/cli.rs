@@ -88,7 +88,7 @@ fn examples_config_dry_run_prints_each_unit_after_its_name() {
         names,
         ["# preload-busybox_sleep.service", "# preload-etcd.service"]
     );
-    assert!(text.contains("ExecStart=:/usr/bin/atomic-preload run --name busybox_sleep --image docker.io/busybox --extra 2 -- /usr/bin/docker run --rm --pull=never --name busybox_sleep docker.io/busybox sleep 999\n"));
+    assert!(text.contains("ExecStart=:/usr/bin/atomic-preload run --name=busybox_sleep --image=docker.io/busybox --extra=2 -- /usr/bin/docker run --rm --pull=never --name busybox_sleep docker.io/busybox sleep 999\n"));
     // The README example's system container: installed and started natively.
     assert!(text.contains("ExecStart=:/usr/bin/atomic-preload install-system --preload-dir=/var/lib/atomic/preload --name=etcd --image=docker.io/gscrivano/etcd --set=ETCD_NAME=myetcd\n"));
     assert!(text.contains("ExecStart=:/usr/bin/atomic-preload start-system --name=etcd\n"));

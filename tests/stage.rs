@@ -249,6 +249,14 @@ fn bad_input_leaves_the_root_exactly_as_before() {
             "missing.tar: No such file or directory".into(),
         ),
         (
+            vec![format!("http://127.0.0.1:9/{}.tar", "a".repeat(246))],
+            "the archive's file name is longer than 200 bytes".into(),
+        ),
+        (
+            vec!["http://127.0.0.1:9/.hidden.tar".into()],
+            "the archive's file name must not start with '.' (the load stage skips hidden files)".into(),
+        ),
+        (
             vec!["/etc/hostname".into()],
             "/etc/hostname: the archive's file name \"hostname\" does not end in one of .tar, .tar.gz".into(),
         ),
