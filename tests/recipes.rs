@@ -186,7 +186,7 @@ fn kickstart_post_and_cloud_init_override() {
         .unwrap();
     assert!(validate.status.success(), "{content}\n{}", text(&validate));
     let after = units(r);
-    assert!(after.contains("--set VAR1=nondefaultval1"), "{after}");
+    assert!(after.contains("--set=VAR1=nondefaultval1"), "{after}");
     assert!(
         !after.contains("start-system"),
         "not started any more: {after}"
