@@ -564,7 +564,7 @@ exit 0
     fs::write(
         &tmpfiles,
         format!(
-            "#!/bin/sh\nsd={d}/sd\necho \"$*\" >> $sd/tmpfiles.log\ncase \"$1\" in\n  --create) cp \"$2\" $sd/tmpfiles-created;;\n  --remove) rm -f $sd/tmpfiles-created;;\nesac\n"
+            "#!/bin/sh\nsd={d}/sd\necho \"$*\" >> $sd/tmpfiles.log\ncase \"$1\" in --root=*) shift;; esac\ncase \"$1\" in\n  --create) cp \"$2\" $sd/tmpfiles-created;;\n  --remove) rm -f $sd/tmpfiles-created;;\nesac\n"
         ),
     )
     .unwrap();
@@ -1145,7 +1145,11 @@ fn stage_stray(s: &Scenario) -> Option<String> {
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("atomic-preload-stage-"))
+        // A stage still running (another campaign's, at the same time) keeps its own.
+        .find(|n| {
+            n.strip_prefix("atomic-preload-stage-")
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
 }
 
 fn stage_campaign(name: &'static str, podman_store: bool, source: &dyn Fn(&Scenario) -> String) {
