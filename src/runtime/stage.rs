@@ -636,6 +636,11 @@ fn download(url: &str, temp: &Path, name: &str, limits: &Limits) -> Result<Strin
                     Some(ureq::Error::Timeout(timeout)) => Some(*timeout),
                     _ => None,
                 });
+                // Out of time: another attempt could not finish either.
+                if let Some(global @ ureq::Timeout::Global) = timeout {
+                    last_error = format!("transfer failed: {}", limits.explain(global));
+                    break;
+                }
                 last_error = match timeout {
                     Some(timeout) => format!("transfer failed: {}", limits.explain(timeout)),
                     None if e.kind() == io::ErrorKind::TimedOut => format!(
@@ -645,10 +650,6 @@ fn download(url: &str, temp: &Path, name: &str, limits: &Limits) -> Result<Strin
                     None => format!("transfer failed: {e}"),
                 }
             }
-        }
-        // Out of time: another attempt could not finish either.
-        if limits.max.is_some() && last_error.contains("(--max-time)") {
-            break;
         }
     }
     let attempts = if tried == 1 { "attempt" } else { "attempts" };
