@@ -374,7 +374,7 @@ pub fn archive_problem(name: &str) -> Option<String> {
     if name.len() > ARCHIVE_NAME_MAX {
         return Some(format!(
             "\"archive\" is longer than {ARCHIVE_NAME_MAX} bytes: {:?}…",
-            &name[..name.floor_char_boundary(40)]
+            name.chars().take(40).collect::<String>()
         ));
     }
     // Dot-files in docker/ are stage's temporary files, which the load stage skips.
