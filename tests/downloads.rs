@@ -11,11 +11,11 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::helper;
 use support::sysimage::{Image, Layer};
+use support::{helper, text};
 
 /// What the server does with request number `n` (from 0) for `path`.
 type Behaviour = fn(n: usize, path: &str, stream: &mut TcpStream, archive: &[u8]);
@@ -159,14 +159,6 @@ fn start(serve: Behaviour, archive: Arc<Vec<u8>>) -> String {
         }
     });
     host
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn image_root() -> tempfile::TempDir {
@@ -336,10 +328,5 @@ fn an_interrupted_download_leaves_the_root_as_it_was() {
 
 #[test]
 fn readme_lists_the_same_table() {
-    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let table = markdown(&rows());
-    assert!(
-        readme.contains(&table),
-        "README.md's hostile-servers table is out of date; it should be:\n{table}"
-    );
+    support::assert_readme_lists("hostile-servers", &markdown(&rows()));
 }

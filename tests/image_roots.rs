@@ -11,8 +11,8 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use support::helper;
 use support::sysimage::{Image, Layer, sha256};
+use support::{helper, text};
 
 const PRELOAD: &str = "var/lib/atomic/preload";
 
@@ -79,14 +79,6 @@ fn rows() -> Vec<Row> {
             says: "refused, exit 65: `/var/lib/atomic/preload in --root R: Too many levels of symbolic links (os error 40)`",
         },
     ]
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Every path under `dir` with its content (files) or target (symlinks).
@@ -249,12 +241,7 @@ fn image_roots_are_read_and_written_inside_themselves() {
 
 #[test]
 fn readme_lists_the_same_table() {
-    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let table = markdown(&rows());
-    assert!(
-        readme.contains(&table),
-        "README.md's hostile-roots table is out of date; it should be:\n{table}"
-    );
+    support::assert_readme_lists("hostile-roots", &markdown(&rows()));
 }
 
 /// `--podman-store` writes the store and storage.conf where the booted machine reads

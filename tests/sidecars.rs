@@ -10,9 +10,9 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use support::helper;
 use support::podman::{Podman, podman_available};
 use support::sysimage::{Image, Layer};
+use support::{helper, text};
 
 const DOCKER_DIR: &str = "var/lib/atomic/preload/docker";
 
@@ -56,14 +56,6 @@ fn rows() -> Vec<Row> {
             says: "DIR/app.tar.sha256: larger than 4096 bytes",
         },
     ]
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Runs `command`, killing it after 20 s: a reader blocked on a FIFO fails the test
@@ -164,10 +156,5 @@ fn load_and_status_give_one_verdict_and_never_block() {
 
 #[test]
 fn readme_lists_the_same_table() {
-    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let table = markdown(&rows());
-    assert!(
-        readme.contains(&table),
-        "README.md's hostile-sidecars table is out of date; it should be:\n{table}"
-    );
+    support::assert_readme_lists("hostile-sidecars", &markdown(&rows()));
 }

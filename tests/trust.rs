@@ -4,6 +4,8 @@
 //! (between the `untrusted-files` markers), and this test fails if the two differ. The
 //! boot suite's s12 shows the same on a booted machine.
 
+mod support;
+
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown, symlink};
 use std::path::Path;
@@ -204,10 +206,5 @@ fn only_files_root_alone_can_write_are_acted_on() {
 
 #[test]
 fn readme_lists_the_same_table() {
-    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let table = markdown(&rows());
-    assert!(
-        readme.contains(&table),
-        "README.md's untrusted-files table is out of date; it should be:\n{table}"
-    );
+    support::assert_readme_lists("untrusted-files", &markdown(&rows()));
 }

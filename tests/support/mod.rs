@@ -474,3 +474,25 @@ pub fn static_units() -> Vec<(String, String)> {
     units.sort();
     units
 }
+
+/// A command's stdout and stderr, as one text.
+#[allow(dead_code)]
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The README holds `table` (a test's rows as markdown) exactly; `what` names its markers
+/// in the failure, which prints the table to paste.
+#[allow(dead_code)]
+pub fn assert_readme_lists(what: &str, table: &str) {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains(table),
+        "README.md's {what} table is out of date; it should be:\n{table}"
+    );
+}
