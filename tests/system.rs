@@ -331,6 +331,14 @@ fn second_install_is_a_no_op_and_an_update_uses_the_other_slot() {
     let archive = host.p("preload/ostree/etcd.tar.zst");
     etcd_image("v1").save(&archive);
     ok(&host.install("etcd", &[]));
+    let uuid = |slot: &str| -> String {
+        let info: serde_json::Value =
+            serde_json::from_slice(&fs::read(host.p(&format!("checkout/{slot}/info"))).unwrap())
+                .unwrap();
+        info["values"]["UUID"].as_str().unwrap().to_owned()
+    };
+    let first_uuid = uuid("etcd.0");
+    assert_eq!(first_uuid.len(), 36, "{first_uuid}");
     let busybox = host.p("checkout/etcd.0/rootfs/bin/busybox");
     let before = fs::metadata(&busybox).unwrap();
     let reloads = host.log("systemctl.log").matches("daemon-reload").count();
@@ -370,6 +378,9 @@ fn second_install_is_a_no_op_and_an_update_uses_the_other_slot() {
     let info: serde_json::Value =
         serde_json::from_slice(&fs::read(host.p("checkout/etcd/info")).unwrap()).unwrap();
     assert_eq!(info["revision"], etcd_image("v2").id());
+    // An update keeps the container's identity (atomic's runtime test asserts the same).
+    assert_eq!(uuid("etcd.0"), first_uuid);
+    assert_eq!(uuid("etcd.1"), first_uuid);
     assert_eq!(
         info["verified"], false,
         "an update is unverified until it ran"

@@ -19,16 +19,38 @@ use crate::cli::InstallArgs;
 use sha2::{Digest, Sha256};
 use std::process::Command;
 
+/// What atomic's `cmd_env` added to the environment of every label: `SUDO_UID` and
+/// `SUDO_GID` (unless set) the login's uid — `/proc/self/loginuid`, unset (4294967295) for
+/// a boot-time service, so 0 — for both, and `PWD`.
+pub(crate) fn login_variables() -> Vec<(String, String)> {
+    let login = std::fs::read_to_string("/proc/self/loginuid")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|uid| *uid <= 2_147_483_647)
+        .map_or_else(|| "0".to_owned(), |uid| uid.to_string());
+    let mut vars = Vec::new();
+    for key in ["SUDO_UID", "SUDO_GID"] {
+        if std::env::var_os(key).is_none() {
+            vars.push((key.to_owned(), login.clone()));
+        }
+    }
+    if let Ok(pwd) = std::env::current_dir() {
+        vars.push(("PWD".to_owned(), pwd.display().to_string()));
+    }
+    vars
+}
+
 /// The variables atomic always defined, then the `--set` ones (which may override them).
 pub(crate) fn variables(args: &InstallArgs) -> Vec<(String, String)> {
     let name = &args.name;
-    let mut vars = vec![
+    let mut vars = login_variables();
+    vars.extend([
         ("NAME".to_owned(), name.clone()),
         ("IMAGE".to_owned(), args.image.clone()),
         ("CONFDIR".to_owned(), format!("/etc/{name}")),
         ("LOGDIR".to_owned(), format!("/var/log/{name}")),
         ("DATADIR".to_owned(), format!("/var/lib/{name}")),
-    ];
+    ]);
     for set in &args.setvalues {
         if let Some((k, v)) = set.split_once('=') {
             vars.retain(|(key, _)| key != k);
@@ -38,37 +60,45 @@ pub(crate) fn variables(args: &InstallArgs) -> Vec<(String, String)> {
     vars
 }
 
-fn lookup(vars: &[(String, String)], key: &str) -> String {
+fn lookup(vars: &[(String, String)], key: &str) -> Option<String> {
     vars.iter()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.clone())
         .or_else(|| std::env::var(key).ok())
-        .unwrap_or_default()
 }
 
-/// Expand `$VAR` and `${VAR}` in one word. A `$` not followed by a name stays.
+/// Expand `$VAR` and `${VAR}` in one word. A `$` not followed by a name stays. An
+/// undefined variable is removed with the rest of its whitespace-separated word, as
+/// atomic's `sub_env_strings` did (`-v /srv/${UNDEF}/x:/x` → `-v /srv/`; a whole-word
+/// `$OPT1` goes).
 pub(crate) fn expand(word: &str, vars: &[(String, String)]) -> String {
     let mut out = String::with_capacity(word.len());
     let mut rest = word;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
-        if let Some(braced) = after.strip_prefix('{') {
-            if let Some(end) = braced.find('}') {
-                out.push_str(&lookup(vars, &braced[..end]));
-                rest = &braced[end + 1..];
+        let (value, tail) = if let Some((key, tail)) = after
+            .strip_prefix('{')
+            .and_then(|braced| braced.split_once('}'))
+        {
+            (lookup(vars, key), tail)
+        } else {
+            let len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            if len == 0 || after.starts_with(|c: char| c.is_ascii_digit()) {
+                out.push('$');
+                rest = after;
                 continue;
             }
-        }
-        let len = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(after.len());
-        if len == 0 || after.starts_with(|c: char| c.is_ascii_digit()) {
-            out.push('$');
-            rest = after;
-        } else {
-            out.push_str(&lookup(vars, &after[..len]));
-            rest = &after[len..];
+            (lookup(vars, &after[..len]), &after[len..])
+        };
+        match value {
+            Some(value) => {
+                out.push_str(&value);
+                rest = tail;
+            }
+            None => rest = &tail[tail.find(char::is_whitespace).unwrap_or(tail.len())..],
         }
     }
     out.push_str(rest);
@@ -216,9 +246,11 @@ pub fn run(args: &InstallArgs) -> Result<(), RuntimeError> {
 
     let vars = variables(args);
     for dir in ["CONFDIR", "LOGDIR", "DATADIR"] {
-        let path = args
-            .host_root
-            .join(lookup(&vars, dir).trim_start_matches('/'));
+        let path = args.host_root.join(
+            lookup(&vars, dir)
+                .unwrap_or_default()
+                .trim_start_matches('/'),
+        );
         std::fs::create_dir_all(&path).map_err(|source| RuntimeError::Io { path, source })?;
     }
     run_label("INSTALL", &info.install_label, args, engine)?;
@@ -329,7 +361,7 @@ mod tests {
 
     #[test]
     fn setvalues_substitute_and_override_and_keep_spaces() {
-        let label = r#"docker run -it --rm -e "X=$GREETING" -e DIR=${CONFDIR} IMAGE sh -c "echo $UNDEFINED_ATOMIC_PRELOAD_VAR-t""#;
+        let label = r#"docker run -it --rm -e "X=$GREETING" -e DIR=${CONFDIR} IMAGE sh -c "echo $UNDEFINED_ATOMIC_PRELOAD_VAR -t""#;
         let argv = install_command(
             label,
             &args(&["GREETING=hello world", "CONFDIR=/srv/conf"], &[]),
@@ -350,7 +382,7 @@ mod tests {
                 "example/httpd:1",
                 "sh",
                 "-c",
-                "echo -t"
+                "echo  -t"
             ]
         );
     }
@@ -361,6 +393,35 @@ mod tests {
         assert_eq!(expand("$A${A}$", &vars), "11$");
         assert_eq!(expand("$1 $ ${A", &vars), "$1 $ ${A");
         assert_eq!(expand("x$A_y", &vars), "x");
+        // An undefined variable takes the rest of its whitespace-separated word along.
+        assert_eq!(
+            expand("/srv/${UNDEFINED_ATOMIC_PRELOAD_VAR}/x:/x", &vars),
+            "/srv/"
+        );
+        assert_eq!(
+            expand("echo $UNDEFINED_ATOMIC_PRELOAD_VAR-t; $A", &vars),
+            "echo  1"
+        );
+    }
+
+    #[test]
+    fn sudo_uid_and_gid_are_the_logins_as_atomic_set_them() {
+        let vars = login_variables();
+        let get = |k: &str| {
+            vars.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        if std::env::var_os("SUDO_UID").is_none() {
+            let uid = get("SUDO_UID").unwrap();
+            assert!(uid.parse::<u32>().is_ok(), "{uid}");
+            assert_eq!(
+                get("SUDO_GID"),
+                Some(uid),
+                "atomic used the login uid for both"
+            );
+        }
+        assert!(get("PWD").is_some());
     }
 
     #[test]

@@ -52,10 +52,11 @@ pub fn label_command(
         |message: String| RuntimeError::Label(format!("RUN label of {image}: {message}"));
     let words = shell_words::split(label)
         .map_err(|e| label_err(format!("cannot be split into words: {e}")))?;
-    let vars = vec![
+    let mut vars = super::install::login_variables();
+    vars.extend([
         ("NAME".to_owned(), name.to_owned()),
         ("IMAGE".to_owned(), image.to_owned()),
-    ];
+    ]);
     let mut argv = Vec::new();
     for word in words.iter().chain(extra_args) {
         let replaced = match word.as_str() {

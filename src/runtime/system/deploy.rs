@@ -546,6 +546,7 @@ fn checkout(
     tmp: &Path,
     dest: &Path,
     setvalues: &[(String, String)],
+    previous_uuid: Option<&str>,
 ) -> Result<Prepared, RuntimeError> {
     let rootfs_dir = tmp.join("rootfs");
     let spool_dir = tmp.join(".spool");
@@ -638,7 +639,9 @@ fn checkout(
         destdir: &dest.to_string_lossy(),
         runtime: &args.paths.runtime,
         helper: &paths::helper(),
-        uuid: values::new_uuid(),
+        // An update keeps the deployment's identity, as atomic did: a new UUID only for a
+        // first install.
+        uuid: previous_uuid.map_or_else(values::new_uuid, str::to_owned),
         cap_last_cap: values::cap_last_cap(),
     };
     let values = values::amend(setvalues, manifest.as_ref(), &facts);
@@ -840,14 +843,20 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
     let dest = layout.slot(slot);
     let tmp = layout.temp_slot(slot);
     fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    let built = checkout(args, &archive_path, &tmp, &dest, &setvalues).and_then(|prepared| {
-        let info = record(args, &prepared, current.as_ref(), &tmp, &archive_path)?;
-        write_info(&tmp, &info)?;
-        // The whole deployment is on disk before it gets its final name.
-        let fd = fs::File::open(&tmp).map_err(io_err(&tmp))?;
-        rustix::fs::syncfs(&fd).map_err(|e| io_err(&tmp)(e.into()))?;
-        Ok(info)
-    });
+    let previous_uuid = current
+        .as_ref()
+        .and_then(|(_, info)| info.values.get("UUID"))
+        .map(String::as_str);
+    let built = checkout(args, &archive_path, &tmp, &dest, &setvalues, previous_uuid).and_then(
+        |prepared| {
+            let info = record(args, &prepared, current.as_ref(), &tmp, &archive_path)?;
+            write_info(&tmp, &info)?;
+            // The whole deployment is on disk before it gets its final name.
+            let fd = fs::File::open(&tmp).map_err(io_err(&tmp))?;
+            rustix::fs::syncfs(&fd).map_err(|e| io_err(&tmp)(e.into()))?;
+            Ok(info)
+        },
+    );
     let info = match built {
         Ok(info) => info,
         Err(e) => {
