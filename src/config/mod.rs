@@ -106,6 +106,20 @@ pub struct InvalidEntry {
 pub enum Item {
     Valid(Entry),
     Invalid(InvalidEntry),
+    /// Valid but for its missing `image:`, which an earlier entry of the same name gives
+    /// it (with its `archive:` when this one names none): the reference's cloud-init
+    /// override, `- name: mysyscontainer` with new `setvalues`.
+    WithoutImage {
+        entry: Entry,
+        position: Position,
+    },
+}
+
+/// An entry without `image:` that nothing earlier resolves.
+fn no_image(name: &str) -> String {
+    format!(
+        "entry has no \"image\" (give it one, or put it after an entry named {name:?}, whose image it then keeps)"
+    )
 }
 
 /// Everything config.yaml said, in document order.
@@ -139,7 +153,8 @@ pub enum Named {
 impl Config {
     /// Apply the override rule: a later entry with the same name replaces the earlier one
     /// entirely, even when the later one is invalid (it then fails loudly instead of the
-    /// old one running silently).
+    /// old one running silently) — except that one without `image:` keeps the earlier
+    /// valid entry's image (and archives, when it names none).
     pub fn effective(self) -> Effective {
         let mut by_name = std::collections::BTreeMap::new();
         let mut problems = self.problems;
@@ -160,6 +175,25 @@ impl Config {
                     problems: own,
                     ..
                 }) => problems.extend(own),
+                Item::WithoutImage {
+                    mut entry,
+                    position,
+                } => {
+                    let named = match by_name.get(&entry.name) {
+                        Some(Named::Valid(earlier)) => {
+                            entry.image = earlier.image.clone();
+                            if entry.archives.is_empty() {
+                                entry.archives = earlier.archives.clone();
+                            }
+                            Named::Valid(entry)
+                        }
+                        _ => Named::Invalid {
+                            name: entry.name.clone(),
+                            problems: vec![Problem::new(position, no_image(&entry.name))],
+                        },
+                    };
+                    by_name.insert(entry_name(&named), named);
+                }
             }
         }
         problems.sort_by_key(|p| p.position);
@@ -605,9 +639,9 @@ fn validate_entry(text: &str, node: &SNode) -> Item {
     }
     let mut image = None;
     match get("image") {
-        None => c
-            .problems
-            .push(Problem::new(entry_pos, "entry has no \"image\"")),
+        // Decided when overrides are applied (see `Item::WithoutImage`), unless the entry
+        // has other problems too.
+        None => {}
         Some(n) => {
             if let Some(s) = c.string(n, "image") {
                 match image_problem(&s) {
@@ -644,11 +678,35 @@ fn validate_entry(text: &str, node: &SNode) -> Item {
             run,
             engine,
         }),
-        _ => Item::Invalid(InvalidEntry {
-            name,
+        (true, None) if get("image").is_none() && name.is_some() => Item::WithoutImage {
+            entry: Entry {
+                name: name.unwrap_or_default(),
+                image: String::new(),
+                archives,
+                install,
+                run,
+                engine,
+            },
             position: entry_pos,
-            problems: c.problems,
-        }),
+        },
+        _ => {
+            if get("image").is_none() {
+                let shown = name.as_deref().unwrap_or("NAME");
+                c.problems.push(Problem::new(entry_pos, no_image(shown)));
+            }
+            Item::Invalid(InvalidEntry {
+                name,
+                position: entry_pos,
+                problems: c.problems,
+            })
+        }
+    }
+}
+
+fn entry_name(named: &Named) -> String {
+    match named {
+        Named::Valid(entry) => entry.name.clone(),
+        Named::Invalid { name, .. } => name.clone(),
     }
 }
 

@@ -176,7 +176,10 @@ fn messages_point_at_line_and_column() {
             "c.yaml:1:3: an entry must be a mapping, found a string",
         ),
         ("- image: x\n", "c.yaml:1:3: entry has no \"name\""),
-        ("- name: ab\n", "c.yaml:1:3: entry has no \"image\""),
+        (
+            "- name: ab\n",
+            "c.yaml:1:3: entry has no \"image\" (give it one, or put it after an entry named \"ab\", whose image it then keeps)",
+        ),
         (
             "- name: a b\n  image: x\n",
             "c.yaml:1:9: \"name\" must match [a-zA-Z0-9][a-zA-Z0-9_.-]+ (Docker's container-name rule, at most 200 characters), found \"a b\"",
@@ -393,4 +396,42 @@ fn engine_must_be_docker_or_podman_and_not_for_system_containers() {
         valid("- {name: ab, image: x, engine: docker}\n")[0].engine,
         Some(EngineKind::Docker)
     );
+}
+
+#[test]
+fn an_override_without_image_keeps_the_earlier_image_and_archives() {
+    let yaml = "- {name: web, image: example/web:1, archive: web.tar, run: {}}\n\
+                - {name: sys, image: example/sys:1, install: {system: true}, run: {}}\n\
+                - {name: web, run: {extra_args: [-v]}}\n\
+                - {name: sys, archive: other.tar, install: {system: true, setvalues: [A=1]}}\n\
+                - {name: lone}\n";
+    let effective = parse(yaml.as_bytes()).effective();
+    let get = |n: &str| {
+        effective
+            .items
+            .iter()
+            .find(|i| {
+                matches!(i, Named::Valid(e) if e.name == n)
+                    || matches!(i, Named::Invalid { name, .. } if name == n)
+            })
+            .unwrap()
+            .clone()
+    };
+    let Named::Valid(web) = get("web") else {
+        panic!("web")
+    };
+    assert_eq!(web.image, "example/web:1");
+    assert_eq!(
+        web.archives,
+        ["web.tar"],
+        "its archive too, naming none itself"
+    );
+    assert_eq!(web.run.unwrap().extra_args, ["-v"]);
+    let Named::Valid(sys) = get("sys") else {
+        panic!("sys")
+    };
+    assert_eq!(sys.image, "example/sys:1");
+    assert_eq!(sys.archives, ["other.tar"], "its own archive wins");
+    assert!(sys.run.is_none(), "everything else replaces");
+    assert!(matches!(get("lone"), Named::Invalid { .. }));
 }
