@@ -41,8 +41,8 @@ fn image_root() -> tempfile::TempDir {
     root
 }
 
-/// Every path under `dir` with its content (files) or target (symlinks): "exactly as
-/// before" is this map being equal.
+/// Every path under `dir` with its content (files), target (symlinks) or mtime
+/// (directories): "exactly as before" is this map being equal.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
@@ -51,7 +51,8 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
             let rel = path.strip_prefix(root).unwrap().to_owned();
             let meta = fs::symlink_metadata(&path).unwrap();
             if meta.is_dir() {
-                out.insert(rel, "dir".into());
+                // With its mtime: a failed stage must not even touch a directory.
+                out.insert(rel, format!("dir {:?}", meta.modified().unwrap()));
                 walk(root, &path, out);
             } else if meta.is_symlink() {
                 out.insert(

@@ -111,6 +111,8 @@ struct Created {
     dirs: Vec<PathBuf>,
     /// Directory trees this run created whole (a new Podman image store).
     trees: Vec<PathBuf>,
+    /// Existing directories that new ones were created in, with their times before.
+    times: Vec<(PathBuf, fs::FileTimes)>,
     done: bool,
 }
 
@@ -118,6 +120,7 @@ static CREATED: std::sync::Mutex<Created> = std::sync::Mutex::new(Created {
     files: Vec::new(),
     dirs: Vec::new(),
     trees: Vec::new(),
+    times: Vec::new(),
     done: false,
 });
 
@@ -143,6 +146,9 @@ impl Created {
         }
         for dir in self.dirs.drain(..).rev() {
             let _ = fs::remove_dir(dir);
+        }
+        for (dir, times) in self.times.drain(..).rev() {
+            let _ = File::open(&dir).and_then(|d| d.set_times(times));
         }
     }
 }
@@ -180,8 +186,30 @@ fn undo_on_signals() {
 }
 
 impl Undo {
+    /// A file this run is about to create (its directory's times are kept, see
+    /// [`Undo::keep_times`]).
     fn file(&self, path: PathBuf) {
+        if let Some(dir) = path.parent() {
+            self.keep_times(dir);
+        }
         created().files.push(path);
+    }
+
+    /// Remember `dir`'s times (once) to put back if the run fails: a failed stage leaves
+    /// the root as it was, directory mtimes included.
+    fn keep_times(&self, dir: &Path) {
+        let mut created = created();
+        if created.times.iter().any(|(d, _)| d == dir) {
+            return;
+        }
+        if let Ok(meta) = fs::metadata(dir)
+            && let (Ok(accessed), Ok(modified)) = (meta.accessed(), meta.modified())
+        {
+            let times = fs::FileTimes::new()
+                .set_accessed(accessed)
+                .set_modified(modified);
+            created.times.push((dir.to_owned(), times));
+        }
     }
 
     fn tree(&self, path: PathBuf) {
@@ -206,6 +234,11 @@ impl Undo {
                 Some(parent) => d = parent,
                 None => break,
             }
+        }
+        // The existing directory the new ones go into gets its times back if they are
+        // removed again.
+        if !missing.is_empty() {
+            self.keep_times(d);
         }
         for d in missing.into_iter().rev() {
             fs::create_dir(&d)?;
@@ -878,10 +911,15 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
     let mut names = Vec::new();
     for source in &sources {
         // A FIFO or device as SRC is refused before anything reads it (it could block).
-        if let Source::File(path) = source
-            && fs::metadata(path).is_ok_and(|m| !m.is_file())
-        {
-            return Err(usage(format!("{}: not a regular file", path.display())));
+        // A missing one too, before any directory is created.
+        if let Source::File(path) = source {
+            match fs::metadata(path) {
+                Ok(meta) if !meta.is_file() => {
+                    return Err(usage(format!("{}: not a regular file", path.display())));
+                }
+                Err(e) => return Err(io_err(path)(e)),
+                Ok(_) => {}
+            }
         }
         let name = source
             .archive_name(args.compress == "zstd")
