@@ -869,3 +869,50 @@ fn host_files_stay_inside_the_host_root() {
     ok(&host.helper(&["uninstall", "thr"]));
     assert!(fs::symlink_metadata(host.p("host/etc/app")).is_err());
 }
+
+/// A system archive staged with a digest (`stage --system` writes `NAME.sha256`) is checked
+/// before its checkout, as the load stage checks Docker archives: changed since, the
+/// install fails with exit 65 naming both digests, and nothing is checked out.
+#[test]
+fn install_refuses_an_archive_whose_content_changed_since_staging() {
+    let host = Host::new();
+    let archive = host.p("preload/ostree/etcd.tar");
+    etcd_image("v1").save(&archive);
+    let sha = |p: &Path| {
+        let out = Command::new("sha256sum").arg(p).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let recorded = sha(&archive);
+    fs::write(
+        host.p("preload/ostree/etcd.tar.sha256"),
+        format!("{recorded}  etcd.tar\n"),
+    )
+    .unwrap();
+    etcd_image("v2").save(&archive);
+    let actual = sha(&archive);
+    let out = host.install("etcd", &[]);
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "content does not match its recorded digest ({}.sha256): expected sha256:{recorded}, actual sha256:{actual}"
+        , archive.display())),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        host.tree("checkout").is_empty(),
+        "{:?}",
+        host.tree("checkout")
+    );
+    // Re-recorded (staged again): it installs.
+    fs::write(
+        host.p("preload/ostree/etcd.tar.sha256"),
+        format!("{actual}  etcd.tar\n"),
+    )
+    .unwrap();
+    ok(&host.install("etcd", &[]));
+}

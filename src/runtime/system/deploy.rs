@@ -836,6 +836,10 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
         )));
     }
 
+    // A digest recorded when the archive was staged (`stage --system`): its content must
+    // match before anything is checked out, as the load stage checks Docker archives.
+    // Only here, where a checkout is about to be made: an installed one is not re-read.
+    verify_recorded_digest(&archive_path)?;
     let slot = match &current {
         Some((0, _)) => 1,
         _ => 0,
@@ -899,6 +903,26 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
     );
     println!("{message}");
     notify::status(&message);
+    Ok(())
+}
+
+/// The archive's content against its sidecar (`NAME.sha256`), when it has one; a sidecar
+/// that cannot be used is the image's problem (exit 65), like a mismatch.
+fn verify_recorded_digest(archive_path: &Path) -> Result<(), RuntimeError> {
+    use crate::runtime::digest;
+    let Some(expected) =
+        digest::recorded_digest(archive_path).map_err(|e| image_err(e.to_string()))?
+    else {
+        return Ok(());
+    };
+    let actual = digest::sha256_of(archive_path).map_err(io_err(archive_path))?;
+    if actual != expected {
+        return Err(RuntimeError::DigestMismatch {
+            path: archive_path.to_owned(),
+            expected,
+            actual,
+        });
+    }
     Ok(())
 }
 
