@@ -300,10 +300,16 @@ pub struct StageArgs {
     /// an entry named like an existing one replaces it, as at boot. Validated first.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Stage into ostree/ (system containers) instead of docker/.
+    /// Stage every SRC into ostree/ (system containers) instead of docker/.
     #[arg(long)]
     pub system: bool,
+    /// A system container's source, staged into ostree/ in the same run as the SRCs
+    /// (which go into docker/ unless --system): repeatable. All sources of a run are
+    /// staged, or none.
+    #[arg(long = "system-src", value_name = "SRC")]
+    pub system_sources: Vec<String>,
     /// The expected SHA-256 of each SRC, in order (give it once per SRC, or not at all).
+    /// Any source, --system-src too, may carry its own instead: `SRC#sha256=HEX`.
     #[arg(long = "sha256", value_name = "HEX")]
     pub sha256: Vec<String>,
     /// Show what would be staged and merged (local files are hashed and indexed, URLs
@@ -325,7 +331,6 @@ pub struct StageArgs {
     /// The Podman client for podman-image: sources.
     #[arg(long, value_name = "PATH", default_value = paths::PODMAN)]
     pub podman: PathBuf,
-    /// Archive files, http(s):// URLs, docker-image:NAME or podman-image:NAME.
     /// Seconds to wait for a URL source's connection (TCP and TLS).
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_timeout: u64,
@@ -336,6 +341,8 @@ pub struct StageArgs {
     /// Seconds one URL source may take in all, retries included (0: no limit).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub max_time: u64,
+    /// Archive files, http(s):// URLs, docker-image:NAME or podman-image:NAME; each may
+    /// end in `#sha256=HEX`, its expected SHA-256 (never sent to a server).
     #[arg(value_name = "SRC")]
     pub sources: Vec<String>,
 }

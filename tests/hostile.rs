@@ -45,7 +45,7 @@ fn rows() -> Vec<Row> {
             says: format!("config.yaml:1:9: \"name\" must match [a-zA-Z0-9][a-zA-Z0-9_.-]+ (Docker's container-name rule, at most 200 characters), found \"{}\"", "a".repeat(300)).leak(),
         },
         Row { what: "no name", input: Text("- {image: x}\n"), says: "config.yaml:1:3: entry has no \"name\"" },
-        Row { what: "no image", input: Text("- {name: ab}\n"), says: "config.yaml:1:3: entry has no \"image\" (give it one, or put it after an entry named \"ab\", whose image it then keeps)" },
+        Row { what: "no image", input: Text("- {name: ab}\n"), says: "config.yaml:1:3: entry has no \"image\" (give it one; put it after an entry named \"ab\", whose image it then keeps; or stage it with the one archive that holds its image)" },
         Row { what: "no image, after an entry of that name (accepted: keeps its image)", input: Text("- {name: ab, image: x, run: {}}\n- {name: ab, install: {setvalues: [A=1]}}\n"), says: "" },
         Row { what: "image that looks like an option", input: Text("- {name: ab, image: --privileged}\n"), says: "config.yaml:1:21: \"image\" must not start with '-', found \"--privileged\"" },
         Row { what: "image with a space", input: Text("- {name: ab, image: \"a b\"}\n"), says: "config.yaml:1:21: \"image\" must be an image reference like registry/repo:tag, found \"a b\" (character ' ' is not allowed)" },

@@ -165,7 +165,8 @@ fn kickstart_post_and_cloud_init_override() {
         "{before}"
     );
 
-    // cloud-init's write_files replaces the config with the recipe's content.
+    // cloud-init's write_files, as the recipe says: appended (`append: true`), else the
+    // config replaced.
     let yaml = recipe("cloud-init");
     let content: String = yaml
         .split_once("content: |\n")
@@ -178,10 +179,17 @@ fn kickstart_post_and_cloud_init_override() {
         .lines()
         .find_map(|l| l.trim().strip_prefix("- path: "))
         .expect("a path");
-    fs::write(r.join(path.trim_start_matches('/')), &content).unwrap();
+    let config = r.join(path.trim_start_matches('/'));
+    if yaml.lines().any(|l| l.trim() == "append: true") {
+        let mut appended = fs::read_to_string(&config).unwrap();
+        appended.push_str(&content);
+        fs::write(&config, appended).unwrap();
+    } else {
+        fs::write(&config, &content).unwrap();
+    }
     let validate = Command::new(support::helper())
         .arg("validate")
-        .arg(r.join(path.trim_start_matches('/')))
+        .arg(&config)
         .output()
         .unwrap();
     assert!(validate.status.success(), "{content}\n{}", text(&validate));

@@ -790,3 +790,140 @@ fn podman_store_serves_images_without_loading() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(podman.loads(), 0, "nothing loaded at boot");
 }
+
+#[test]
+fn both_kinds_in_one_run_and_entries_without_image_get_their_archives_image() {
+    let root = image_root();
+    let r = root.path();
+    let root_arg = r.to_str().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let busybox = archive(src.path(), "container.tar.gz", "test/busybox:1");
+    let sys = archive(src.path(), "syscontainer.tar", "test/sys:1");
+    let other_sys = archive(src.path(), "other.tar", "test/other:1");
+    // The reference's %addon body, verbatim, plus a Docker entry without image.
+    let body = src.path().join("body.yaml");
+    fs::write(
+        &body,
+        "- name: mysyscontainer\n  install:\n    system: true\n  run: {}\n- {name: sleeper, run: {extra_args: [sleep, \"9\"]}}\n",
+    )
+    .unwrap();
+    let sys_src = format!("{}#sha256={}", sys.display(), hex_of(&sys));
+    let base = [
+        "--root",
+        root_arg,
+        "--config",
+        body.to_str().unwrap(),
+        "--system-src",
+    ];
+
+    // Several candidates, none, a digest that does not match, two digests that disagree:
+    // each an error saying so, and the root exactly as before.
+    let before = snapshot(r);
+    let other = other_sys.to_str().unwrap();
+    let wrong = format!("{}#sha256={}", sys.display(), "0".repeat(64));
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec![&sys_src, "--system-src", other, busybox.to_str().unwrap()],
+            "entry \"mysyscontainer\" has no \"image\", and the system-container archives (ostree/) staged with it hold 2 images (test/sys:1, test/other:1): give it \"image:\"; nothing staged".into(),
+        ),
+        (
+            vec![&sys_src],
+            format!("{}:5:3: entry has no \"image\" (give it one; put it after an entry named \"sleeper\"", body.display()),
+        ),
+        (
+            vec![&wrong, busybox.to_str().unwrap()],
+            format!("SHA-256 is {}, not the expected {}; nothing staged", hex_of(&sys), "0".repeat(64)),
+        ),
+    ];
+    for (extra, says) in &cases {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        let out = stage(&args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            text(&out).contains(says.as_str()),
+            "{args:?}:\n{}",
+            text(&out)
+        );
+        assert_eq!(snapshot(r), before, "{args:?}");
+    }
+    let out = stage(&[
+        "--root",
+        root_arg,
+        "--sha256",
+        &"1".repeat(64),
+        &format!("{}#sha256={}", busybox.display(), hex_of(&busybox)),
+    ]);
+    assert!(text(&out).contains("disagree"), "{}", text(&out));
+
+    // Dry run: local files are indexed, so it says what it would fill in.
+    let mut args = base.to_vec();
+    args.extend([sys_src.as_str(), busybox.to_str().unwrap(), "--dry-run"]);
+    let dry = stage(&args);
+    assert!(dry.status.success(), "{}", text(&dry));
+    for line in [
+        format!(
+            "-> {root_arg}/{PRELOAD}/ostree/syscontainer.tar (sha256:{}; matches the expected SHA-256; images: test/sys:1)",
+            hex_of(&sys)
+        ),
+        format!("-> {root_arg}/{PRELOAD}/docker/container.tar.gz ("),
+        "would fill in: mysyscontainer gets image: test/sys:1".into(),
+        "would fill in: sleeper gets image: test/busybox:1".into(),
+    ] {
+        assert!(text(&dry).contains(&line), "{line}\n{}", text(&dry));
+    }
+    assert_eq!(snapshot(r), before, "--dry-run changes nothing");
+
+    // The real run: both kinds, both filled in, the operator's text kept around them.
+    let args = [&base[..], &[sys_src.as_str(), busybox.to_str().unwrap()]].concat();
+    let out = stage(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "; mysyscontainer gets image: test/sys:1; sleeper gets image: test/busybox:1"
+        ),
+        "{}",
+        text(&out)
+    );
+    let preload = r.join(PRELOAD);
+    for (dir, file, from) in [
+        ("ostree", "syscontainer.tar", &sys),
+        ("docker", "container.tar.gz", &busybox),
+    ] {
+        assert_eq!(
+            fs::read(preload.join(dir).join(file)).unwrap(),
+            fs::read(from).unwrap()
+        );
+        assert_eq!(
+            fs::read_to_string(preload.join(dir).join(format!("{file}.sha256"))).unwrap(),
+            format!("{}  {file}\n", hex_of(from))
+        );
+    }
+    let config = fs::read_to_string(preload.join("config.yaml")).unwrap();
+    assert!(
+        config.ends_with(&format!(
+            "# Merged by atomic-preload stage from {}\n- name: mysyscontainer\n  image: \"test/sys:1\"\n  install:\n    system: true\n  run: {{}}\n- {{image: \"test/busybox:1\", name: sleeper, run: {{extra_args: [sleep, \"9\"]}}}}\n",
+            body.display()
+        )),
+        "{config}"
+    );
+    // What boot makes of it: a system container's unit and a Docker one, from the images
+    // the archives hold.
+    let units = Command::new(env!("CARGO_BIN_EXE_atomic-preload-generator"))
+        .args(["--dry-run", "--root", root_arg])
+        .output()
+        .unwrap();
+    let units = String::from_utf8_lossy(&units.stdout);
+    assert!(
+        units.contains("# preload-mysyscontainer.service"),
+        "{units}"
+    );
+    assert!(
+        units.contains("install-system") && units.contains("test/sys:1"),
+        "{units}"
+    );
+    assert!(
+        units.contains("# preload-sleeper.service") && units.contains("--image=test/busybox:1"),
+        "{units}"
+    );
+}

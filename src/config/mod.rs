@@ -116,9 +116,9 @@ pub enum Item {
 }
 
 /// An entry without `image:` that nothing earlier resolves.
-fn no_image(name: &str) -> String {
+pub fn no_image(name: &str) -> String {
     format!(
-        "entry has no \"image\" (give it one, or put it after an entry named {name:?}, whose image it then keeps)"
+        "entry has no \"image\" (give it one; put it after an entry named {name:?}, whose image it then keeps; or stage it with the one archive that holds its image)"
     )
 }
 
@@ -229,20 +229,12 @@ pub fn parse(bytes: &[u8]) -> Config {
             };
         }
     };
-    let mut options = serde_saphyr::options! {
-        // Our own validation reports duplicate keys with both positions.
-        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
-        // YAML 1.2: only true/false are booleans, so `image: y` or `- no` stay strings.
-        strict_booleans: true,
-    };
-    // A real config expands a few aliases; an alias bomb must fail in milliseconds at boot.
-    options.alias_limits.max_total_replayed_events = 50_000;
-    let root: Option<SNode> = match serde_saphyr::from_str_with_options(text, options) {
+    let root = match root_node(text) {
         Ok(root) => root,
-        Err(err) => {
+        Err(problem) => {
             return Config {
                 items: vec![],
-                problems: vec![yaml_problem(&err)],
+                problems: vec![problem],
             };
         }
     };
@@ -269,6 +261,106 @@ pub fn parse(bytes: &[u8]) -> Config {
             )],
         },
     }
+}
+
+/// The YAML tree of a config text (none for an empty one).
+fn root_node(text: &str) -> Result<Option<SNode>, Problem> {
+    let mut options = serde_saphyr::options! {
+        // Our own validation reports duplicate keys with both positions.
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
+        // YAML 1.2: only true/false are booleans, so `image: y` or `- no` stay strings.
+        strict_booleans: true,
+    };
+    // A real config expands a few aliases; an alias bomb must fail in milliseconds at boot.
+    options.alias_limits.max_total_replayed_events = 50_000;
+    serde_saphyr::from_str_with_options(text, options).map_err(|err| yaml_problem(&err))
+}
+
+/// `text` with `image: "IMAGE"` added to its `index`-th entry (which has none), everything
+/// else kept as written: `stage` filling in the image of the one archive staged with an
+/// entry. A new line beside the entry's `name:` in a block mapping, or `image: "IMAGE", `
+/// before `name` in a flow mapping; `None` when the entry is written some other way (or
+/// `image` is not a valid image name), so the caller says what to write instead.
+pub fn with_image(text: &str, index: usize, image: &str) -> Option<String> {
+    if image_problem(image).is_some() {
+        return None;
+    }
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let Ok(Some(root)) = root_node(text) else {
+        return None;
+    };
+    let Node::Seq(items) = &root.value else {
+        return None;
+    };
+    let Node::Map(pairs) = &items.get(index)?.value else {
+        return None;
+    };
+    if pairs
+        .iter()
+        .any(|(k, _)| matches!(&k.value, Node::Str(s) if s == "image"))
+    {
+        return None;
+    }
+    let (key, value) = pairs
+        .iter()
+        .find(|(k, _)| matches!(&k.value, Node::Str(s) if s == "name"))?;
+    let key_at = byte_offset(text, key.referenced.line(), key.referenced.column())?;
+    let line_start = text[..key_at].rfind('\n').map_or(0, |i| i + 1);
+    let before = &text[line_start..key_at];
+    // Image names have none of YAML's special characters, so plain double quotes do.
+    let pair = format!("image: \"{image}\"");
+    let filled = if before.chars().all(|c| c == ' ' || c == '-') {
+        // Block mapping: the keys line up at the name's column; the new line goes after
+        // the line the name's value is on.
+        let value_at = byte_offset(text, value.referenced.line(), value.referenced.column())?;
+        let (insert_at, newline) = match text[value_at..].find('\n') {
+            Some(i) if text[..value_at + i].ends_with('\r') => (value_at + i + 1, "\r\n"),
+            Some(i) => (value_at + i + 1, "\n"),
+            None => (text.len(), "\n"),
+        };
+        let indent = " ".repeat(before.chars().count());
+        let mut filled = text[..insert_at].to_owned();
+        if insert_at == text.len() && !text.ends_with('\n') {
+            filled.push_str(newline);
+        }
+        filled.push_str(&format!("{indent}{pair}{newline}"));
+        filled.push_str(&text[insert_at..]);
+        filled
+    } else if before.trim_end().ends_with(['{', ',']) {
+        format!("{}{pair}, {}", &text[..key_at], &text[key_at..])
+    } else {
+        return None;
+    };
+    // The oracle: the filled text parses to the same entries, this one with the image.
+    let (old, new) = (parse(text.as_bytes()).items, parse(filled.as_bytes()).items);
+    match (old.get(index), new.get(index)) {
+        (Some(Item::WithoutImage { entry: was, .. }), Some(Item::Valid(now)))
+            if old.len() == new.len()
+                && now.image == image
+                && Entry {
+                    image: String::new(),
+                    ..now.clone()
+                } == *was =>
+        {
+            Some(filled)
+        }
+        _ => None,
+    }
+}
+
+/// The byte offset of a 1-based line and (character) column.
+fn byte_offset(text: &str, line: u64, column: u64) -> Option<usize> {
+    let start: usize = text
+        .split_inclusive('\n')
+        .take(usize::try_from(line).ok()?.checked_sub(1)?)
+        .map(str::len)
+        .sum();
+    let rest = text.get(start..)?;
+    let column = usize::try_from(column).ok()?.checked_sub(1)?;
+    rest.char_indices()
+        .nth(column)
+        .map(|(i, _)| start + i)
+        .or((rest.chars().count() == column).then_some(start + rest.len()))
 }
 
 fn decode(bytes: &[u8]) -> Result<&str, Problem> {

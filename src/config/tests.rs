@@ -178,7 +178,7 @@ fn messages_point_at_line_and_column() {
         ("- image: x\n", "c.yaml:1:3: entry has no \"name\""),
         (
             "- name: ab\n",
-            "c.yaml:1:3: entry has no \"image\" (give it one, or put it after an entry named \"ab\", whose image it then keeps)",
+            "c.yaml:1:3: entry has no \"image\" (give it one; put it after an entry named \"ab\", whose image it then keeps; or stage it with the one archive that holds its image)",
         ),
         (
             "- name: a b\n  image: x\n",
@@ -434,4 +434,53 @@ fn an_override_without_image_keeps_the_earlier_image_and_archives() {
     assert_eq!(sys.archives, ["other.tar"], "its own archive wins");
     assert!(sys.run.is_none(), "everything else replaces");
     assert!(matches!(get("lone"), Named::Invalid { .. }));
+}
+
+#[test]
+fn with_image_fills_in_block_and_flow_entries_and_keeps_the_rest() {
+    // The reference's kickstart body, verbatim: the image goes beside `name`.
+    let reference = "- name: mysyscontainer\n  install:\n    system: true\n  run: {}\n";
+    assert_eq!(
+        with_image(reference, 0, "example.com/sys:1").as_deref(),
+        Some(
+            "- name: mysyscontainer\n  image: \"example.com/sys:1\"\n  install:\n    system: true\n  run: {}\n"
+        )
+    );
+    // Second entry, name not first, comments and a missing final newline kept.
+    let text = "# mine\n- name: aa\n  image: x\n-   run: {}   # start it\n    name: bb # here\n    engine: docker";
+    assert_eq!(
+        with_image(text, 1, "y:2").as_deref(),
+        Some(
+            "# mine\n- name: aa\n  image: x\n-   run: {}   # start it\n    name: bb # here\n    image: \"y:2\"\n    engine: docker"
+        )
+    );
+    // At the very end without a newline.
+    assert_eq!(
+        with_image("- name: ab", 0, "y").as_deref(),
+        Some("- name: ab\n  image: \"y\"\n")
+    );
+    // Flow mappings, and CRLF line ends.
+    assert_eq!(
+        with_image("- {run: {}, name: ab}\n", 0, "y").as_deref(),
+        Some("- {run: {}, image: \"y\", name: ab}\n")
+    );
+    assert_eq!(
+        with_image("- name: ab\r\n  run: {}\r\n", 0, "y").as_deref(),
+        Some("- name: ab\r\n  image: \"y\"\r\n  run: {}\r\n")
+    );
+    // An entry that has an image, a bad image name, an index past the end, invalid
+    // YAML: no.
+    assert_eq!(with_image("- name: ab\n  image: x\n", 0, "y"), None);
+    assert_eq!(with_image("- name: ab\n", 0, "-bad"), None);
+    assert_eq!(with_image("- name: ab\n", 1, "y"), None);
+    assert_eq!(with_image("- name: ab\n  install: [\n", 0, "y"), None);
+    // A name given as a YAML key in explicit form: written some other way, so no.
+    assert_eq!(with_image("- ? name\n  : ab\n", 0, "y"), None);
+    // Every result is an entry with that image and nothing else changed.
+    for text in [reference, "- {name: ab, install: {system: true}}\n"] {
+        let filled = with_image(text, 0, "reg.example/a/b:1@sha256:00").unwrap();
+        let entry = valid(&filled).remove(0);
+        assert_eq!(entry.image, "reg.example/a/b:1@sha256:00");
+        assert!(entry.is_system());
+    }
 }

@@ -251,6 +251,9 @@ impl Undo {
 /// One source, fetched and checked, under its temporary name.
 struct Staged {
     name: String,
+    kind: Kind,
+    /// Loaded into the Podman image store (--podman-store), not kept as an archive.
+    into_store: bool,
     temp: PathBuf,
     sha256: String,
     images: Vec<String>,
@@ -324,24 +327,32 @@ fn read_config_file(path: &Path) -> Result<Vec<u8>, RuntimeError> {
     crate::bounded::read(path, generator::CONFIG_SIZE_LIMIT).map_err(io_err(path))
 }
 
-/// The config after merging `addition` into `existing`: appended, so an entry with the
-/// same name replaces the earlier one, as at boot; comments and order are kept. Both
-/// must be valid.
-fn merge_config(existing: &Path, addition: &Path) -> Result<(String, Vec<String>), RuntimeError> {
-    let added = read_config_file(addition)?;
-    let added_problems = problems(&added, &addition.display().to_string());
+/// The config file stage merges into, as it is now (empty when there is none).
+fn current_config(existing: &Path) -> Result<String, RuntimeError> {
+    let current = generator::read_config(existing)
+        .map_err(|p| usage(p.display(&existing.display().to_string()).to_string()))?;
+    String::from_utf8(current).map_err(|_| usage(format!("{} is not UTF-8", existing.display())))
+}
+
+/// The config after merging `addition` into `current` (the text of `existing`):
+/// appended, so an entry with the same name replaces the earlier one, as at boot;
+/// comments and order are kept; and the names it replaces. Both must be valid, but for
+/// what `left` takes out of their problems.
+fn merge_config(
+    existing: &Path,
+    current: &str,
+    addition: &Addition,
+    left: impl Fn(Vec<String>) -> Vec<String>,
+) -> Result<(String, Vec<String>), RuntimeError> {
+    let added = &addition.text;
+    let shown = addition.file.display();
+    let added_problems = left(problems(added.as_bytes(), &shown.to_string()));
     if !added_problems.is_empty() {
         return Err(usage(format!(
-            "{} has problems, nothing staged:\n{}",
-            addition.display(),
+            "{shown} has problems, nothing staged:\n{}",
             added_problems.join("\n")
         )));
     }
-    let added = String::from_utf8(added).map_err(|_| usage("the config is not UTF-8"))?;
-    let current = generator::read_config(existing)
-        .map_err(|p| usage(p.display(&existing.display().to_string()).to_string()))?;
-    let current = String::from_utf8(current)
-        .map_err(|_| usage(format!("{} is not UTF-8", existing.display())))?;
     let replaced: Vec<String> = {
         let before = entry_names(current.as_bytes());
         entry_names(added.as_bytes())
@@ -350,24 +361,20 @@ fn merge_config(existing: &Path, addition: &Path) -> Result<(String, Vec<String>
             .collect()
     };
     let merged = if current.trim().is_empty() {
-        added
+        added.clone()
     } else {
-        let mut merged = current;
+        let mut merged = current.to_owned();
         if !merged.ends_with('\n') {
             merged.push('\n');
         }
-        merged.push_str(&format!(
-            "# Merged by atomic-preload stage from {}\n",
-            addition.display()
-        ));
-        merged.push_str(&added);
+        merged.push_str(&format!("# Merged by atomic-preload stage from {shown}\n"));
+        merged.push_str(added);
         merged
     };
-    let merged_problems = problems(merged.as_bytes(), &existing.display().to_string());
+    let merged_problems = left(problems(merged.as_bytes(), &existing.display().to_string()));
     if !merged_problems.is_empty() {
         return Err(usage(format!(
-            "merging {} into {} would give a config with problems (merge by hand), nothing staged:\n{}",
-            addition.display(),
+            "merging {shown} into {} would give a config with problems (merge by hand), nothing staged:\n{}",
             existing.display(),
             merged_problems.join("\n")
         )));
@@ -867,52 +874,110 @@ fn commit(renames: &[(PathBuf, PathBuf)]) -> Result<(), RuntimeError> {
     result
 }
 
-pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
-    if args.sources.is_empty() && args.config.is_none() {
-        return Err(usage(
-            "nothing to stage: give archives (SRC) and/or --config FILE",
-        ));
+/// Where a source goes: `docker/` (an engine loads it) or `ostree/` (a system container).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Docker,
+    System,
+}
+
+impl Kind {
+    fn subdir(self) -> &'static str {
+        match self {
+            Kind::Docker => "docker",
+            Kind::System => "ostree",
+        }
     }
+
+    fn of(entry: &config::Entry) -> Kind {
+        if entry.is_system() {
+            Kind::System
+        } else {
+            Kind::Docker
+        }
+    }
+
+    /// For messages: "the system-container archives".
+    fn archives(self) -> &'static str {
+        match self {
+            Kind::Docker => "the archives for docker/",
+            Kind::System => "the system-container archives (ostree/)",
+        }
+    }
+}
+
+/// One source as given: where from, where it goes, and the digest it must have.
+struct Wanted {
+    source: Source,
+    kind: Kind,
+    name: String,
+    expected: Option<String>,
+}
+
+/// A SHA-256 as `--sha256` and `#sha256=` take it (`sha256:` prefix allowed).
+fn parse_sha256(given: &str, what: &str) -> Result<String, RuntimeError> {
+    let h = given
+        .strip_prefix("sha256:")
+        .unwrap_or(given)
+        .to_ascii_lowercase();
+    if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(h)
+    } else {
+        Err(usage(format!(
+            "{what} {given}: not a SHA-256 digest (64 hex digits)"
+        )))
+    }
+}
+
+/// `SRC#sha256=HEX` → (`SRC`, its digest), as pip takes a URL's: the fragment is the
+/// expected digest, and a URL is fetched without it.
+fn split_digest(text: &str) -> Result<(&str, Option<String>), RuntimeError> {
+    match text.rsplit_once("#sha256=") {
+        None => Ok((text, None)),
+        Some((source, hex)) => Ok((source, Some(parse_sha256(hex, "#sha256=")?))),
+    }
+}
+
+/// Every source of the run: SRCs (docker/, or ostree/ with --system), then --system-src.
+fn wanted(args: &StageArgs) -> Result<Vec<Wanted>, RuntimeError> {
     if !args.sha256.is_empty() && args.sha256.len() != args.sources.len() {
         return Err(usage(format!(
-            "--sha256 is given {} time(s) for {} source(s): give it once per SRC, in order",
+            "--sha256 is given {} time(s) for {} source(s): give it once per SRC, in order (or as SRC#sha256=HEX)",
             args.sha256.len(),
             args.sources.len()
         )));
     }
-    let expected: Vec<String> = args
+    let given: Vec<String> = args
         .sha256
         .iter()
-        .map(|h| {
-            let h = h.strip_prefix("sha256:").unwrap_or(h).to_ascii_lowercase();
-            if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
-                Ok(h)
-            } else {
-                Err(usage(format!(
-                    "--sha256 {h}: not a SHA-256 digest (64 hex digits)"
-                )))
-            }
-        })
+        .map(|h| parse_sha256(h, "--sha256"))
         .collect::<Result<_, _>>()?;
-    check_root(&args.root)?;
-    let preload = in_root(&args.root, paths::PRELOAD_DIR)?;
-    let dir = in_root(
-        &args.root,
-        &format!(
-            "{}/{}",
-            paths::PRELOAD_DIR,
-            if args.system { "ostree" } else { "docker" }
-        ),
-    )?;
-    let config_path = in_root(&args.root, paths::CONFIG_FILE)?;
-    let podman_store = in_root(&args.root, PODMAN_STORE)?;
-
-    let sources: Vec<Source> = args.sources.iter().map(|s| Source::parse(s)).collect();
-    let mut names = Vec::new();
-    for source in &sources {
+    let positional = if args.system {
+        Kind::System
+    } else {
+        Kind::Docker
+    };
+    let all = args
+        .sources
+        .iter()
+        .map(|s| (s, positional))
+        .chain(args.system_sources.iter().map(|s| (s, Kind::System)));
+    let mut wanted: Vec<Wanted> = Vec::new();
+    for (i, (text, kind)) in all.enumerate() {
+        let (text, own) = split_digest(text)?;
+        let expected = match (given.get(i), own) {
+            (Some(a), Some(b)) if *a != b => {
+                return Err(usage(format!(
+                    "{}: --sha256 {a} and #sha256={b} disagree",
+                    redact(text)
+                )));
+            }
+            (a, b) => a.cloned().or(b),
+        };
+        let source = Source::parse(text);
         // A FIFO or device as SRC is refused before anything reads it (it could block).
         // A missing one too, before any directory is created.
-        if let Source::File(path) = source {
+        if let Source::File(path) = &source {
             match fs::metadata(path) {
                 Ok(meta) if !meta.is_file() => {
                     return Err(usage(format!("{}: not a regular file", path.display())));
@@ -924,119 +989,275 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         let name = source
             .archive_name(args.compress == "zstd")
             .map_err(|problem| usage(format!("{}: {problem}", source.describe())))?;
-        if names.contains(&name) {
+        if wanted.iter().any(|w| w.kind == kind && w.name == name) {
             return Err(usage(format!(
-                "{}: two sources would both be staged as {name}",
-                source.describe()
+                "{}: two sources would both be staged as {}/{name}",
+                source.describe(),
+                kind.subdir()
             )));
         }
-        names.push(name);
+        wanted.push(Wanted {
+            source,
+            kind,
+            name,
+            expected,
+        });
     }
-    // Destinations that are not files stop the run before any download.
-    if !args.podman_store {
-        for name in &names {
-            check_destination(&dir.join(name))?;
-            check_destination(&digest::sidecar_path(&dir.join(name)))?;
+    Ok(wanted)
+}
+
+/// A `--config` entry without `image:` that no earlier entry gives one: stage fills it
+/// in from the archives of its kind staged in the same run.
+struct Fill {
+    index: usize,
+    name: String,
+    kind: Kind,
+    position: config::Position,
+}
+
+/// The config file given with --config, and what stage is to fill in.
+struct Addition {
+    file: PathBuf,
+    text: String,
+    fills: Vec<Fill>,
+}
+
+impl Addition {
+    /// Read and check `file` against the config it is merged into (`current`): the
+    /// entries to fill are those whose kind has sources in this run (the others stay the
+    /// errors they are).
+    fn read(file: &Path, current: &str, kinds: &[Kind]) -> Result<Addition, RuntimeError> {
+        let text = String::from_utf8(read_config_file(file)?)
+            .map_err(|_| usage(format!("{}: the config is not UTF-8", file.display())))?;
+        let mut earlier = entry_names(current.as_bytes());
+        let mut fills = Vec::new();
+        for (index, item) in config::parse(text.as_bytes()).items.into_iter().enumerate() {
+            let name = match item {
+                config::Item::WithoutImage { entry, position } => {
+                    let kind = Kind::of(&entry);
+                    if !earlier.contains(&entry.name) && kinds.contains(&kind) {
+                        fills.push(Fill {
+                            index,
+                            name: entry.name.clone(),
+                            kind,
+                            position,
+                        });
+                    }
+                    Some(entry.name)
+                }
+                config::Item::Valid(entry) => Some(entry.name),
+                config::Item::Invalid(invalid) => invalid.name,
+            };
+            earlier.extend(name);
         }
+        let addition = Addition {
+            file: file.to_owned(),
+            text,
+            fills,
+        };
+        // Written in a form the image can be added to (found now, before any download).
+        for fill in &addition.fills {
+            if config::with_image(&addition.text, fill.index, "placeholder.invalid/x").is_none() {
+                return Err(usage(format!(
+                    "{}: entry {:?} has no \"image\", and stage can only add one to an entry whose \"name\" is a plain key of a block or flow mapping: give it \"image:\"; nothing staged",
+                    addition.at(fill),
+                    fill.name
+                )));
+            }
+        }
+        Ok(addition)
     }
-    if args.config.is_some() {
-        check_destination(&config_path)?;
+
+    fn at(&self, fill: &Fill) -> String {
+        format!(
+            "{}:{}:{}",
+            self.file.display(),
+            fill.position.line,
+            fill.position.column
+        )
+    }
+
+    /// The text with every entry to fill given the one image of its kind's archives
+    /// (`images`: the tags each staged archive of that kind holds), and what was filled.
+    fn filled(
+        &self,
+        images: impl Fn(Kind) -> Vec<String>,
+    ) -> Result<(String, Vec<String>), RuntimeError> {
+        let mut text = self.text.clone();
+        let mut said = Vec::new();
+        for fill in &self.fills {
+            let mut candidates = images(fill.kind);
+            candidates.dedup();
+            let [image] = candidates.as_slice() else {
+                let found = if candidates.is_empty() {
+                    "no tagged image".to_owned()
+                } else {
+                    format!("{} images ({})", candidates.len(), candidates.join(", "))
+                };
+                return Err(usage(format!(
+                    "{}: entry {:?} has no \"image\", and {} staged with it hold {found}: give it \"image:\"; nothing staged",
+                    self.at(fill),
+                    fill.name,
+                    fill.kind.archives()
+                )));
+            };
+            text = config::with_image(&text, fill.index, image).ok_or_else(|| {
+                usage(format!(
+                    "{}: entry {:?}: {image:?} cannot be its \"image\"; give it one; nothing staged",
+                    self.at(fill),
+                    fill.name
+                ))
+            })?;
+            said.push(format!("{} gets image: {image}", fill.name));
+        }
+        Ok((text, said))
+    }
+
+    /// What `problems` says of a config, without the missing images stage fills in.
+    fn problems_left(&self, problems: Vec<String>) -> Vec<String> {
+        problems
+            .into_iter()
+            .filter(|p| {
+                !self
+                    .fills
+                    .iter()
+                    .any(|f| p.ends_with(&config::no_image(&f.name)))
+            })
+            .collect()
+    }
+}
+
+pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
+    if args.sources.is_empty() && args.system_sources.is_empty() && args.config.is_none() {
+        return Err(usage(
+            "nothing to stage: give archives (SRC, --system-src) and/or --config FILE",
+        ));
+    }
+    let wanted = wanted(args)?;
+    check_root(&args.root)?;
+    let preload = in_root(&args.root, paths::PRELOAD_DIR)?;
+    let dirs = [Kind::Docker, Kind::System].map(|kind| {
+        in_root(
+            &args.root,
+            &format!("{}/{}", paths::PRELOAD_DIR, kind.subdir()),
+        )
+    });
+    let [docker_dir, ostree_dir] = dirs;
+    let (docker_dir, ostree_dir) = (docker_dir?, ostree_dir?);
+    let dir = |kind: Kind| match kind {
+        Kind::Docker => &docker_dir,
+        Kind::System => &ostree_dir,
+    };
+    let config_path = in_root(&args.root, paths::CONFIG_FILE)?;
+    let podman_store = in_root(&args.root, PODMAN_STORE)?;
+    // With --podman-store, Docker-kind sources go into the store, not into docker/.
+    let into_store = |w: &Wanted| args.podman_store && w.kind == Kind::Docker;
+
+    // Destinations that are not files stop the run before any download.
+    for w in wanted.iter().filter(|w| !into_store(w)) {
+        let to = dir(w.kind).join(&w.name);
+        check_destination(&to)?;
+        check_destination(&digest::sidecar_path(&to))?;
     }
     // The config first: a bad one stops the run before any download.
-    let merged = match &args.config {
-        Some(file) => Some(merge_config(&config_path, file)?),
+    let addition = match &args.config {
+        Some(file) => {
+            check_destination(&config_path)?;
+            let current = current_config(&config_path)?;
+            let kinds: Vec<Kind> = wanted.iter().map(|w| w.kind).collect();
+            let addition = Addition::read(file, &current, &kinds)?;
+            // Checked as it will be, but for the images still to fill in.
+            merge_config(&config_path, &current, &addition, |p| {
+                addition.problems_left(p)
+            })?;
+            Some((addition, current))
+        }
         None => None,
     };
 
     if args.dry_run {
-        for ((source, name), i) in sources.iter().zip(&names).zip(0..) {
-            // With --podman-store the archive only passes through on its way into the store.
-            let dest = if args.podman_store {
-                format!("the Podman image store {}", podman_store.display())
-            } else {
-                dir.join(name).display().to_string()
-            };
-            match source {
-                Source::File(path) => {
-                    let sha = digest::sha256_of(path).map_err(io_err(path))?;
-                    let images = archive::index(path).map_err(|e| {
-                        usage(format!("{}: not an image archive: {e}", path.display()))
-                    })?;
-                    let check = match expected.get(i) {
-                        Some(e) if e != &sha => format!("; DOES NOT MATCH --sha256 {e}"),
-                        Some(_) => "; matches --sha256".into(),
-                        None => String::new(),
-                    };
-                    println!(
-                        "would stage {} -> {dest} (sha256:{sha}{check}; images: {})",
-                        path.display(),
-                        tags(&images)
-                    );
-                }
-                Source::Url(url) => println!("would download {} -> {dest}", redact(url)),
-                Source::EngineImage { .. } => {
-                    println!("would save {} -> {dest}", source.describe())
-                }
-            }
-        }
-        if let (Some((_, replaced)), Some(file)) = (&merged, &args.config) {
-            let added = entry_names(&read_config_file(file)?);
-            println!(
-                "would merge {} into {}: entries {}{}",
-                file.display(),
-                config_path.display(),
-                added.join(", "),
-                if replaced.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (replacing the earlier {})", replaced.join(", "))
-                }
-            );
-        }
-        return Ok(());
+        return dry_run(
+            args,
+            &wanted,
+            &|kind| dir(kind).clone(),
+            &podman_store,
+            addition.as_ref(),
+            &config_path,
+        );
     }
 
-    remove_stale_temps(&[&dir, &preload, &in_root(&args.root, "/etc/containers")?]);
+    remove_stale_temps(&[
+        &docker_dir,
+        &ostree_dir,
+        &preload,
+        &in_root(&args.root, "/etc/containers")?,
+    ]);
     undo_on_signals();
     let undo = Undo;
     let mut staged = Vec::new();
-    if !sources.is_empty() {
-        undo.create_dir_all(&dir).map_err(io_err(&dir))?;
+    for kind in [Kind::Docker, Kind::System] {
+        if wanted.iter().any(|w| w.kind == kind) {
+            undo.create_dir_all(dir(kind)).map_err(io_err(dir(kind)))?;
+        }
     }
-    for ((source, name), i) in sources.iter().zip(&names).zip(0..) {
+    for w in &wanted {
         // The temporary name keeps the archive's suffix (the index reads by it) and starts
         // with a dot (the load stage ignores such files).
-        let temp = temp_beside(&dir.join(name), "");
+        let temp = temp_beside(&dir(w.kind).join(&w.name), "");
         undo.file(temp.clone());
-        let sha256 = fetch(args, source, &temp, name)?;
-        if let Some(want) = expected.get(i)
+        let sha256 = fetch(args, &w.source, &temp, &w.name)?;
+        if let Some(want) = &w.expected
             && want != &sha256
         {
             return Err(RuntimeError::Fetch(format!(
                 "{}: SHA-256 is {sha256}, not the expected {want}; nothing staged",
-                source.describe()
+                w.source.describe()
             )));
         }
         let images = archive::index(&temp).map_err(|e| {
             RuntimeError::Fetch(format!(
                 "{}: not an image archive ({}); nothing staged",
-                source.describe(),
-                e.to_string().replace(&temp.display().to_string(), name)
+                w.source.describe(),
+                e.to_string().replace(&temp.display().to_string(), &w.name)
             ))
         })?;
         staged.push(Staged {
-            name: name.clone(),
+            name: w.name.clone(),
+            kind: w.kind,
+            into_store: into_store(w),
             temp,
             sha256,
             images: images.into_iter().flat_map(|i| i.tags).collect(),
         });
     }
+    // The entries without image get the one their kind's archives hold; then the merged
+    // config is checked whole.
+    let merged = match &addition {
+        Some((addition, current)) => {
+            let (text, said) = addition.filled(|kind| {
+                staged
+                    .iter()
+                    .filter(|s| s.kind == kind)
+                    .flat_map(|s| s.images.clone())
+                    .collect()
+            })?;
+            let filled = Addition {
+                file: addition.file.clone(),
+                text,
+                fills: vec![],
+            };
+            let (merged, replaced) = merge_config(&config_path, current, &filled, |p| p)?;
+            Some((merged, replaced, said))
+        }
+        None => None,
+    };
     let mut renames = Vec::new();
     // Into the Podman image store instead of archives: loaded there now, the archives
     // (temporary files) dropped, storage.conf updated with the rest.
     let mut store = None;
-    if args.podman_store && !staged.is_empty() {
-        let (conf_path, conf) = fill_podman_store(args, &staged, &undo)?;
+    let for_store: Vec<&Staged> = staged.iter().filter(|s| s.into_store).collect();
+    if !for_store.is_empty() {
+        let (conf_path, conf) = fill_podman_store(args, &for_store, &undo)?;
         if let Some(text) = conf {
             let parent = conf_path.parent().unwrap_or(&args.root).to_owned();
             undo.create_dir_all(&parent).map_err(io_err(&parent))?;
@@ -1048,15 +1269,16 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         store = Some(podman_store);
     }
     // Sidecars under temporary names too, then the config: everything is ready.
-    for s in staged.iter().filter(|_| store.is_none()) {
-        let sidecar = digest::sidecar_path(&dir.join(&s.name));
+    for s in staged.iter().filter(|s| !s.into_store) {
+        let to = dir(s.kind).join(&s.name);
+        let sidecar = digest::sidecar_path(&to);
         let temp = temp_beside(&sidecar, "");
         undo.file(temp.clone());
         write_file(&temp, digest::sidecar_text(&s.sha256, &s.name).as_bytes())?;
-        renames.push((s.temp.clone(), dir.join(&s.name)));
+        renames.push((s.temp.clone(), to));
         renames.push((temp, sidecar));
     }
-    if let Some((text, _)) = &merged {
+    if let Some((text, _, _)) = &merged {
         let parent = config_path.parent().unwrap_or(&preload).to_owned();
         undo.create_dir_all(&parent).map_err(io_err(&parent))?;
         let temp = temp_beside(&config_path, "");
@@ -1064,8 +1286,10 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         write_file(&temp, text.as_bytes())?;
         renames.push((temp, config_path.clone()));
     }
-    // A load or install reading these archives on a live host finishes first.
-    let _archives = marks::lock_archives(&dir, true).map_err(io_err(&dir))?;
+    // A load or install reading these archives on a live host finishes first (always
+    // docker/ before ostree/, so two stages never wait on each other).
+    let _docker = marks::lock_archives(&docker_dir, true).map_err(io_err(&docker_dir))?;
+    let _ostree = marks::lock_archives(&ostree_dir, true).map_err(io_err(&ostree_dir))?;
     undo.commit(&renames)?;
     for s in &staged {
         let images = if s.images.is_empty() {
@@ -1074,7 +1298,7 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
             s.images.join(", ")
         };
         match &store {
-            Some(store) => {
+            Some(store) if s.into_store => {
                 // Its content is in the store now.
                 let _ = fs::remove_file(&s.temp);
                 println!(
@@ -1082,24 +1306,123 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
                     store.display()
                 );
             }
-            None => println!(
+            _ => println!(
                 "staged {} (sha256:{}; images: {images})",
-                dir.join(&s.name).display(),
+                dir(s.kind).join(&s.name).display(),
                 s.sha256
             ),
         }
     }
-    if let (Some((_, replaced)), Some(file)) = (&merged, &args.config) {
+    if let (Some((_, replaced, said)), Some(file)) = (&merged, &args.config) {
         println!(
-            "merged {} into {}{}",
+            "merged {} into {}{}{}",
             file.display(),
             config_path.display(),
             if replaced.is_empty() {
                 String::new()
             } else {
                 format!(" (replacing the earlier {})", replaced.join(", "))
+            },
+            if said.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", said.join("; "))
             }
         );
+    }
+    Ok(())
+}
+
+/// `--dry-run`: what would be staged and merged. Local files are hashed and indexed (so
+/// the images to fill in are known when all of a kind's sources are local); URLs and
+/// engine images are not fetched.
+fn dry_run(
+    args: &StageArgs,
+    wanted: &[Wanted],
+    dir: &dyn Fn(Kind) -> PathBuf,
+    podman_store: &Path,
+    addition: Option<&(Addition, String)>,
+    config_path: &Path,
+) -> Result<(), RuntimeError> {
+    // The tags of each local file; None for a source only fetching would tell.
+    let mut indexed: Vec<Option<Vec<String>>> = Vec::new();
+    for w in wanted {
+        // With --podman-store the archive only passes through on its way into the store.
+        let dest = if args.podman_store && w.kind == Kind::Docker {
+            format!("the Podman image store {}", podman_store.display())
+        } else {
+            dir(w.kind).join(&w.name).display().to_string()
+        };
+        match &w.source {
+            Source::File(path) => {
+                let sha = digest::sha256_of(path).map_err(io_err(path))?;
+                let images = archive::index(path)
+                    .map_err(|e| usage(format!("{}: not an image archive: {e}", path.display())))?;
+                let check = match &w.expected {
+                    Some(e) if e != &sha => format!("; DOES NOT MATCH the expected {e}"),
+                    Some(_) => "; matches the expected SHA-256".into(),
+                    None => String::new(),
+                };
+                println!(
+                    "would stage {} -> {dest} (sha256:{sha}{check}; images: {})",
+                    path.display(),
+                    tags(&images)
+                );
+                indexed.push(Some(images.into_iter().flat_map(|i| i.tags).collect()));
+            }
+            Source::Url(url) => {
+                println!("would download {} -> {dest}", redact(url));
+                indexed.push(None);
+            }
+            Source::EngineImage { .. } => {
+                println!("would save {} -> {dest}", w.source.describe());
+                indexed.push(None);
+            }
+        }
+    }
+    if let Some((addition, current)) = addition {
+        let added = entry_names(addition.text.as_bytes());
+        let before = entry_names(current.as_bytes());
+        let replaced: Vec<&String> = added.iter().filter(|n| before.contains(n)).collect();
+        println!(
+            "would merge {} into {}: entries {}{}",
+            addition.file.display(),
+            config_path.display(),
+            added.join(", "),
+            if replaced.is_empty() {
+                String::new()
+            } else {
+                let replaced: Vec<&str> = replaced.iter().map(|s| s.as_str()).collect();
+                format!(" (replacing the earlier {})", replaced.join(", "))
+            }
+        );
+        let known = |kind: Kind| {
+            wanted
+                .iter()
+                .zip(&indexed)
+                .all(|(w, i)| w.kind != kind || i.is_some())
+        };
+        if addition.fills.iter().all(|f| known(f.kind)) {
+            let (_, said) = addition.filled(|kind| {
+                wanted
+                    .iter()
+                    .zip(&indexed)
+                    .filter(|(w, _)| w.kind == kind)
+                    .flat_map(|(_, i)| i.clone().unwrap_or_default())
+                    .collect()
+            })?;
+            for line in said {
+                println!("would fill in: {line}");
+            }
+        } else {
+            for fill in &addition.fills {
+                println!(
+                    "would fill in the image of {} from {} staged with it, once fetched",
+                    fill.name,
+                    fill.kind.archives()
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -1183,7 +1506,7 @@ fn storage_conf_with_store(current: Option<&str>) -> Result<Option<String>, Runt
 /// this run created) nothing.
 fn fill_podman_store(
     args: &StageArgs,
-    staged: &[Staged],
+    staged: &[&Staged],
     undo: &Undo,
 ) -> Result<(PathBuf, Option<String>), RuntimeError> {
     let store = in_root(&args.root, PODMAN_STORE)?;
