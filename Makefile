@@ -38,7 +38,8 @@ BUILD_ENV = ATOMIC_PRELOAD_BINDIR=$(BINDIR) ATOMIC_PRELOAD_UNITDIR=$(SYSTEM_UNIT
 UNITS = atomic-preload.target atomic-preload-load.service atomic-preload-refresh.service \
 	atomic-preload-refresh.path
 
-.PHONY: all build units docs install uninstall check clean release-dir deb
+.PHONY: all build units docs install uninstall check clean release-dir deb \
+	install-anaconda-addon anaconda-updates-img
 
 all: build units docs
 
@@ -78,6 +79,37 @@ uninstall:
 	rm -f $(DESTDIR)$(BASH_COMPLETION_DIR)/atomic-preload
 	rm -f $(DESTDIR)$(ZSH_COMPLETION_DIR)/_atomic-preload
 	rm -f $(DESTDIR)$(FISH_COMPLETION_DIR)/atomic-preload.fish
+
+# The Anaconda add-on (%addon org_projectatomic_atomic_preloader): Python, for Anaconda's
+# D-Bus add-on API (Anaconda >= 34). It runs $(BINDIR)/atomic-preload, filled in here as
+# the units' path is.
+ANACONDA_DIR ?= $(PREFIX)/share/anaconda
+ADDON = org_projectatomic_atomic_preloader
+ADDON_BUS_NAME = org.fedoraproject.Anaconda.Addons.AtomicPreload
+ADDON_FILES = $(shell cd anaconda && find $(ADDON) -name '*.py' | sort)
+install-anaconda-addon:
+	for f in $(ADDON_FILES); do \
+		install -d $(DESTDIR)$(ANACONDA_DIR)/addons/$$(dirname $$f) && \
+		sed -e 's|@BINDIR@|$(BINDIR)|g' anaconda/$$f > $(DESTDIR)$(ANACONDA_DIR)/addons/$$f && \
+		chmod 644 $(DESTDIR)$(ANACONDA_DIR)/addons/$$f || exit 1; \
+	done
+	install -Dm644 anaconda/data/$(ADDON_BUS_NAME).service \
+		$(DESTDIR)$(ANACONDA_DIR)/dbus/services/$(ADDON_BUS_NAME).service
+	install -Dm644 anaconda/data/$(ADDON_BUS_NAME).conf \
+		$(DESTDIR)$(ANACONDA_DIR)/dbus/confs/$(ADDON_BUS_NAME).conf
+
+# For installers without the add-on package: an updates image (inst.updates=URL, or
+# `mkksiso --updates build/atomic-preload-updates.img ks.cfg in.iso out.iso`) holding the
+# add-on and the atomic-preload binary it runs (static by default, so it runs in any
+# installer environment).
+UPDATES_IMG = build/atomic-preload-updates.img
+anaconda-updates-img: build
+	rm -rf build/updates
+	$(MAKE) --no-print-directory install-anaconda-addon DESTDIR=$(CURDIR)/build/updates
+	install -Dm755 $(RELEASE)/atomic-preload build/updates$(BINDIR)/atomic-preload
+	cd build/updates && find . -mindepth 1 | LC_ALL=C sort | \
+		cpio --quiet -o -H newc -R 0:0 | gzip -9n > $(CURDIR)/$(UPDATES_IMG)
+	@echo $(UPDATES_IMG)
 
 # A Debian package, built with dpkg-deb from what `make install` puts in place (one
 # layout for both): build/atomic-preload_VERSION_ARCH.deb. Maintainer scripts in debian/.

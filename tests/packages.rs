@@ -99,6 +99,40 @@ fn deb_holds_the_install_and_reloads_systemd() {
         "{}",
         String::from_utf8_lossy(&ldd.stdout)
     );
+
+    // The installer's updates image (after `make deb`, which built the binaries): the
+    // add-on, its D-Bus files, and the binary it runs, owned by root.
+    let out = run(Command::new("make")
+        .args(["--no-print-directory", "anaconda-updates-img"])
+        .current_dir(ROOT));
+    let img = Path::new(ROOT).join(out.lines().last().unwrap().trim());
+    let listing = run(Command::new("sh")
+        .arg("-c")
+        .arg("gzip -dc \"$1\" | cpio -itv --quiet")
+        .arg("sh")
+        .arg(&img));
+    for file in [
+        "usr/bin/atomic-preload",
+        "usr/share/anaconda/addons/org_projectatomic_atomic_preloader/kickstart.py",
+        "usr/share/anaconda/addons/org_projectatomic_atomic_preloader/paths.py",
+        "usr/share/anaconda/dbus/services/org.fedoraproject.Anaconda.Addons.AtomicPreload.service",
+        "usr/share/anaconda/dbus/confs/org.fedoraproject.Anaconda.Addons.AtomicPreload.conf",
+    ] {
+        let line = listing
+            .lines()
+            .find(|l| l.ends_with(&format!(" {file}")))
+            .unwrap_or_else(|| panic!("{file} missing from the updates image:\n{listing}"));
+        assert!(line.contains(" root "), "{line}");
+    }
+    let paths = run(Command::new("sh")
+        .arg("-c")
+        .arg("gzip -dc \"$1\" | cpio -i --quiet --to-stdout usr/share/anaconda/addons/org_projectatomic_atomic_preloader/paths.py")
+        .arg("sh")
+        .arg(&img));
+    assert!(
+        paths.contains("ATOMIC_PRELOAD = \"/usr/bin/atomic-preload\""),
+        "{paths}"
+    );
 }
 
 #[test]
@@ -131,10 +165,45 @@ fn rpm_spec_builds_with_rpmbuild() {
         .arg("debug_package %{nil}")
         .arg(Path::new(ROOT).join("rpm/atomic-preload.spec"))
         .current_dir(ROOT));
-    let rpm: PathBuf = walk(&top.path().join("RPMS"))
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "rpm"))
-        .expect("an .rpm");
+    let rpms = walk(&top.path().join("RPMS"));
+    let rpm: PathBuf = rpms
+        .iter()
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "rpm") && !p.to_string_lossy().contains("addon")
+        })
+        .expect("an .rpm")
+        .clone();
+    // The add-on's subpackage: noarch, Anaconda's directories, the add-on's requirements.
+    let addon: &PathBuf = rpms
+        .iter()
+        .find(|p| {
+            p.to_string_lossy()
+                .contains("atomic-preload-anaconda-addon-")
+        })
+        .expect("the add-on's .rpm");
+    assert!(
+        addon.to_string_lossy().ends_with(".noarch.rpm"),
+        "{}",
+        addon.display()
+    );
+    let list = run(Command::new("rpm").arg("-qlp").arg(addon));
+    for file in [
+        "/usr/share/anaconda/addons/org_projectatomic_atomic_preloader/kickstart.py",
+        "/usr/share/anaconda/addons/org_projectatomic_atomic_preloader/service/__main__.py",
+        "/usr/share/anaconda/dbus/services/org.fedoraproject.Anaconda.Addons.AtomicPreload.service",
+        "/usr/share/anaconda/dbus/confs/org.fedoraproject.Anaconda.Addons.AtomicPreload.conf",
+    ] {
+        assert!(
+            list.lines().any(|l| l == file),
+            "{file} missing from the add-on's .rpm:\n{list}"
+        );
+    }
+    let requires = run(Command::new("rpm").args(["-qp", "--requires"]).arg(addon));
+    assert!(requires.contains("anaconda-core >= 34"), "{requires}");
+    assert!(
+        requires.lines().any(|l| l.starts_with("atomic-preload = ")),
+        "{requires}"
+    );
     let list = run(Command::new("rpm").arg("-qlp").arg(&rpm));
     let files: Vec<String> = list.lines().map(String::from).collect();
     for file in expected_files() {

@@ -1,0 +1,5 @@
+"""pyanaconda.core.kickstart: VERSION and KickstartSpecification."""
+from pyanaconda.core.kickstart.specification import KickstartSpecification
+from pyanaconda.core.kickstart.version import VERSION
+
+__all__ = ["VERSION", "KickstartSpecification"]

@@ -1,0 +1,5 @@
+"""InstallationError: a task raising it fails the installation with its message."""
+
+
+class InstallationError(Exception):
+    pass
