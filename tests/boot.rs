@@ -1252,6 +1252,80 @@ fn s11_staged_image_root_boots_and_status_reports_it() {
     m.poweroff();
 }
 
+/// The original's kickstart example, verbatim: the add-on (installed with `make
+/// install-anaconda-addon`) reads it as Anaconda hands it over and runs its installation
+/// task into the guest root, fetching from loopback; the guest then boots to the
+/// example's system container running, its image the one stage filled in.
+#[test]
+fn s13_kickstart_addon_stages_the_reference_example_and_it_runs() {
+    let _serial = scenario!();
+    let s = Scenario::without_docker();
+    let tmp = tempfile::tempdir().unwrap();
+    let archives = tmp.path().join("archives");
+    fs::create_dir(&archives).unwrap();
+    let mut sys = etcd_image("ks");
+    sys.tag = "example.com/mysyscontainer:latest".into();
+    sys.save(&archives.join("syscontainer.tar.xz"));
+    Image::new(
+        "example.com/container:1",
+        vec![Layer::new().busybox().bytes()],
+    )
+    .save(&archives.join("container.tar.gz"));
+    let kickstart = tmp.path().join("ks.cfg");
+    fs::write(
+        &kickstart,
+        "%addon org_projectatomic_atomic_preloader \\\n    --preload-docker http://example.com/container.tar.gz \\\n    --preload-system http://example.com/syscontainer.tar.xz\n- name: mysyscontainer\n  install:\n    system: true\n  run: {}\n%end\n",
+    )
+    .unwrap();
+    let helper = support::helper();
+    let dest = tmp.path().join("addon");
+    run(Command::new("make")
+        .args([
+            "--no-print-directory",
+            "install-anaconda-addon",
+            "PREFIX=/usr",
+        ])
+        .arg(format!("DESTDIR={}", dest.display()))
+        .arg(format!("BINDIR={}", helper.parent().unwrap().display()))
+        .current_dir(env!("CARGO_MANIFEST_DIR")));
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = run(Command::new(format!("{root}/.venv/bin/python"))
+        .arg(format!("{root}/tests/anaconda/run_kickstart.py"))
+        .arg(&kickstart)
+        .arg(s.root.path())
+        .arg(&archives)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("ADDON_DIR", dest.join("usr/share/anaconda/addons")));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("requires package atomic-preload"), "{said}");
+    assert!(
+        fs::read_to_string(s.path(PRELOAD).join("config.yaml"))
+            .unwrap()
+            .contains("  image: \"example.com/mysyscontainer:latest\"\n"),
+        "the image filled in"
+    );
+    assert!(
+        s.path(PRELOAD)
+            .join("docker/container.tar.gz.sha256")
+            .is_file()
+    );
+
+    let m = s.boot();
+    m.wait_state("preload-mysyscontainer.service", "active/exited");
+    m.wait_state("mysyscontainer.service", "active/running");
+    m.wait_for("the container's output in the journal", 30, |m| {
+        m.sh(&["journalctl", "--no-pager", "-u", "mysyscontainer.service"])
+            .contains("etcd default started")
+    });
+    assert!(
+        m.sh(&["runc", "list"]).contains("mysyscontainer"),
+        "runc runs it"
+    );
+    let status = m.sh(&["sh", "-c", "atomic-preload status; echo exit=$?"]);
+    assert!(status.ends_with("exit=0\n"), "{status}");
+    m.poweroff();
+}
+
 // ---------------------------------------------------------------------------------------
 // Chaos: one guest booted 20 times, a random change before each boot
 
