@@ -1086,8 +1086,13 @@ impl Addition {
         let mut text = self.text.clone();
         let mut said = Vec::new();
         for fill in &self.fills {
-            let mut candidates = images(fill.kind);
-            candidates.dedup();
+            // Each image once (two archives may hold the same), in staging order.
+            let mut candidates: Vec<String> = Vec::new();
+            for image in images(fill.kind) {
+                if !candidates.contains(&image) {
+                    candidates.push(image);
+                }
+            }
             let [image] = candidates.as_slice() else {
                 let found = if candidates.is_empty() {
                     "no tagged image".to_owned()
