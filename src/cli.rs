@@ -114,7 +114,7 @@ pub enum HelperCommand {
 pub struct EngineArgs {
     /// The engine: docker, podman, or auto (Docker when its client is installed, else
     /// Podman when its client is, else Docker).
-    #[arg(long, value_name = "ENGINE", default_value = "docker", value_parser = clap::builder::PossibleValuesParser::new(crate::engine::ENGINE_VALUES))]
+    #[arg(long, value_name = "ENGINE", default_value = "docker", value_parser = clap::builder::PossibleValuesParser::new(crate::engines::ENGINE_VALUES))]
     pub engine: String,
     /// The Docker client to call (it honours $DOCKER_HOST).
     #[arg(long, value_name = "PATH", default_value = paths::DOCKER)]

@@ -2,7 +2,7 @@
 //! only parses arguments and calls [`run`].
 
 use crate::config::{self, Position, Problem};
-use crate::engine::EngineKind;
+use crate::engines::EngineKind;
 use crate::log::{Level, Logger};
 use crate::plan::{self, Plan, Settings};
 use crate::{bounded, paths, render, trust, write};

@@ -5,7 +5,7 @@
 //! `cargo +nightly fuzz run layer_walker -- -dict=fuzz/layer_walker.dict`.
 #![no_main]
 
-use atomic_preload::runtime::system::{layer, rootfs::Root};
+use atomic_preload::stages::system::{layer, rootfs::Root};
 use libfuzzer_sys::fuzz_target;
 use std::fs;
 use std::os::unix::fs::symlink;

@@ -1,8 +1,9 @@
 //! The `atomic-preload` command: `validate` for operators, and the stage helpers that
-//! generated units call. See `atomic_preload::runtime`.
+//! generated units call (`atomic_preload::stages`), and the operator's commands
+//! (`atomic_preload::commands`).
 
 use atomic_preload::cli::{HelperCli, HelperCommand};
-use atomic_preload::{generator, runtime};
+use atomic_preload::{commands, generator, runtime, stages};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
         HelperCommand::Status(args) => {
-            return match runtime::status::run(&args) {
+            return match commands::status::run(&args) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(err) => {
@@ -39,15 +40,15 @@ fn main() -> ExitCode {
                 }
             };
         }
-        HelperCommand::Load(args) => runtime::load::run(&args),
-        HelperCommand::Install(args) => runtime::install::run(&args),
-        HelperCommand::Refresh(args) => runtime::refresh::run(&args),
-        HelperCommand::Run(args) => runtime::run::run(&args),
-        HelperCommand::InstallSystem(args) => runtime::system::install(&args),
-        HelperCommand::StartSystem(args) => runtime::system::start(&args),
-        HelperCommand::Rollback(args) => runtime::system::rollback(&args),
-        HelperCommand::Uninstall(args) => runtime::uninstall::run(&args),
-        HelperCommand::Stage(args) => runtime::stage::run(&args),
+        HelperCommand::Load(args) => stages::load::run(&args),
+        HelperCommand::Install(args) => stages::install::run(&args),
+        HelperCommand::Refresh(args) => commands::refresh::run(&args),
+        HelperCommand::Run(args) => stages::run::run(&args),
+        HelperCommand::InstallSystem(args) => stages::system::install(&args),
+        HelperCommand::StartSystem(args) => stages::system::start(&args),
+        HelperCommand::Rollback(args) => stages::system::rollback(&args),
+        HelperCommand::Uninstall(args) => commands::uninstall::run(&args),
+        HelperCommand::Stage(args) => commands::stage::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

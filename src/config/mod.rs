@@ -5,7 +5,7 @@
 
 mod node;
 
-use crate::engine::EngineKind;
+use crate::engines::EngineKind;
 use node::{Node, SNode};
 use std::fmt;
 

@@ -12,7 +12,7 @@ pub mod podman;
 pub mod system;
 
 use crate::config::{Effective, Entry, Named, Problem, Run};
-use crate::engine::EngineKind;
+use crate::engines::EngineKind;
 use crate::paths;
 
 /// The generator's view of the machine: where the config and the archives are, as seen

@@ -1,25 +1,13 @@
-//! The stages generated units run (`load`, `install`, `run`, and for system containers
-//! `install-system`, `start-system`), and the operator's commands (`stage`, `status`,
-//! `rollback`, `uninstall`). The stages talk to the container engine (Docker or Podman,
-//! behind [`engine`]) or check system containers out for runc, keep small records in the
-//! state directory, and write to the unit's journal.
+//! What the units' stages ([`crate::stages`]) and the operator's commands
+//! ([`crate::commands`]) share: the error type and its exit statuses, durable writes,
+//! the records kept per archive (marks), digests and sidecars, decompression, and the
+//! status line.
 
 pub mod compression;
 pub mod digest;
-pub mod docker;
 pub mod durable;
-pub mod engine;
-pub mod install;
-pub mod load;
 pub mod marks;
 pub mod notify;
-pub mod podman;
-pub mod refresh;
-pub mod run;
-pub mod stage;
-pub mod status;
-pub mod system;
-pub mod uninstall;
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -1,19 +1,19 @@
 //! `atomic-preload uninstall NAME`: atomic's `uninstall` for both kinds of entry.
 //!
 //! A system container (a checkout named NAME exists) is removed by
-//! [`system::uninstall`](super::system::uninstall). Otherwise NAME is an engine's entry
+//! [`system::uninstall`](crate::stages::system::uninstall). Otherwise NAME is an engine's entry
 //! (its `engine:`, else the host's): its container is removed, the image's `UNINSTALL` label is run with the same substitutions
 //! as the INSTALL label (NAME, IMAGE, CONFDIR, LOGDIR, DATADIR, the entry's setvalues),
 //! and the install mark is dropped, so a later start installs again. The image stays in
 //! the engine (its archive would load it again anyway).
 
-use super::RuntimeError;
-use super::engine;
-use super::install::run_label;
-use super::marks::Marks;
 use crate::cli::{EngineArgs, InstallArgs, SystemNameArgs, UninstallArgs};
 use crate::config::Named;
+use crate::engines;
 use crate::generator;
+use crate::runtime::RuntimeError;
+use crate::runtime::marks::Marks;
+use crate::stages::install::run_label;
 
 pub fn run(args: &UninstallArgs) -> Result<(), RuntimeError> {
     // Checked before it names any file or container: never a path.
@@ -27,8 +27,8 @@ pub fn run(args: &UninstallArgs) -> Result<(), RuntimeError> {
         name: args.name.clone(),
         paths: args.paths.clone(),
     };
-    if super::system::deploy::is_installed(&args.paths, &args.name) {
-        return super::system::uninstall(&system);
+    if crate::stages::system::deploy::is_installed(&args.paths, &args.name) {
+        return crate::stages::system::uninstall(&system);
     }
     let entry = generator::load_effective(&args.config)
         .items
@@ -72,7 +72,7 @@ pub fn run(args: &UninstallArgs) -> Result<(), RuntimeError> {
         },
         extra_args: vec![],
     };
-    let engine = engine::open(&install.engine);
+    let engine = engines::open(&install.engine);
     let engine = engine.as_ref();
     engine.ping()?;
     // The container first, as atomic did; "no such container" is fine.

@@ -11,11 +11,11 @@
 //! It runs once per engine, image ID and settings: a mark in `<state-dir>/installed/NAME`
 //! records them.
 
-use super::RuntimeError;
-use super::engine::{self, ImageEngine};
-use super::load::engine_name;
-use super::marks::{Mark, Marks};
 use crate::cli::InstallArgs;
+use crate::engines::{self, ImageEngine};
+use crate::runtime::RuntimeError;
+use crate::runtime::marks::{Mark, Marks};
+use crate::stages::load::engine_name;
 use sha2::{Digest, Sha256};
 use std::process::Command;
 
@@ -211,7 +211,7 @@ fn settings_digest(args: &InstallArgs) -> String {
 }
 
 pub fn run(args: &InstallArgs) -> Result<(), RuntimeError> {
-    let engine = engine::open(&args.engine);
+    let engine = engines::open(&args.engine);
     let engine = engine.as_ref();
     let Some(info) = engine.image(&args.image)? else {
         return Err(RuntimeError::ImageMissing(format!(
@@ -292,8 +292,8 @@ pub(crate) fn run_label(
 mod tests {
     use super::*;
     use crate::cli::EngineArgs;
-    use crate::runtime::docker::Docker;
-    use crate::runtime::podman::Podman;
+    use crate::engines::docker::Docker;
+    use crate::engines::podman::Podman;
     use std::path::Path;
 
     #[test]

@@ -1,9 +1,9 @@
 //! Podman: no daemon, so every question is a `podman` process (its storage is shared
 //! through files and locks; concurrent `podman load`s are safe).
 
-use super::RuntimeError;
-use super::engine::{self, Client, Feed, ImageEngine, ImageInfo};
-use crate::engine::EngineKind;
+use crate::engines::EngineKind;
+use crate::engines::{self, Client, Feed, ImageEngine, ImageInfo};
+use crate::runtime::RuntimeError;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -39,7 +39,7 @@ impl ImageEngine for Podman {
         if !out.status.success() || out.stdout.trim_ascii().is_empty() {
             return Err(RuntimeError::EngineUnreachable(
                 "Podman",
-                engine::last_line(&out.stderr),
+                engines::last_line(&out.stderr),
             ));
         }
         Ok(())
@@ -74,7 +74,7 @@ impl ImageEngine for Podman {
     fn load_file(
         &self,
         path: &Path,
-        watch: &mut engine::Watch<'_>,
+        watch: &mut engines::Watch<'_>,
     ) -> Result<Vec<String>, RuntimeError> {
         let path_arg = path.to_string_lossy();
         self.client.load(
@@ -87,9 +87,9 @@ impl ImageEngine for Podman {
                 watch(
                     &mut || {
                         if fd.is_none() {
-                            fd = engine::fd_of(pid, path);
+                            fd = engines::fd_of(pid, path);
                         }
-                        engine::read_offset(pid, fd.as_deref()?)
+                        engines::read_offset(pid, fd.as_deref()?)
                     },
                     running,
                 )

@@ -9,10 +9,10 @@ use super::values::{self, Facts, Values};
 use crate::cli::{InstallSystemArgs, StartSystemArgs, SystemNameArgs, SystemPaths};
 use crate::config::{archive_problem, is_valid_name};
 use crate::paths;
-use crate::runtime::load::{fingerprint, list_archives, same_fingerprint};
 use crate::runtime::marks::{self, Mark, Marks};
 use crate::runtime::{RuntimeError, io_err};
 use crate::runtime::{durable, notify};
+use crate::stages::load::{fingerprint, list_archives, same_fingerprint};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
@@ -418,7 +418,7 @@ fn find_image(args: &InstallSystemArgs) -> Result<(PathBuf, String), RuntimeErro
         }
         args.archive.clone()
     };
-    crate::runtime::load::check_trusted(&dir, &names, &args.paths.state_dir)?;
+    crate::stages::load::check_trusted(&dir, &names, &args.paths.state_dir)?;
     let wanted = normalize_reference(&args.image);
     let mut looked = Vec::new();
     for name in &names {

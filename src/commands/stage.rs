@@ -8,12 +8,12 @@
 //! validated, before anything gets its final name. Any failure removes what this run
 //! created, so ROOT is exactly as before.
 
-use super::digest::{self, hex};
-use super::system::archive;
-use super::{RuntimeError, io_err};
-use super::{durable, marks};
 use crate::cli::StageArgs;
 use crate::config::{self, Named, archive_problem};
+use crate::runtime::digest::{self, hex};
+use crate::runtime::{RuntimeError, io_err};
+use crate::runtime::{durable, marks};
+use crate::stages::system::archive;
 use crate::{generator, paths};
 use std::fs::{self, File};
 use std::io::{self, IsTerminal, Read, Write};
@@ -427,7 +427,7 @@ impl Progress {
         {
             return;
         }
-        let line = super::notify::progress_text(&self.what, done, self.total);
+        let line = crate::runtime::notify::progress_text(&self.what, done, self.total);
         eprint!("\r\x1b[K{line}{}", if end { "\n" } else { "" });
         self.last = Some(Instant::now());
     }
@@ -1558,7 +1558,9 @@ fn fill_podman_store(
             })?;
         let copied = match child.stdin.take() {
             Some(mut stdin) => File::open(&s.temp)
-                .and_then(|file| super::compression::decompress(io::BufReader::new(file), &s.name))
+                .and_then(|file| {
+                    crate::runtime::compression::decompress(io::BufReader::new(file), &s.name)
+                })
                 .and_then(|mut tar| io::copy(&mut tar, &mut stdin)),
             None => Ok(0),
         };

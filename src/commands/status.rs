@@ -3,15 +3,15 @@
 //! view of each unit. On an image root (`--root DIR`, before its first boot) it says what
 //! will happen instead: which archive holds each entry's image, with its digest.
 
-use super::RuntimeError;
-use super::digest;
-use super::load::list_archives;
-use super::marks::{Mark, Marks};
-use super::system::archive;
-use super::system::deploy::Info;
 use crate::cli::StatusArgs;
 use crate::config::{Entry, Named};
-use crate::engine::EngineKind;
+use crate::engines::EngineKind;
+use crate::runtime::RuntimeError;
+use crate::runtime::digest;
+use crate::runtime::marks::{Mark, Marks};
+use crate::stages::load::list_archives;
+use crate::stages::system::archive;
+use crate::stages::system::deploy::Info;
 use crate::{generator, paths};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -226,7 +226,10 @@ impl Context<'_> {
     fn in_podman_store(&self, image: &str) -> bool {
         let list = paths::under(
             &self.root,
-            &format!("{}/overlay-images/images.json", super::stage::PODMAN_STORE),
+            &format!(
+                "{}/overlay-images/images.json",
+                crate::commands::stage::PODMAN_STORE
+            ),
         );
         let Ok(bytes) = list.and_then(std::fs::read) else {
             return false;

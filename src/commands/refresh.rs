@@ -9,11 +9,11 @@
 //! changed ones that are running and stops the removed ones — all without waiting, since
 //! those units may be ordered after this one.
 
-use super::RuntimeError;
 use crate::cli::RefreshArgs;
 use crate::generator::{self, Options};
 use crate::paths;
 use crate::render;
+use crate::runtime::RuntimeError;
 use std::collections::BTreeMap;
 use std::process::Command;
 

@@ -12,10 +12,10 @@
 //! instead); everything else is kept. Then the helper replaces itself with the engine's
 //! client, so systemd supervises it as it would the default command.
 
-use super::RuntimeError;
-use super::engine::ImageEngine;
-use super::install::expand;
 use crate::cli::RunArgs;
+use crate::engines::ImageEngine;
+use crate::runtime::RuntimeError;
+use crate::stages::install::expand;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -52,7 +52,7 @@ pub fn label_command(
         |message: String| RuntimeError::Label(format!("RUN label of {image}: {message}"));
     let words = shell_words::split(label)
         .map_err(|e| label_err(format!("cannot be split into words: {e}")))?;
-    let mut vars = super::install::login_variables();
+    let mut vars = crate::stages::install::login_variables();
     vars.extend([
         ("NAME".to_owned(), name.to_owned()),
         ("IMAGE".to_owned(), image.to_owned()),
@@ -74,8 +74,8 @@ pub fn label_command(
     let is_client = argv.first().is_some_and(|p| engine.is_client_word(p));
     if !is_client || argv.get(1).map(String::as_str) != Some("run") {
         let engines = match engine.kind() {
-            crate::engine::EngineKind::Docker => "a `docker run`",
-            crate::engine::EngineKind::Podman => "a `docker run` or `podman run`",
+            crate::engines::EngineKind::Docker => "a `docker run`",
+            crate::engines::EngineKind::Podman => "a `docker run` or `podman run`",
         };
         return Err(label_err(format!(
             "not {engines} command, so it cannot run under systemd: {label:?}"
@@ -149,8 +149,8 @@ pub fn run(args: &RunArgs) -> Result<(), RuntimeError> {
         return Err(RuntimeError::Usage("no default command after --".into()));
     };
     let engine: Box<dyn ImageEngine> = match args.engine.as_str() {
-        "podman" => Box::new(super::podman::Podman::new(Path::new(program))),
-        _ => Box::new(super::docker::Docker::new(Path::new(program))),
+        "podman" => Box::new(crate::engines::podman::Podman::new(Path::new(program))),
+        _ => Box::new(crate::engines::docker::Docker::new(Path::new(program))),
     };
     let engine = engine.as_ref();
     let label = engine.label(&args.image, "RUN")?;
@@ -184,7 +184,7 @@ mod tests {
             "rsyslog",
             "docker.io/example/rsyslog",
             &extra,
-            &super::super::docker::Docker::new(Path::new("/usr/bin/docker")),
+            &crate::engines::docker::Docker::new(Path::new("/usr/bin/docker")),
         )
     }
 
@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn podman_runs_a_label_detached_under_conmon_with_the_units_own_options() {
-        let podman = super::super::podman::Podman::new(Path::new("/usr/bin/podman"));
+        let podman = crate::engines::podman::Podman::new(Path::new("/usr/bin/podman"));
         let (argv, notes) = label_command(
             "podman run -d --cidfile /tmp/x.cid --cgroups=enabled --privileged -v /etc:/host/etc IMAGE /bin/rsyslog.sh",
             "rsyslog",

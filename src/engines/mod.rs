@@ -1,13 +1,18 @@
 //! The seam between the stages (load, install, run, uninstall) and an engine: what they
-//! ask of Docker or Podman. Each engine is one module ([`docker`](super::docker),
-//! [`podman`](super::podman)); adding one touches neither the other nor the stages.
+//! ask of Docker or Podman. Each engine is one module ([`docker`],
+//! [`podman`]); adding one touches neither the other nor the stages.
 //!
 //! Both are asked through their own clients, so `$DOCKER_HOST`, contexts, TLS settings,
 //! `containers.conf` and `storage.conf` work as the admin configured them.
 
-use super::RuntimeError;
+pub mod docker;
+pub mod kind;
+pub mod podman;
+
+pub use kind::{ENGINE_VALUES, EngineKind};
+
 use crate::cli::EngineArgs;
-use crate::engine::EngineKind;
+use crate::runtime::RuntimeError;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -71,8 +76,8 @@ pub trait ImageEngine: Sync {
 /// decides for entries without `engine:`).
 pub fn open(args: &EngineArgs) -> Box<dyn ImageEngine> {
     match kind_of(&args.engine) {
-        EngineKind::Docker => Box::new(super::docker::Docker::new(&args.docker)),
-        EngineKind::Podman => Box::new(super::podman::Podman::new(&args.podman)),
+        EngineKind::Docker => Box::new(docker::Docker::new(&args.docker)),
+        EngineKind::Podman => Box::new(podman::Podman::new(&args.podman)),
     }
 }
 
@@ -105,7 +110,7 @@ fn load_error(stderr: &[u8]) -> String {
         .find_map(|l| l.trim_start().strip_prefix("* docker-archive: "));
     match docker_archive {
         // Not the archive's fault when Podman's storage is full.
-        Some(why) if super::says_storage_full(why) => why.trim().to_owned(),
+        Some(why) if crate::runtime::says_storage_full(why) => why.trim().to_owned(),
         Some(why) => format!("not a readable docker-archive: {}", why.trim()),
         None => last_line(stderr),
     }

@@ -1,10 +1,10 @@
-//! Docker: the stages ask its client (see [`engine`](super::engine)), except the one
+//! Docker: the stages ask its client (see [the seam](super)), except the one
 //! question every unit asks at every boot, which goes over the API socket when the client
 //! would use a local one anyway.
 
-use super::RuntimeError;
-use super::engine::{self, Client, Feed, ImageEngine, ImageInfo};
-use crate::engine::EngineKind;
+use crate::engines::EngineKind;
+use crate::engines::{self, Client, Feed, ImageEngine, ImageInfo};
+use crate::runtime::RuntimeError;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -43,7 +43,7 @@ impl ImageEngine for Docker {
         if !out.status.success() || out.stdout.trim_ascii().is_empty() {
             return Err(RuntimeError::EngineUnreachable(
                 "the Docker engine",
-                engine::last_line(&out.stderr),
+                engines::last_line(&out.stderr),
             ));
         }
         Ok(())
@@ -80,16 +80,16 @@ impl ImageEngine for Docker {
     fn load_file(
         &self,
         path: &Path,
-        watch: &mut engine::Watch<'_>,
+        watch: &mut engines::Watch<'_>,
     ) -> Result<Vec<String>, RuntimeError> {
         // `docker load` reads the file as its stdin: no copy through us; its offset there
         // is how far along it is.
-        let file = engine::open_archive(path)?;
+        let file = engines::open_archive(path)?;
         self.client.load(
             &["--quiet"],
             Stdio::from(file),
             None,
-            &mut |pid, running| watch(&mut || engine::read_offset(pid, "0"), running),
+            &mut |pid, running| watch(&mut || engines::read_offset(pid, "0"), running),
         )
     }
 

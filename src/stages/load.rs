@@ -8,14 +8,14 @@
 //! byte; changed metadata means hashing it, and loading only if the content differs. A
 //! first load hashes on another thread while the engine reads.
 
-use super::RuntimeError;
-use super::compression::decompress;
-use super::digest::{self, sha256_of};
-use super::engine::{self, Feed, ImageEngine};
-use super::marks::{self, Mark, Marks};
-use super::notify;
 use crate::cli::LoadArgs;
 use crate::config::{archive_problem, is_archive_name};
+use crate::engines::{self, Feed, ImageEngine};
+use crate::runtime::RuntimeError;
+use crate::runtime::compression::decompress;
+use crate::runtime::digest::{self, sha256_of};
+use crate::runtime::marks::{self, Mark, Marks};
+use crate::runtime::notify;
 use std::fs::{self, File};
 use std::io::{self, BufReader};
 use std::os::unix::fs::MetadataExt;
@@ -165,7 +165,7 @@ fn load_one(
     };
     let loaded = loaded.map_err(|e| {
         let message = e.to_string();
-        if super::says_storage_full(&message) {
+        if crate::runtime::says_storage_full(&message) {
             RuntimeError::EngineStorageFull {
                 path: path.clone(),
                 message,
@@ -277,7 +277,7 @@ fn all_loaded(
 
 pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
     let dir: PathBuf = args.preload_dir.join("docker");
-    let engine = engine::open(&args.engine);
+    let engine = engines::open(&args.engine);
     let engine = engine.as_ref();
     let named = !args.archive.is_empty();
     let names = if named {
@@ -396,7 +396,7 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
 /// "the Docker engine", "Podman": for messages.
 pub(crate) fn engine_name(engine: &dyn ImageEngine) -> &'static str {
     match engine.kind() {
-        crate::engine::EngineKind::Docker => "the Docker engine",
-        crate::engine::EngineKind::Podman => "Podman",
+        crate::engines::EngineKind::Docker => "the Docker engine",
+        crate::engines::EngineKind::Podman => "Podman",
     }
 }
