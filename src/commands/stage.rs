@@ -1132,6 +1132,42 @@ impl Addition {
     }
 }
 
+/// Where a run writes, every path resolved inside ROOT.
+struct Places {
+    preload: PathBuf,
+    docker: PathBuf,
+    ostree: PathBuf,
+    config: PathBuf,
+    podman_store: PathBuf,
+}
+
+impl Places {
+    fn of(root: &Path) -> Result<Places, RuntimeError> {
+        let subdir =
+            |kind: Kind| in_root(root, &format!("{}/{}", paths::PRELOAD_DIR, kind.subdir()));
+        Ok(Places {
+            preload: in_root(root, paths::PRELOAD_DIR)?,
+            docker: subdir(Kind::Docker)?,
+            ostree: subdir(Kind::System)?,
+            config: in_root(root, paths::CONFIG_FILE)?,
+            podman_store: in_root(root, PODMAN_STORE)?,
+        })
+    }
+
+    fn dir(&self, kind: Kind) -> &Path {
+        match kind {
+            Kind::Docker => &self.docker,
+            Kind::System => &self.ostree,
+        }
+    }
+}
+
+/// Temporary files and the names they get at the commit.
+type Renames = Vec<(PathBuf, PathBuf)>;
+
+/// The config's merged text, the entries it replaced, and the images filled in.
+type Merged = (String, Vec<String>, Vec<String>);
+
 pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
     if args.sources.is_empty() && args.system_sources.is_empty() && args.config.is_none() {
         return Err(usage(
@@ -1140,75 +1176,88 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
     }
     let wanted = wanted(args)?;
     check_root(&args.root)?;
-    let preload = in_root(&args.root, paths::PRELOAD_DIR)?;
-    let dirs = [Kind::Docker, Kind::System].map(|kind| {
-        in_root(
-            &args.root,
-            &format!("{}/{}", paths::PRELOAD_DIR, kind.subdir()),
-        )
-    });
-    let [docker_dir, ostree_dir] = dirs;
-    let (docker_dir, ostree_dir) = (docker_dir?, ostree_dir?);
-    let dir = |kind: Kind| match kind {
-        Kind::Docker => &docker_dir,
-        Kind::System => &ostree_dir,
-    };
-    let config_path = in_root(&args.root, paths::CONFIG_FILE)?;
-    let podman_store = in_root(&args.root, PODMAN_STORE)?;
-    // With --podman-store, Docker-kind sources go into the store, not into docker/.
-    let into_store = |w: &Wanted| args.podman_store && w.kind == Kind::Docker;
-
+    let places = Places::of(&args.root)?;
     // Destinations that are not files stop the run before any download.
-    for w in wanted.iter().filter(|w| !into_store(w)) {
-        let to = dir(w.kind).join(&w.name);
+    for w in wanted.iter().filter(|w| !into_store(args, w)) {
+        let to = places.dir(w.kind).join(&w.name);
         check_destination(&to)?;
         check_destination(&digest::sidecar_path(&to))?;
     }
     // The config first: a bad one stops the run before any download.
     let addition = match &args.config {
-        Some(file) => {
-            check_destination(&config_path)?;
-            let current = current_config(&config_path)?;
-            let kinds: Vec<Kind> = wanted.iter().map(|w| w.kind).collect();
-            let addition = Addition::read(file, &current, &kinds)?;
-            // Checked as it will be, but for the images still to fill in.
-            merge_config(&config_path, &current, &addition, |p| {
-                addition.problems_left(p)
-            })?;
-            Some((addition, current))
-        }
+        Some(file) => Some(read_addition(file, &places, &wanted)?),
         None => None,
     };
-
     if args.dry_run {
-        return dry_run(
-            args,
-            &wanted,
-            &|kind| dir(kind).clone(),
-            &podman_store,
-            addition.as_ref(),
-            &config_path,
-        );
+        return dry_run(args, &wanted, &places, addition.as_ref());
     }
 
     remove_stale_temps(&[
-        &docker_dir,
-        &ostree_dir,
-        &preload,
+        &places.docker,
+        &places.ostree,
+        &places.preload,
         &in_root(&args.root, "/etc/containers")?,
     ]);
     undo_on_signals();
     let undo = Undo;
-    let mut staged = Vec::new();
+    let staged = fetch_all(args, &wanted, &places, &undo)?;
+    // The entries without image get the one their kind's archives hold; then the merged
+    // config is checked whole.
+    let merged = match &addition {
+        Some((addition, current)) => Some(merge_filled(addition, current, &staged, &places)?),
+        None => None,
+    };
+    let (renames, store) = prepare_commit(args, &staged, merged.as_ref(), &places, &undo)?;
+    // A load or install reading these archives on a live host finishes first (always
+    // docker/ before ostree/, so two stages never wait on each other).
+    let _docker = marks::lock_archives(&places.docker, true).map_err(io_err(&places.docker))?;
+    let _ostree = marks::lock_archives(&places.ostree, true).map_err(io_err(&places.ostree))?;
+    undo.commit(&renames)?;
+    report(args, &staged, store.as_deref(), merged.as_ref(), &places);
+    Ok(())
+}
+
+/// With --podman-store, Docker-kind sources go into the store, not into docker/.
+fn into_store(args: &StageArgs, w: &Wanted) -> bool {
+    args.podman_store && w.kind == Kind::Docker
+}
+
+/// The --config file and the config it merges into, checked as they will be merged but
+/// for the images still to fill in.
+fn read_addition(
+    file: &Path,
+    places: &Places,
+    wanted: &[Wanted],
+) -> Result<(Addition, String), RuntimeError> {
+    check_destination(&places.config)?;
+    let current = current_config(&places.config)?;
+    let kinds: Vec<Kind> = wanted.iter().map(|w| w.kind).collect();
+    let addition = Addition::read(file, &current, &kinds)?;
+    merge_config(&places.config, &current, &addition, |p| {
+        addition.problems_left(p)
+    })?;
+    Ok((addition, current))
+}
+
+/// Every source fetched into its temporary file beside its destination, hashed, its
+/// digest checked and its images indexed.
+fn fetch_all(
+    args: &StageArgs,
+    wanted: &[Wanted],
+    places: &Places,
+    undo: &Undo,
+) -> Result<Vec<Staged>, RuntimeError> {
     for kind in [Kind::Docker, Kind::System] {
         if wanted.iter().any(|w| w.kind == kind) {
-            undo.create_dir_all(dir(kind)).map_err(io_err(dir(kind)))?;
+            let dir = places.dir(kind);
+            undo.create_dir_all(dir).map_err(io_err(dir))?;
         }
     }
-    for w in &wanted {
+    let mut staged = Vec::new();
+    for w in wanted {
         // The temporary name keeps the archive's suffix (the index reads by it) and starts
         // with a dot (the load stage ignores such files).
-        let temp = temp_beside(&dir(w.kind).join(&w.name), "");
+        let temp = temp_beside(&places.dir(w.kind).join(&w.name), "");
         undo.file(temp.clone());
         let sha256 = fetch(args, &w.source, &temp, &w.name)?;
         if let Some(want) = &w.expected
@@ -1229,40 +1278,55 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         staged.push(Staged {
             name: w.name.clone(),
             kind: w.kind,
-            into_store: into_store(w),
+            into_store: into_store(args, w),
             temp,
             sha256,
             images: images.into_iter().flat_map(|i| i.tags).collect(),
         });
     }
-    // The entries without image get the one their kind's archives hold; then the merged
-    // config is checked whole.
-    let merged = match &addition {
-        Some((addition, current)) => {
-            let (text, said) = addition.filled(|kind| {
-                staged
-                    .iter()
-                    .filter(|s| s.kind == kind)
-                    .flat_map(|s| s.images.clone())
-                    .collect()
-            })?;
-            let filled = Addition {
-                file: addition.file.clone(),
-                text,
-                fills: vec![],
-            };
-            let (merged, replaced) = merge_config(&config_path, current, &filled, |p| p)?;
-            Some((merged, replaced, said))
-        }
-        None => None,
+    Ok(staged)
+}
+
+/// The config with the images filled in from what was staged, merged and checked whole.
+fn merge_filled(
+    addition: &Addition,
+    current: &str,
+    staged: &[Staged],
+    places: &Places,
+) -> Result<Merged, RuntimeError> {
+    let (text, said) = addition.filled(|kind| {
+        staged
+            .iter()
+            .filter(|s| s.kind == kind)
+            .flat_map(|s| s.images.clone())
+            .collect()
+    })?;
+    let filled = Addition {
+        file: addition.file.clone(),
+        text,
+        fills: vec![],
     };
+    let (merged, replaced) = merge_config(&places.config, current, &filled, |p| p)?;
+    Ok((merged, replaced, said))
+}
+
+/// Everything under its temporary name, ready to be renamed into place: the Podman
+/// store filled (and storage.conf's new text), sidecars, the config. The renames, and
+/// the store when one was filled.
+fn prepare_commit(
+    args: &StageArgs,
+    staged: &[Staged],
+    merged: Option<&Merged>,
+    places: &Places,
+    undo: &Undo,
+) -> Result<(Renames, Option<PathBuf>), RuntimeError> {
     let mut renames = Vec::new();
     // Into the Podman image store instead of archives: loaded there now, the archives
     // (temporary files) dropped, storage.conf updated with the rest.
     let mut store = None;
     let for_store: Vec<&Staged> = staged.iter().filter(|s| s.into_store).collect();
     if !for_store.is_empty() {
-        let (conf_path, conf) = fill_podman_store(args, &for_store, &undo)?;
+        let (conf_path, conf) = fill_podman_store(args, &for_store, undo)?;
         if let Some(text) = conf {
             let parent = conf_path.parent().unwrap_or(&args.root).to_owned();
             undo.create_dir_all(&parent).map_err(io_err(&parent))?;
@@ -1271,11 +1335,10 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
             write_file(&temp, text.as_bytes())?;
             renames.push((temp, conf_path));
         }
-        store = Some(podman_store);
+        store = Some(places.podman_store.clone());
     }
-    // Sidecars under temporary names too, then the config: everything is ready.
     for s in staged.iter().filter(|s| !s.into_store) {
-        let to = dir(s.kind).join(&s.name);
+        let to = places.dir(s.kind).join(&s.name);
         let sidecar = digest::sidecar_path(&to);
         let temp = temp_beside(&sidecar, "");
         undo.file(temp.clone());
@@ -1283,26 +1346,32 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
         renames.push((s.temp.clone(), to));
         renames.push((temp, sidecar));
     }
-    if let Some((text, _, _)) = &merged {
-        let parent = config_path.parent().unwrap_or(&preload).to_owned();
+    if let Some((text, _, _)) = merged {
+        let parent = places.config.parent().unwrap_or(&places.preload).to_owned();
         undo.create_dir_all(&parent).map_err(io_err(&parent))?;
-        let temp = temp_beside(&config_path, "");
+        let temp = temp_beside(&places.config, "");
         undo.file(temp.clone());
         write_file(&temp, text.as_bytes())?;
-        renames.push((temp, config_path.clone()));
+        renames.push((temp, places.config.clone()));
     }
-    // A load or install reading these archives on a live host finishes first (always
-    // docker/ before ostree/, so two stages never wait on each other).
-    let _docker = marks::lock_archives(&docker_dir, true).map_err(io_err(&docker_dir))?;
-    let _ostree = marks::lock_archives(&ostree_dir, true).map_err(io_err(&ostree_dir))?;
-    undo.commit(&renames)?;
-    for s in &staged {
+    Ok((renames, store))
+}
+
+/// What was staged and merged, once it is all in place.
+fn report(
+    args: &StageArgs,
+    staged: &[Staged],
+    store: Option<&Path>,
+    merged: Option<&Merged>,
+    places: &Places,
+) {
+    for s in staged {
         let images = if s.images.is_empty() {
             "untagged".into()
         } else {
             s.images.join(", ")
         };
-        match &store {
+        match store {
             Some(store) if s.into_store => {
                 // Its content is in the store now.
                 let _ = fs::remove_file(&s.temp);
@@ -1313,16 +1382,16 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
             }
             _ => println!(
                 "staged {} (sha256:{}; images: {images})",
-                dir(s.kind).join(&s.name).display(),
+                places.dir(s.kind).join(&s.name).display(),
                 s.sha256
             ),
         }
     }
-    if let (Some((_, replaced, said)), Some(file)) = (&merged, &args.config) {
+    if let (Some((_, replaced, said)), Some(file)) = (merged, &args.config) {
         println!(
             "merged {} into {}{}{}",
             file.display(),
-            config_path.display(),
+            places.config.display(),
             if replaced.is_empty() {
                 String::new()
             } else {
@@ -1335,7 +1404,6 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
             }
         );
     }
-    Ok(())
 }
 
 /// `--dry-run`: what would be staged and merged. Local files are hashed and indexed (so
@@ -1344,11 +1412,10 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
 fn dry_run(
     args: &StageArgs,
     wanted: &[Wanted],
-    dir: &dyn Fn(Kind) -> PathBuf,
-    podman_store: &Path,
+    places: &Places,
     addition: Option<&(Addition, String)>,
-    config_path: &Path,
 ) -> Result<(), RuntimeError> {
+    let (podman_store, config_path) = (&places.podman_store, &places.config);
     // The tags of each local file; None for a source only fetching would tell.
     let mut indexed: Vec<Option<Vec<String>>> = Vec::new();
     for w in wanted {
@@ -1356,7 +1423,7 @@ fn dry_run(
         let dest = if args.podman_store && w.kind == Kind::Docker {
             format!("the Podman image store {}", podman_store.display())
         } else {
-            dir(w.kind).join(&w.name).display().to_string()
+            places.dir(w.kind).join(&w.name).display().to_string()
         };
         match &w.source {
             Source::File(path) => {
@@ -1535,6 +1602,8 @@ fn fill_podman_store(
     // another: "database configuration mismatch") and after.
     let libpod = store.join("libpod");
     let _ = fs::remove_dir_all(&libpod);
+    // What a Podman killed in an earlier run left mounted goes first.
+    release_store_mount(&store);
     // Released on every way out, a failed load too (a store this run created could not
     // be removed with the mount in it).
     let _released = StoreGuard(&store);
@@ -1600,12 +1669,61 @@ impl Drop for StoreGuard<'_> {
     }
 }
 
-/// Undo the mount Podman's overlay driver leaves on `STORE/overlay` (none: nothing to do).
+/// Undo every mount Podman leaves in the store: the one its overlay driver keeps on
+/// `STORE/overlay`, and those of a Podman killed in the middle (its metacopy check mounts
+/// `STORE/overlay/metacopy-check…/merged`; a mount outlives its process), deepest first,
+/// with the scratch directories such a check leaves. None: nothing to do.
 fn release_store_mount(store: &Path) {
-    let overlay = store.join("overlay");
-    if overlay.is_dir() {
-        let _ = rustix::mount::unmount(&overlay, rustix::mount::UnmountFlags::DETACH);
+    let mut mounted: Vec<PathBuf> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|point| PathBuf::from(unescape_mount_point(point)))
+        .filter(|point| point.starts_with(store))
+        .collect();
+    mounted.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for point in mounted {
+        let _ = rustix::mount::unmount(&point, rustix::mount::UnmountFlags::DETACH);
     }
+    for entry in fs::read_dir(store.join("overlay"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("metacopy-check")
+        {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A mount point as /proc/self/mountinfo writes it: space, tab, newline and backslash as
+/// octal escapes (`\040`).
+fn unescape_mount_point(field: &str) -> String {
+    let mut out = Vec::new();
+    let bytes = field.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A private temporary directory, removed when dropped.
@@ -1663,6 +1781,12 @@ mod tests {
     }
 
     // `Hashing` is the reading side's; keep both in step.
+    #[test]
+    fn mount_points_are_unescaped_as_mountinfo_escapes_them() {
+        assert_eq!(unescape_mount_point("/a\\040b/c\\134d"), "/a b/c\\d");
+        assert_eq!(unescape_mount_point("/plain/\\04"), "/plain/\\04");
+    }
+
     #[test]
     fn hashing_writer_matches_sha256_of() {
         let dir = std::env::temp_dir().join(format!("ap-stage-{}", std::process::id()));

@@ -249,70 +249,10 @@ impl Context<'_> {
     }
 
     fn entry(&self, entry: &Entry) -> EntryStatus {
-        let state = self.state.as_deref();
-        let unit_name = paths::container_unit(&entry.name);
-        let held_image;
-        let mut status = if entry.is_system() {
-            let dir = self.preload.as_ref().and_then(|p| self.inside(p, "ostree"));
-            let link = self.checkout.as_ref().map(|c| c.join(&entry.name));
-            let info: Option<Info> = link
-                .as_ref()
-                .and_then(|link| self.inside(link, "info"))
-                .and_then(|info| std::fs::read(info).ok())
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            let marks = state.and_then(|s| Marks::new_existing(s, "loaded/ostree"));
-            let (archives, held) = self.archives(entry, dir.as_deref(), marks.as_ref());
-            held_image = held;
-            EntryStatus {
-                name: entry.name.clone(),
-                engine: "system".into(),
-                image: entry.image.clone(),
-                archives,
-                installed_at: info.as_ref().map(|i| utc(i.created as i64)),
-                installed: info.as_ref().map(|i| {
-                    let target = link
-                        .as_ref()
-                        .and_then(|link| std::fs::read_link(link).ok())
-                        .map(|t| t.display().to_string())
-                        .unwrap_or_default();
-                    format!("{target} ({})", i.revision)
-                }),
-                units: [unit_name.clone(), format!("{}.service", entry.name)]
-                    .iter()
-                    .filter_map(|u| self.unit(u))
-                    .collect(),
-                problem: None,
-                failed: false,
-            }
+        let (mut status, held_image) = if entry.is_system() {
+            self.system_entry(entry)
         } else {
-            let engine = entry.engine.unwrap_or(self.host_engine);
-            let dir = self.preload.as_ref().and_then(|p| self.inside(p, "docker"));
-            let marks =
-                state.and_then(|s| Marks::new_existing(s, &format!("loaded/{}", engine.as_str())));
-            let installed = entry.install.as_ref().and_then(|_| {
-                let marks = Marks::new_existing(state?, "installed")?;
-                let mark = marks.read(&entry.name)?;
-                Some((
-                    mtime(&marks.path_of(&entry.name)),
-                    mark.get("image").unwrap_or("").to_owned(),
-                ))
-            });
-            let (archives, held) = self.archives(entry, dir.as_deref(), marks.as_ref());
-            held_image = held
-                || (!self.live
-                    && engine == EngineKind::Podman
-                    && self.in_podman_store(&entry.image));
-            EntryStatus {
-                name: entry.name.clone(),
-                engine: engine.as_str().into(),
-                image: entry.image.clone(),
-                archives,
-                installed_at: installed.as_ref().and_then(|(at, _)| at.clone()),
-                installed: installed.map(|(_, image)| image),
-                units: self.unit(&unit_name).into_iter().collect(),
-                problem: None,
-                failed: false,
-            }
+            self.engine_entry(entry)
         };
         status.failed = status
             .units
@@ -330,39 +270,113 @@ impl Context<'_> {
                 }
             });
         if !self.live {
-            let mismatch = status.archives.iter().find(|a| {
-                a.recorded_sha256.as_ref().is_some_and(|want| {
-                    self.preload
-                        .as_ref()
-                        .and_then(|p| self.inside(p, preload_dir_of(entry)))
-                        .and_then(|dir| self.inside(&dir, &a.file))
-                        .is_some_and(|file| {
-                            digest::sha256_of(&file).is_ok_and(|have| &have != want)
-                        })
-                })
-            });
-            let bad_sidecar = status
-                .archives
-                .iter()
-                .find_map(|a| a.sidecar_problem.clone());
-            status.problem = if let Some(problem) = bad_sidecar {
-                Some(format!("{problem}: its unit will fail"))
-            } else if let Some(a) = mismatch {
-                Some(format!(
-                    "{} does not match its recorded digest: its unit will fail",
-                    a.file
-                ))
-            } else if !held_image {
-                Some(format!(
-                    "no archive holds {}: its unit will fail",
-                    entry.image
-                ))
-            } else {
-                None
-            };
-            status.failed = status.problem.is_some();
+            self.predict(entry, &mut status, held_image);
         }
         status
+    }
+
+    /// A system container's status, and whether an archive holds its image.
+    fn system_entry(&self, entry: &Entry) -> (EntryStatus, bool) {
+        let state = self.state.as_deref();
+        let unit_name = paths::container_unit(&entry.name);
+        let dir = self.preload.as_ref().and_then(|p| self.inside(p, "ostree"));
+        let link = self.checkout.as_ref().map(|c| c.join(&entry.name));
+        let info: Option<Info> = link
+            .as_ref()
+            .and_then(|link| self.inside(link, "info"))
+            .and_then(|info| std::fs::read(info).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let marks = state.and_then(|s| Marks::new_existing(s, "loaded/ostree"));
+        let (archives, held) = self.archives(entry, dir.as_deref(), marks.as_ref());
+        let status = EntryStatus {
+            name: entry.name.clone(),
+            engine: "system".into(),
+            image: entry.image.clone(),
+            archives,
+            installed_at: info.as_ref().map(|i| utc(i.created as i64)),
+            installed: info.as_ref().map(|i| {
+                let target = link
+                    .as_ref()
+                    .and_then(|link| std::fs::read_link(link).ok())
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default();
+                format!("{target} ({})", i.revision)
+            }),
+            units: [unit_name.clone(), format!("{}.service", entry.name)]
+                .iter()
+                .filter_map(|u| self.unit(u))
+                .collect(),
+            problem: None,
+            failed: false,
+        };
+        (status, held)
+    }
+
+    /// An engine's entry's status, and whether an archive (or the Podman store) holds its
+    /// image.
+    fn engine_entry(&self, entry: &Entry) -> (EntryStatus, bool) {
+        let state = self.state.as_deref();
+        let unit_name = paths::container_unit(&entry.name);
+        let engine = entry.engine.unwrap_or(self.host_engine);
+        let dir = self.preload.as_ref().and_then(|p| self.inside(p, "docker"));
+        let marks =
+            state.and_then(|s| Marks::new_existing(s, &format!("loaded/{}", engine.as_str())));
+        let installed = entry.install.as_ref().and_then(|_| {
+            let marks = Marks::new_existing(state?, "installed")?;
+            let mark = marks.read(&entry.name)?;
+            Some((
+                mtime(&marks.path_of(&entry.name)),
+                mark.get("image").unwrap_or("").to_owned(),
+            ))
+        });
+        let (archives, held) = self.archives(entry, dir.as_deref(), marks.as_ref());
+        let held = held
+            || (!self.live && engine == EngineKind::Podman && self.in_podman_store(&entry.image));
+        let status = EntryStatus {
+            name: entry.name.clone(),
+            engine: engine.as_str().into(),
+            image: entry.image.clone(),
+            archives,
+            installed_at: installed.as_ref().and_then(|(at, _)| at.clone()),
+            installed: installed.map(|(_, image)| image),
+            units: self.unit(&unit_name).into_iter().collect(),
+            problem: None,
+            failed: false,
+        };
+        (status, held)
+    }
+
+    /// Before the first boot (`--root`): what will fail, from the archives as staged.
+    fn predict(&self, entry: &Entry, status: &mut EntryStatus, held_image: bool) {
+        let mismatch = status.archives.iter().find(|a| {
+            a.recorded_sha256.as_ref().is_some_and(|want| {
+                self.preload
+                    .as_ref()
+                    .and_then(|p| self.inside(p, preload_dir_of(entry)))
+                    .and_then(|dir| self.inside(&dir, &a.file))
+                    .is_some_and(|file| digest::sha256_of(&file).is_ok_and(|have| &have != want))
+            })
+        });
+        let bad_sidecar = status
+            .archives
+            .iter()
+            .find_map(|a| a.sidecar_problem.clone());
+        status.problem = if let Some(problem) = bad_sidecar {
+            Some(format!("{problem}: its unit will fail"))
+        } else if let Some(a) = mismatch {
+            Some(format!(
+                "{} does not match its recorded digest: its unit will fail",
+                a.file
+            ))
+        } else if !held_image {
+            Some(format!(
+                "no archive holds {}: its unit will fail",
+                entry.image
+            ))
+        } else {
+            None
+        };
+        status.failed = status.problem.is_some();
     }
 }
 

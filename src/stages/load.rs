@@ -128,13 +128,43 @@ fn load_one(
     // Nothing recorded for this content (or a failed earlier try): forget the old record
     // first, so a load interrupted from here on is retried.
     marks.remove(name).map_err(RuntimeError::State)?;
+    let (loaded, sha256) = feed(engine, &path, name, meta.len(), known)?;
+    let loaded = loaded.map_err(|e| load_error(engine, &path, e))?;
+    let sha256 = sha256.map_err(archive_err)?;
+    // Record only what we actually read: if the file changed meanwhile, load it next time.
+    let after = fs::metadata(&path).map_err(archive_err)?;
+    if same_fingerprint(&mark, &after) {
+        mark.set("sha256", sha256);
+        mark.set("images", loaded.join(" "));
+        marks.write(name, &mark).map_err(RuntimeError::State)?;
+    }
+    Ok(Loaded::Loaded(loaded))
+}
+
+/// What a load gave: the images loaded (or why not), and the archive's SHA-256 (or why it
+/// could not be read).
+type Fed = (Result<Vec<String>, RuntimeError>, io::Result<String>);
+
+/// The archive into the engine as the engine takes it best, hashed meanwhile on another
+/// thread (unless its digest is `known`): what it loaded, and the content's SHA-256.
+fn feed(
+    engine: &dyn ImageEngine,
+    path: &Path,
+    name: &str,
+    len: u64,
+    known: Option<String>,
+) -> Result<Fed, RuntimeError> {
     let what = format!("loading {name}");
-    let (loaded, sha256) = match engine.feed(name) {
+    let io_of = |source: io::Error| RuntimeError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    Ok(match engine.feed(name) {
         Feed::Decompressed => {
             // Decompressed here (a format the engine cannot read, or reads slowly), while
             // the file is read and hashed on another thread.
-            let file = BufReader::with_capacity(1 << 20, File::open(&path).map_err(archive_err)?);
-            let progress = notify::Progress::new(file, what, meta.len());
+            let file = BufReader::with_capacity(1 << 20, File::open(path).map_err(io_of)?);
+            let progress = notify::Progress::new(file, what, len);
             let (chunks, hashed) = digest::read_ahead_hashing(progress);
             let loaded = match decompress(chunks, name) {
                 Ok(mut tar) => engine.load_stream(&mut tar),
@@ -148,45 +178,37 @@ fn load_one(
         Feed::File => {
             // The engine reads the file itself (its own speed); it is hashed meanwhile on
             // another thread, through a descriptor of its own (unless already known).
-            let hash_path = path.clone();
-            let known = known.clone();
+            let hash_path = path.to_owned();
             let hashed = std::thread::spawn(move || match known {
                 Some(sha) => Ok(sha),
                 None => sha256_of(&hash_path),
             });
-            let loaded = engine.load_file(&path, &mut |offset, running| {
-                notify::watch_offset(&what, meta.len(), offset, running)
+            let loaded = engine.load_file(path, &mut |offset, running| {
+                notify::watch_offset(&what, len, offset, running)
             });
             let sha256 = hashed
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("the hashing thread panicked")));
             (loaded, sha256)
         }
-    };
-    let loaded = loaded.map_err(|e| {
-        let message = e.to_string();
-        if crate::runtime::says_storage_full(&message) {
-            RuntimeError::EngineStorageFull {
-                path: path.clone(),
-                message,
-                storage: engine.storage_dir(),
-            }
-        } else {
-            RuntimeError::LoadFailed {
-                path: path.clone(),
-                message,
-            }
+    })
+}
+
+/// A failed load: the engine's storage full (retried, said so), or the archive.
+fn load_error(engine: &dyn ImageEngine, path: &Path, e: RuntimeError) -> RuntimeError {
+    let message = e.to_string();
+    if crate::runtime::says_storage_full(&message) {
+        RuntimeError::EngineStorageFull {
+            path: path.to_owned(),
+            message,
+            storage: engine.storage_dir(),
         }
-    })?;
-    let sha256 = sha256.map_err(archive_err)?;
-    // Record only what we actually read: if the file changed meanwhile, load it next time.
-    let after = fs::metadata(&path).map_err(archive_err)?;
-    if same_fingerprint(&mark, &after) {
-        mark.set("sha256", sha256);
-        mark.set("images", loaded.join(" "));
-        marks.write(name, &mark).map_err(RuntimeError::State)?;
+    } else {
+        RuntimeError::LoadFailed {
+            path: path.to_owned(),
+            message,
+        }
     }
-    Ok(Loaded::Loaded(loaded))
 }
 
 /// Every archive in `dir`, by name; a missing directory has none.
@@ -312,31 +334,7 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
     })?;
     let marks = Marks::new(&args.engine.state_dir, &marks_kind).map_err(RuntimeError::State)?;
 
-    // Several archives load at once, one per core: the engine unpacks layers in parallel,
-    // and one archive's decompression or digest never waits for another's.
-    let workers = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .clamp(1, names.len().max(1));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<(usize, Result<Loaded, RuntimeError>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(name) = names.get(i) else { break done };
-                        done.push((i, load_one(engine, &marks, &dir, name)));
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    results.sort_by_key(|(i, _)| *i);
+    let results = load_all(engine, &marks, &dir, &names);
     let mut failures = Vec::new();
     // A full disk (the engine's storage, the state directory) is nothing wrong with the
     // archive: the unit fails with it, to be retried, not as a bad archive.
@@ -391,6 +389,41 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
         return Err(RuntimeError::LoadFailures(failures.len()));
     }
     Ok(())
+}
+
+/// Several archives load at once, one per core: the engine unpacks layers in parallel,
+/// and one archive's decompression or digest never waits for another's. The results in
+/// the order of `names`.
+fn load_all(
+    engine: &dyn ImageEngine,
+    marks: &Marks,
+    dir: &Path,
+    names: &[String],
+) -> Vec<(usize, Result<Loaded, RuntimeError>)> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, names.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<(usize, Result<Loaded, RuntimeError>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(name) = names.get(i) else { break done };
+                        done.push((i, load_one(engine, marks, dir, name)));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
+    results
 }
 
 /// "the Docker engine", "Podman": for messages.

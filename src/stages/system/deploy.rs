@@ -548,6 +548,18 @@ fn checkout(
     setvalues: &[(String, String)],
     previous_uuid: Option<&str>,
 ) -> Result<Prepared, RuntimeError> {
+    let (root, image_id) = extract(args, archive_path, tmp, dest)?;
+    render(args, &root, tmp, dest, image_id, setvalues, previous_uuid)
+}
+
+/// The image's layers, in order, into `tmp/rootfs` (the archive spooled beside it, then
+/// removed), each checked against its diff_id: the root and the image ID.
+fn extract(
+    args: &InstallSystemArgs,
+    archive_path: &Path,
+    tmp: &Path,
+    dest: &Path,
+) -> Result<(Root, String), RuntimeError> {
     let rootfs_dir = tmp.join("rootfs");
     let spool_dir = tmp.join(".spool");
     for dir in [&rootfs_dir, &spool_dir] {
@@ -601,22 +613,89 @@ fn checkout(
                 stats.diff_id
             )));
         }
-        println!(
-            "layer {}: {} files, {} directories, {} symlinks, {} hard links, {} whiteouts{}",
-            i + 1,
-            stats.files,
-            stats.dirs,
-            stats.symlinks,
-            stats.hardlinks,
-            stats.whiteouts,
-            if stats.skipped > 0 {
-                format!(", {} device nodes/FIFOs/sockets skipped", stats.skipped)
-            } else {
-                String::new()
-            }
-        );
+        println!("layer {}: {}", i + 1, layer_summary(&stats));
     }
     fs::remove_dir_all(&spool_dir).map_err(io_err(&spool_dir))?;
+    Ok((root, image_id))
+}
+
+fn layer_summary(stats: &layer::LayerStats) -> String {
+    format!(
+        "{} files, {} directories, {} symlinks, {} hard links, {} whiteouts{}",
+        stats.files,
+        stats.dirs,
+        stats.symlinks,
+        stats.hardlinks,
+        stats.whiteouts,
+        if stats.skipped > 0 {
+            format!(", {} device nodes/FIFOs/sockets skipped", stats.skipped)
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// The container's unit (unless the manifest says `noContainerService`) and its tmpfiles
+/// (the image's template, or a directory for each missing bind source), into `tmp`.
+fn write_units(
+    args: &InstallSystemArgs,
+    root: &Root,
+    rootfs_dir: &Path,
+    tmp: &Path,
+    values: &Values,
+    missing_binds: &[String],
+    has_container_service: bool,
+) -> Result<(), RuntimeError> {
+    let exports = Path::new("exports");
+    let read = |name: &str| root.read(&exports.join(name)).map_err(io_err(rootfs_dir));
+    let text = |bytes: Vec<u8>, file: &str| {
+        String::from_utf8(bytes).map_err(|_| image_err(format!("{file} is not valid UTF-8")))
+    };
+    let unit = if has_container_service {
+        let t = match read("service.template")? {
+            Some(bytes) => text(bytes, "service.template")?,
+            None => DEFAULT_SERVICE_TEMPLATE.to_owned(),
+        };
+        Some(template::substitute(&t, values, "service.template").map_err(template_err)?)
+    } else {
+        None
+    };
+    let tmpfiles = match read("tmpfiles.template")? {
+        Some(bytes) => {
+            let t = text(bytes, "tmpfiles.template")?;
+            Some(template::substitute(&t, values, "tmpfiles.template").map_err(template_err)?)
+        }
+        None => Some(
+            missing_binds
+                .iter()
+                .map(|p| format!("d    {p}   0700 0 0 - -\n"))
+                .collect::<String>(),
+        ),
+    }
+    .filter(|t| !t.is_empty());
+    if let Some(unit) = &unit {
+        let p = tmp.join(format!("{}.service", args.name));
+        fs::write(&p, unit).map_err(io_err(&p))?;
+    }
+    if let Some(t) = &tmpfiles {
+        let p = tmp.join(format!("tmpfiles-{}.conf", args.name));
+        fs::write(&p, t).map_err(io_err(&p))?;
+    }
+    Ok(())
+}
+
+/// The checkout's files from the image's /exports with this install's values:
+/// config.json, the unit, tmpfiles, and what the manifest says of host files.
+fn render(
+    args: &InstallSystemArgs,
+    root: &Root,
+    tmp: &Path,
+    dest: &Path,
+    image_id: String,
+    setvalues: &[(String, String)],
+    previous_uuid: Option<&str>,
+) -> Result<Prepared, RuntimeError> {
+    let rootfs_dir = tmp.join("rootfs");
 
     let exports = Path::new("exports");
     let read = |name: &str| root.read(&exports.join(name)).map_err(io_err(&rootfs_dir));
@@ -682,36 +761,15 @@ fn checkout(
         .collect();
     let has_container_service = attr("noContainerService") != Some(&serde_json::Value::Bool(true));
 
-    let unit = if has_container_service {
-        let t = match read("service.template")? {
-            Some(bytes) => text(bytes, "service.template")?,
-            None => DEFAULT_SERVICE_TEMPLATE.to_owned(),
-        };
-        Some(template::substitute(&t, &values, "service.template").map_err(template_err)?)
-    } else {
-        None
-    };
-    let tmpfiles = match read("tmpfiles.template")? {
-        Some(bytes) => {
-            let t = text(bytes, "tmpfiles.template")?;
-            Some(template::substitute(&t, &values, "tmpfiles.template").map_err(template_err)?)
-        }
-        None => Some(
-            missing_binds
-                .iter()
-                .map(|p| format!("d    {p}   0700 0 0 - -\n"))
-                .collect::<String>(),
-        ),
-    }
-    .filter(|t| !t.is_empty());
-    if let Some(unit) = &unit {
-        let p = tmp.join(format!("{}.service", args.name));
-        fs::write(&p, unit).map_err(io_err(&p))?;
-    }
-    if let Some(t) = &tmpfiles {
-        let p = tmp.join(format!("tmpfiles-{}.conf", args.name));
-        fs::write(&p, t).map_err(io_err(&p))?;
-    }
+    write_units(
+        args,
+        root,
+        &rootfs_dir,
+        tmp,
+        &values,
+        &missing_binds,
+        has_container_service,
+    )?;
     Ok(Prepared {
         image_id,
         values,
@@ -753,32 +811,7 @@ fn lock(paths: &SystemPaths, name: &str) -> Result<fs::File, RuntimeError> {
 
 /// `atomic-preload install-system`.
 pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
-    check_name(&args.name).map_err(|_| {
-        RuntimeError::Usage(format!(
-            "--name {:?} is not a valid container name",
-            args.name
-        ))
-    })?;
-    // Only a new installation is refused: one made before the rule can still be rolled
-    // back or uninstalled.
-    if let Some(why) = crate::config::system_name_taken(&args.name) {
-        return Err(RuntimeError::Usage(format!(
-            "a system container cannot be named {:?}: it would install {}, {why}",
-            args.name,
-            args.paths
-                .unit_dir
-                .join(format!("{}.service", args.name))
-                .display()
-        )));
-    }
-    let setvalues = parse_setvalues(&args.setvalues)?;
-    // As atomic did: no runtime, no install (the unit would only fail later).
-    if !Path::new(&args.paths.runtime).exists() {
-        return Err(RuntimeError::System(format!(
-            "cannot install the container: the runtime {} is not installed",
-            args.paths.runtime
-        )));
-    }
+    let setvalues = check_install(args)?;
     let _lock = lock(&args.paths, &args.name)?;
     let layout = Layout {
         paths: &args.paths,
@@ -791,49 +824,10 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
     let _archives = marks::lock_archives(&ostree, false).map_err(io_err(&ostree))?;
     let (archive_path, image_id) = find_image(args)?;
     let current = layout.active()?;
-    if let Some((slot, info)) = &current {
-        if info.revision == image_id && info.setvalues == args.setvalues && info.image == args.image
-        {
-            if info.has_container_service && !layout.unit_out().exists() {
-                // Someone removed the unit: put the deployment's copy back.
-                install_copy(
-                    &layout.slot(*slot).join(layout.unit_name()),
-                    &layout.unit_out(),
-                )?;
-                layout.systemctl_ok(&["daemon-reload"])?;
-            }
-            let message = format!(
-                "{} is installed from {} ({}) in {}",
-                args.name,
-                args.image,
-                image_id,
-                layout.slot(*slot).display()
-            );
-            println!("{message}");
-            notify::status(&message);
-            return Ok(());
-        }
-        let failed =
-            Marks::new(&args.paths.state_dir, "rolled-back").map_err(RuntimeError::State)?;
-        if failed.read(&args.name).is_some_and(|m| {
-            m.get("attempt") == Some(attempt_key(&image_id, &args.setvalues).as_str())
-        }) {
-            let message = format!(
-                "not updating {}: {} ({image_id}) with these values failed to start before and was rolled back; {} stays on {}",
-                args.name,
-                args.image,
-                args.name,
-                layout.slot(*slot).display()
-            );
-            println!("{message}");
-            notify::status(&message);
-            return Ok(());
-        }
-    } else if !layout.owns_unit()? {
-        return Err(image_err(format!(
-            "{} exists and was not installed by atomic-preload; not overwriting it",
-            layout.unit_out().display()
-        )));
+    if let Some(message) = nothing_to_do(args, &layout, current.as_ref(), &image_id)? {
+        println!("{message}");
+        notify::status(&message);
+        return Ok(());
     }
 
     // A digest recorded when the archive was staged (`stage --system`): its content must
@@ -846,22 +840,14 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
     };
     let dest = layout.slot(slot);
     let tmp = layout.temp_slot(slot);
-    fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    let previous_uuid = current
-        .as_ref()
-        .and_then(|(_, info)| info.values.get("UUID"))
-        .map(String::as_str);
-    let built = checkout(args, &archive_path, &tmp, &dest, &setvalues, previous_uuid).and_then(
-        |prepared| {
-            let info = record(args, &prepared, current.as_ref(), &tmp, &archive_path)?;
-            write_info(&tmp, &info)?;
-            // The whole deployment is on disk before it gets its final name.
-            let fd = fs::File::open(&tmp).map_err(io_err(&tmp))?;
-            rustix::fs::syncfs(&fd).map_err(|e| io_err(&tmp)(e.into()))?;
-            Ok(info)
-        },
-    );
-    let info = match built {
+    let info = match build(
+        args,
+        &archive_path,
+        &tmp,
+        &dest,
+        &setvalues,
+        current.as_ref(),
+    ) {
         Ok(info) => info,
         Err(e) => {
             let _ = fs::remove_dir_all(&tmp);
@@ -904,6 +890,111 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
     println!("{message}");
     notify::status(&message);
     Ok(())
+}
+
+/// What `install-system` refuses before it locks anything: a bad or reserved name, bad
+/// `--set` values, no runtime. The values, parsed.
+fn check_install(args: &InstallSystemArgs) -> Result<Vec<(String, String)>, RuntimeError> {
+    check_name(&args.name).map_err(|_| {
+        RuntimeError::Usage(format!(
+            "--name {:?} is not a valid container name",
+            args.name
+        ))
+    })?;
+    // Only a new installation is refused: one made before the rule can still be rolled
+    // back or uninstalled.
+    if let Some(why) = crate::config::system_name_taken(&args.name) {
+        return Err(RuntimeError::Usage(format!(
+            "a system container cannot be named {:?}: it would install {}, {why}",
+            args.name,
+            args.paths
+                .unit_dir
+                .join(format!("{}.service", args.name))
+                .display()
+        )));
+    }
+    let setvalues = parse_setvalues(&args.setvalues)?;
+    // As atomic did: no runtime, no install (the unit would only fail later).
+    if !Path::new(&args.paths.runtime).exists() {
+        return Err(RuntimeError::System(format!(
+            "cannot install the container: the runtime {} is not installed",
+            args.paths.runtime
+        )));
+    }
+    Ok(setvalues)
+}
+
+/// Why this install has nothing to do (the message to show), if so: the same image and
+/// values are installed (a removed unit is put back), or they failed to start before and
+/// were rolled back. An error when the unit exists but is not ours.
+fn nothing_to_do(
+    args: &InstallSystemArgs,
+    layout: &Layout,
+    current: Option<&(u8, Info)>,
+    image_id: &str,
+) -> Result<Option<String>, RuntimeError> {
+    let Some((slot, info)) = current else {
+        if !layout.owns_unit()? {
+            return Err(image_err(format!(
+                "{} exists and was not installed by atomic-preload; not overwriting it",
+                layout.unit_out().display()
+            )));
+        }
+        return Ok(None);
+    };
+    if info.revision == image_id && info.setvalues == args.setvalues && info.image == args.image {
+        if info.has_container_service && !layout.unit_out().exists() {
+            // Someone removed the unit: put the deployment's copy back.
+            install_copy(
+                &layout.slot(*slot).join(layout.unit_name()),
+                &layout.unit_out(),
+            )?;
+            layout.systemctl_ok(&["daemon-reload"])?;
+        }
+        return Ok(Some(format!(
+            "{} is installed from {} ({}) in {}",
+            args.name,
+            args.image,
+            image_id,
+            layout.slot(*slot).display()
+        )));
+    }
+    let failed = Marks::new(&args.paths.state_dir, "rolled-back").map_err(RuntimeError::State)?;
+    if failed
+        .read(&args.name)
+        .is_some_and(|m| m.get("attempt") == Some(attempt_key(image_id, &args.setvalues).as_str()))
+    {
+        return Ok(Some(format!(
+            "not updating {}: {} ({image_id}) with these values failed to start before and was rolled back; {} stays on {}",
+            args.name,
+            args.image,
+            args.name,
+            layout.slot(*slot).display()
+        )));
+    }
+    Ok(None)
+}
+
+/// The new deployment, whole, in `tmp`: checked out, rendered, its record written, and
+/// synced to disk before it gets its final name.
+fn build(
+    args: &InstallSystemArgs,
+    archive_path: &Path,
+    tmp: &Path,
+    dest: &Path,
+    setvalues: &[(String, String)],
+    current: Option<&(u8, Info)>,
+) -> Result<Info, RuntimeError> {
+    fs::create_dir_all(tmp).map_err(io_err(tmp))?;
+    let previous_uuid = current
+        .and_then(|(_, info)| info.values.get("UUID"))
+        .map(String::as_str);
+    let prepared = checkout(args, archive_path, tmp, dest, setvalues, previous_uuid)?;
+    let info = record(args, &prepared, current, tmp, archive_path)?;
+    write_info(tmp, &info)?;
+    let fd = fs::File::open(tmp).map_err(io_err(tmp))?;
+    rustix::fs::syncfs(&fd).map_err(|e| io_err(tmp)(e.into()))?;
+    Ok(info)
 }
 
 /// The archive's content against its sidecar (`NAME.sha256`), when it has one; a sidecar

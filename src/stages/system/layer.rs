@@ -158,33 +158,7 @@ fn apply_member<R: Read>(
     }
     let name = path.file_name().unwrap_or_default().as_bytes();
 
-    if name == OPAQUE.as_bytes() {
-        let dir_path = path.parent().unwrap_or(Path::new(""));
-        let dir = root.ensure_dir(dir_path).map_err(write_err)?;
-        clear_dir(&dir, |child| !created.contains(&dir_path.join(child))).map_err(write_err)?;
-        stats.whiteouts += 1;
-        return Ok(());
-    }
-    if let Some(hidden) = name.strip_prefix(WHITEOUT.as_bytes()) {
-        let target = path.with_file_name(OsStr::from_bytes(hidden));
-        if hidden.is_empty() || hidden == b"." || hidden == b".." {
-            return Err(LayerError::Refused(format!(
-                "member {member:?} is not a valid whiteout"
-            )));
-        }
-        if !created.contains(&target) {
-            // Nothing to hide when the directory is not there: never create it for that.
-            let parent = target.parent().unwrap_or(Path::new(""));
-            match root.dir(parent) {
-                Ok(dir) => remove_all_at(&dir, OsStr::from_bytes(hidden)).map_err(write_err)?,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                    ) => {}
-                Err(e) => return Err(write_err(e)),
-            }
-        }
+    if whiteout(root, &path, name, &member, created)? {
         stats.whiteouts += 1;
         return Ok(());
     }
@@ -252,24 +226,7 @@ fn apply_member<R: Read>(
                 .link_name()
                 .map_err(LayerError::Read)?
                 .ok_or_else(|| LayerError::Refused(format!("symlink {member:?} has no target")))?;
-            remove_all_at(&dir, &file_name).map_err(write_err)?;
-            // The target is stored as written: it is only ever resolved inside the root.
-            rfs::symlinkat(target.as_os_str(), &dir, file_name.as_os_str())
-                .map_err(|e| write_err(errno(e)))?;
-            rfs::chownat(
-                &dir,
-                file_name.as_os_str(),
-                Some(rfs::Uid::from_raw(id(meta.uid))),
-                Some(rfs::Gid::from_raw(id(meta.gid))),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| write_err(errno(e)))?;
-            let _ = rfs::utimensat(
-                &dir,
-                file_name.as_os_str(),
-                &timestamps(meta.mtime),
-                AtFlags::SYMLINK_NOFOLLOW,
-            );
+            symlink(&dir, &file_name, &target, &meta).map_err(write_err)?;
             stats.symlinks += 1;
         }
         tar::EntryType::Link => {
@@ -279,40 +236,9 @@ fn apply_member<R: Read>(
                 .ok_or_else(|| {
                     LayerError::Refused(format!("hard link {member:?} has no target"))
                 })?;
-            let target_path = rootfs::clean(&target).map_err(|e| {
-                LayerError::Refused(format!("hard link {member:?} to {target:?}: {e}"))
-            })?;
-            if target_path.as_os_str().is_empty() {
-                return Err(LayerError::Refused(format!(
-                    "hard link {member:?} points at the root directory"
-                )));
-            }
-            if target_path == path {
+            if !hard_link(root, &target, &path, &dir, &file_name, &member)? {
                 return Ok(());
             }
-            let (target_dir, target_name) = root.parent(&target_path).map_err(write_err)?;
-            match kind_at(&target_dir, &target_name).map_err(write_err)? {
-                None => {
-                    return Err(LayerError::Refused(format!(
-                        "hard link {member:?} points at {target:?}, which is not in the image"
-                    )));
-                }
-                Some(FileType::Directory) => {
-                    return Err(LayerError::Refused(format!(
-                        "hard link {member:?} points at the directory {target:?}"
-                    )));
-                }
-                Some(_) => {}
-            }
-            remove_all_at(&dir, &file_name).map_err(write_err)?;
-            rfs::linkat(
-                &target_dir,
-                target_name.as_os_str(),
-                &dir,
-                file_name.as_os_str(),
-                AtFlags::empty(),
-            )
-            .map_err(|e| write_err(errno(e)))?;
             stats.hardlinks += 1;
         }
         other => {
@@ -323,4 +249,121 @@ fn apply_member<R: Read>(
     }
     created.insert(path);
     Ok(())
+}
+
+/// A symlink member made, owned and timed as the layer says. The target is stored as
+/// written: it is only ever resolved inside the root.
+fn symlink(dir: &OwnedFd, file_name: &OsStr, target: &Path, meta: &Meta) -> io::Result<()> {
+    remove_all_at(dir, file_name)?;
+    rfs::symlinkat(target.as_os_str(), dir, file_name).map_err(errno)?;
+    rfs::chownat(
+        dir,
+        file_name,
+        Some(rfs::Uid::from_raw(id(meta.uid))),
+        Some(rfs::Gid::from_raw(id(meta.gid))),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(errno)?;
+    let _ = rfs::utimensat(
+        dir,
+        file_name,
+        &timestamps(meta.mtime),
+        AtFlags::SYMLINK_NOFOLLOW,
+    );
+    Ok(())
+}
+
+/// A whiteout member (`.wh..wh..opq`, `.wh.NAME`) applied: what it hides from lower
+/// layers is removed (never what this layer made, never outside the root); `false` when
+/// `name` is no whiteout.
+fn whiteout(
+    root: &Root,
+    path: &Path,
+    name: &[u8],
+    member: &str,
+    created: &HashSet<PathBuf>,
+) -> Result<bool, LayerError> {
+    let write_err = |source: io::Error| LayerError::Write {
+        member: member.to_owned(),
+        source,
+    };
+    if name == OPAQUE.as_bytes() {
+        let dir_path = path.parent().unwrap_or(Path::new(""));
+        let dir = root.ensure_dir(dir_path).map_err(write_err)?;
+        clear_dir(&dir, |child| !created.contains(&dir_path.join(child))).map_err(write_err)?;
+        return Ok(true);
+    }
+    let Some(hidden) = name.strip_prefix(WHITEOUT.as_bytes()) else {
+        return Ok(false);
+    };
+    let target = path.with_file_name(OsStr::from_bytes(hidden));
+    if hidden.is_empty() || hidden == b"." || hidden == b".." {
+        return Err(LayerError::Refused(format!(
+            "member {member:?} is not a valid whiteout"
+        )));
+    }
+    if !created.contains(&target) {
+        // Nothing to hide when the directory is not there: never create it for that.
+        let parent = target.parent().unwrap_or(Path::new(""));
+        match root.dir(parent) {
+            Ok(dir) => remove_all_at(&dir, OsStr::from_bytes(hidden)).map_err(write_err)?,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) => {}
+            Err(e) => return Err(write_err(e)),
+        }
+    }
+    Ok(true)
+}
+
+/// A hard link member made, its target checked to be a non-directory this image already
+/// has (resolved inside the root); `false` for a link to itself (nothing to make).
+fn hard_link(
+    root: &Root,
+    target: &Path,
+    path: &Path,
+    dir: &OwnedFd,
+    file_name: &OsStr,
+    member: &str,
+) -> Result<bool, LayerError> {
+    let write_err = |source: io::Error| LayerError::Write {
+        member: member.to_owned(),
+        source,
+    };
+    let target_path = rootfs::clean(target)
+        .map_err(|e| LayerError::Refused(format!("hard link {member:?} to {target:?}: {e}")))?;
+    if target_path.as_os_str().is_empty() {
+        return Err(LayerError::Refused(format!(
+            "hard link {member:?} points at the root directory"
+        )));
+    }
+    if target_path == path {
+        return Ok(false);
+    }
+    let (target_dir, target_name) = root.parent(&target_path).map_err(write_err)?;
+    match kind_at(&target_dir, &target_name).map_err(write_err)? {
+        None => {
+            return Err(LayerError::Refused(format!(
+                "hard link {member:?} points at {target:?}, which is not in the image"
+            )));
+        }
+        Some(FileType::Directory) => {
+            return Err(LayerError::Refused(format!(
+                "hard link {member:?} points at the directory {target:?}"
+            )));
+        }
+        Some(_) => {}
+    }
+    remove_all_at(dir, file_name).map_err(write_err)?;
+    rfs::linkat(
+        &target_dir,
+        target_name.as_os_str(),
+        dir,
+        file_name,
+        AtFlags::empty(),
+    )
+    .map_err(|e| write_err(errno(e)))?;
+    Ok(true)
 }
