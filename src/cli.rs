@@ -112,8 +112,8 @@ pub enum HelperCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
-    /// The engine: docker, podman, or auto (Docker when its client is installed, else
-    /// Podman when its client is, else Docker).
+    /// The engine: docker, podman, containerd, cri-o, or auto (the host's, detected as
+    /// the generator does for entries without `engine:`).
     #[arg(long, value_name = "ENGINE", default_value = "docker", value_parser = clap::builder::PossibleValuesParser::new(crate::engines::ENGINE_VALUES))]
     pub engine: String,
     /// The Docker client to call (it honours $DOCKER_HOST).
@@ -122,6 +122,10 @@ pub struct EngineArgs {
     /// The Podman client to call (it honours containers.conf and storage.conf).
     #[arg(long, value_name = "PATH", default_value = paths::PODMAN)]
     pub podman: PathBuf,
+    /// containerd's client (containerd's address and namespace: $CONTAINERD_ADDRESS,
+    /// $CONTAINERD_NAMESPACE, else /run/containerd/containerd.sock and k8s.io).
+    #[arg(long, value_name = "PATH", default_value = paths::CTR)]
+    pub ctr: PathBuf,
     /// Where load-once and install-once marks are kept.
     #[arg(long, value_name = "DIR", default_value = paths::STATE_DIR)]
     pub state_dir: PathBuf,

@@ -19,6 +19,12 @@ pub const BINDIR: &str = or(option_env!("ATOMIC_PRELOAD_BINDIR"), "/usr/bin");
 pub const DOCKER: &str = or(option_env!("ATOMIC_PRELOAD_DOCKER"), "/usr/bin/docker");
 /// The Podman client the units of Podman entries run.
 pub const PODMAN: &str = or(option_env!("ATOMIC_PRELOAD_PODMAN"), "/usr/bin/podman");
+/// containerd's client (it ships with containerd), for `engine: containerd`.
+pub const CTR: &str = or(option_env!("ATOMIC_PRELOAD_CTR"), "/usr/bin/ctr");
+/// What says a machine is a Kubernetes node, for engine detection: kubelet, and the
+/// CRI-O daemon (containerd's own client is [`CTR`]).
+pub const KUBELET: &str = "/usr/bin/kubelet";
+pub const CRIO: &str = "/usr/bin/crio";
 /// The OCI runtime system containers run with (Debian ships runc in /usr/sbin).
 pub const RUNTIME: &str = or(option_env!("ATOMIC_PRELOAD_RUNTIME"), "/usr/sbin/runc");
 /// System containers' deployments, where atomic kept them.

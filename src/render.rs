@@ -57,6 +57,7 @@ struct ContainerContext {
     description: String,
     mounts: String,
     engine_unit: Option<String>,
+    before: String,
     wants_network: bool,
     name: String,
     kind: &'static str,
@@ -92,6 +93,12 @@ fn container_context(source: &str, u: &ContainerUnit) -> Result<ContainerContext
             .as_deref()
             .map(escape::setting_value)
             .transpose()?,
+        before: u
+            .before
+            .iter()
+            .map(|b| escape::setting_value(b))
+            .collect::<Result<Vec<_>, _>>()?
+            .join(" "),
         wants_network: u.wants_network,
         name: escape::setting_value(&u.name)?,
         kind: match u.kind {

@@ -54,7 +54,7 @@ fn validate_accepts_the_examples_config_syntax_and_reports_problems() {
     assert_eq!(
         stdout(&out),
         format!(
-            "{path}:3:3: unknown key \"rnu\" in an entry (known keys: name, image, archive, engine, install, run)\n\
+            "{path}:3:3: unknown key \"rnu\" in an entry (known keys: name, image, archive, engine, install, run, before_kubelet)\n\
              {path}:4:9: \"name\" must match [a-zA-Z0-9][a-zA-Z0-9_.-]+ (Docker's container-name rule, at most 200 characters), found \"x y\"\n"
         )
     );

@@ -32,7 +32,7 @@ fn rows() -> Vec<Row> {
         Row { what: "spc that is a string", input: Text("- {name: ab, image: x, run: {spc: \"yes\"}}\n"), says: "config.yaml:1:35: \"spc\" must be true or false, found a string" },
         Row { what: "extra_args that is a string", input: Text("- {name: ab, image: x, run: {extra_args: sleep}}\n"), says: "config.yaml:1:42: \"extra_args\" must be a list, found a string" },
         Row { what: "a boolean argument", input: Text("- {name: ab, image: x, run: {extra_args: [true]}}\n"), says: "config.yaml:1:43: items of \"extra_args\" must be strings, found a boolean (write \"true\" in quotes)" },
-        Row { what: "unknown key (typo)", input: Text("- {name: ab, image: x, rnu: {}}\n"), says: "config.yaml:1:24: unknown key \"rnu\" in an entry (known keys: name, image, archive, engine, install, run)" },
+        Row { what: "unknown key (typo)", input: Text("- {name: ab, image: x, rnu: {}}\n"), says: "config.yaml:1:24: unknown key \"rnu\" in an entry (known keys: name, image, archive, engine, install, run, before_kubelet)" },
         Row { what: "unknown key in run", input: Text("- {name: ab, image: x, run: {net: host}}\n"), says: "config.yaml:1:30: unknown key \"net\" in \"run\" (known keys: spc, extra_args)" },
         Row { what: "unknown key in install", input: Text("- {name: ab, image: x, install: {set: [A=1]}}\n"), says: "config.yaml:1:34: unknown key \"set\" in \"install\" (known keys: system, user, remote, setvalues, extra_args)" },
         Row { what: "duplicate key", input: Text("- name: ab\n  image: x\n  image: y\n"), says: "config.yaml:3:3: duplicate key \"image\" in an entry (first at line 2, column 10)" },

@@ -68,6 +68,7 @@ pub fn run(args: &UninstallArgs) -> Result<(), RuntimeError> {
                 .into(),
             docker: args.docker.clone(),
             podman: args.podman.clone(),
+            ctr: crate::paths::CTR.into(),
             state_dir: args.paths.state_dir.clone(),
         },
         extra_args: vec![],

@@ -68,6 +68,9 @@ pub struct Entry {
     pub run: Option<Run>,
     /// `engine:`; none means the host's (see `EngineKind::detect`).
     pub engine: Option<EngineKind>,
+    /// On a Kubernetes node (containerd, CRI-O): the unit is done before kubelet starts
+    /// (`before_kubelet: false` lets kubelet start without waiting for this image).
+    pub before_kubelet: bool,
 }
 
 impl Entry {
@@ -526,7 +529,15 @@ fn is_env_name(key: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-const ENTRY_KEYS: &[&str] = &["name", "image", "archive", "engine", "install", "run"];
+const ENTRY_KEYS: &[&str] = &[
+    "name",
+    "image",
+    "archive",
+    "engine",
+    "install",
+    "run",
+    "before_kubelet",
+];
 const INSTALL_KEYS: &[&str] = &["system", "user", "remote", "setvalues", "extra_args"];
 const RUN_KEYS: &[&str] = &["spc", "extra_args"];
 
@@ -749,10 +760,15 @@ fn validate_entry(text: &str, node: &SNode) -> Item {
     let engine = get("engine").and_then(|n| engine(&mut c, n));
     let install = get("install").map(|n| install(&mut c, n));
     let run = get("run").map(|n| run(&mut c, n));
+    let before_kubelet = get("before_kubelet").is_none_or(|n| c.boolean(n, "before_kubelet"));
+    node_keys(&mut c, engine, &get);
     if install.as_ref().is_some_and(|i| i.system) {
         system_only_keys(&mut c, get("install"), get("run"));
         if let Some(n) = get("engine") {
             c.problem(n, "\"engine\" does not apply to system containers (runc runs them from a checkout, with no engine)");
+        }
+        if let Some(n) = get("before_kubelet") {
+            c.problem(n, "\"before_kubelet\" does not apply to system containers (it orders a node's image loads before kubelet)");
         }
         if let (Some(n), Some(found)) = (get("name"), name.as_deref())
             && let Some(why) = system_name_taken(found)
@@ -769,6 +785,7 @@ fn validate_entry(text: &str, node: &SNode) -> Item {
             install,
             run,
             engine,
+            before_kubelet,
         }),
         (true, None) if get("image").is_none() && name.is_some() => Item::WithoutImage {
             entry: Entry {
@@ -778,6 +795,7 @@ fn validate_entry(text: &str, node: &SNode) -> Item {
                 install,
                 run,
                 engine,
+                before_kubelet,
             },
             position: entry_pos,
         },
@@ -844,13 +862,42 @@ fn archives(c: &mut Checker<'_>, node: &SNode) -> Vec<String> {
     out
 }
 
+/// What a Kubernetes node's engine (containerd, CRI-O) does not do, and what only it does.
+fn node_keys<'a>(
+    c: &mut Checker<'_>,
+    engine: Option<EngineKind>,
+    get: &dyn Fn(&str) -> Option<&'a SNode>,
+) {
+    match engine {
+        Some(kind) if !kind.runs_containers() => {
+            for key in ["run", "install"] {
+                if let Some(n) = get(key) {
+                    c.problem(n, format!("\"{key}\" does not apply to engine {}: kubelet runs the pods, {} only holds their images (run it as a static pod with imagePullPolicy: Never: see the README's Kubernetes nodes)", kind.as_str(), kind.title()));
+                }
+            }
+        }
+        Some(kind) => {
+            if let Some(n) = get("before_kubelet") {
+                c.problem(
+                    n,
+                    format!(
+                        "\"before_kubelet\" applies to engines containerd and cri-o, not {}",
+                        kind.as_str()
+                    ),
+                );
+            }
+        }
+        None => {}
+    }
+}
+
 fn engine(c: &mut Checker<'_>, node: &SNode) -> Option<EngineKind> {
     let value = c.string(node, "engine")?;
     let kind = EngineKind::parse(&value);
     if kind.is_none() {
         c.problem(
             node,
-            format!("\"engine\" must be docker or podman (or left out: the host's engine), found {value:?}"),
+            format!("\"engine\" must be docker, podman, containerd or cri-o (or left out: the host's engine), found {value:?}"),
         );
     }
     kind

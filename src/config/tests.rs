@@ -102,6 +102,7 @@ fn every_key() {
                     .into()
             }),
             engine: Some(EngineKind::Podman),
+            before_kubelet: true,
         }
     );
     assert_eq!(entries[1].archives, ["one.tar.zst"]);
@@ -133,6 +134,7 @@ fn later_entry_replaces_earlier_entirely() {
             install: None,
             run: None,
             engine: None,
+            before_kubelet: true,
         }
     );
 }
@@ -148,7 +150,7 @@ fn invalid_override_replaces_valid_entry_and_keeps_others() {
     assert_eq!(
         problems("- {name: app, image: x}\n- {name: app, image: x, typo: 1}\n"),
         [
-            "c.yaml:2:25: unknown key \"typo\" in an entry (known keys: name, image, archive, engine, install, run)"
+            "c.yaml:2:25: unknown key \"typo\" in an entry (known keys: name, image, archive, engine, install, run, before_kubelet)"
         ]
     );
 }
@@ -379,11 +381,40 @@ fn aliases_are_followed_and_bounded() {
 }
 
 #[test]
+fn kubernetes_engines_hold_images_and_run_nothing() {
+    let entry = valid("- {name: ab, image: x, engine: containerd}\n").remove(0);
+    assert_eq!(
+        (entry.engine, entry.before_kubelet),
+        (Some(EngineKind::Containerd), true)
+    );
+    let entry = valid("- {name: ab, image: x, engine: cri-o, before_kubelet: false}\n").remove(0);
+    assert_eq!(
+        (entry.engine, entry.before_kubelet),
+        (Some(EngineKind::CriO), false)
+    );
+    assert_eq!(
+        problems("- {name: ab, image: x, engine: containerd, run: {}, install: {}}\n"),
+        [
+            "c.yaml:1:49: \"run\" does not apply to engine containerd: kubelet runs the pods, containerd only holds their images (run it as a static pod with imagePullPolicy: Never: see the README's Kubernetes nodes)",
+            "c.yaml:1:62: \"install\" does not apply to engine containerd: kubelet runs the pods, containerd only holds their images (run it as a static pod with imagePullPolicy: Never: see the README's Kubernetes nodes)",
+        ]
+    );
+    assert_eq!(
+        problems("- {name: ab, image: x, engine: docker, before_kubelet: false}\n"),
+        ["c.yaml:1:56: \"before_kubelet\" applies to engines containerd and cri-o, not docker"]
+    );
+    assert_eq!(
+        problems("- {name: ab, image: x, before_kubelet: yes}\n"),
+        ["c.yaml:1:40: \"before_kubelet\" must be true or false, found a string"]
+    );
+}
+
+#[test]
 fn engine_must_be_docker_or_podman_and_not_for_system_containers() {
     assert_eq!(
         problems("- {name: ab, image: x, engine: Docker}\n"),
         [
-            "c.yaml:1:32: \"engine\" must be docker or podman (or left out: the host's engine), found \"Docker\""
+            "c.yaml:1:32: \"engine\" must be docker, podman, containerd or cri-o (or left out: the host's engine), found \"Docker\""
         ]
     );
     assert_eq!(

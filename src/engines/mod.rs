@@ -5,6 +5,7 @@
 //! Both are asked through their own clients, so `$DOCKER_HOST`, contexts, TLS settings,
 //! `containers.conf` and `storage.conf` work as the admin configured them.
 
+pub mod containerd;
 pub mod docker;
 pub mod kind;
 pub mod podman;
@@ -70,6 +71,15 @@ pub trait ImageEngine: Sync {
     fn remove_container(&self, name: &str);
     /// Where the engine keeps its images (asked only to say which file system is full).
     fn storage_dir(&self) -> Option<PathBuf>;
+    /// The name of its load-once records (`STATE/loaded/NAME/`): one set per image store.
+    fn marks_name(&self) -> String {
+        self.kind().as_str().to_owned()
+    }
+    /// After an archive loaded `images`: what else the engine needs done to them (pin
+    /// them against garbage collection, say what it cannot).
+    fn after_load(&self, _images: &[String]) -> Result<(), RuntimeError> {
+        Ok(())
+    }
 }
 
 /// The engine the stage's options name (`--engine auto`: the host's, as the generator
@@ -77,7 +87,9 @@ pub trait ImageEngine: Sync {
 pub fn open(args: &EngineArgs) -> Box<dyn ImageEngine> {
     match kind_of(&args.engine) {
         EngineKind::Docker => Box::new(docker::Docker::new(&args.docker)),
-        EngineKind::Podman => Box::new(podman::Podman::new(&args.podman)),
+        // CRI-O's image store is containers/storage: Podman loads into it.
+        EngineKind::Podman | EngineKind::CriO => Box::new(podman::Podman::new(&args.podman)),
+        EngineKind::Containerd => Box::new(containerd::Containerd::from_env(&args.ctr)),
     }
 }
 

@@ -59,6 +59,7 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
         image: entry.image.clone(),
         description: description(entry),
         mounts: vec![settings.preload_dir.clone()],
+        before: vec![],
         engine_unit: Some(ENGINE_UNIT.into()),
         wants_network: runs,
         start_pre,

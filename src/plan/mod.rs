@@ -8,6 +8,7 @@
 //! this one says which engine an entry uses and what every unit shares.
 
 pub mod docker;
+pub mod node;
 pub mod podman;
 pub mod system;
 
@@ -81,6 +82,8 @@ pub struct ContainerUnit {
     pub mounts: Vec<String>,
     /// The engine's own unit, required and started first (none for system containers).
     pub engine_unit: Option<String>,
+    /// Units that start only after this one is done (`Before=`): kubelet, on a node.
+    pub before: Vec<String>,
     /// Wait for the network (a container the unit itself runs, on an engine's network).
     pub wants_network: bool,
     /// `ExecStartPre=` lines (for a running container) ...
@@ -255,6 +258,24 @@ pub fn engine_of(entry: &Entry, settings: &Settings) -> EngineKind {
     entry.engine.unwrap_or(settings.engine)
 }
 
+/// Why an entry without `engine:` cannot be what it asks on this host, whose engine
+/// (containerd, CRI-O: a Kubernetes node) runs no containers: `run:` or `install:`.
+/// (With `engine:` given, the config says so itself, with the line.)
+fn refused_by_host_engine(entry: &Entry, settings: &Settings) -> Option<String> {
+    let engine = engine_of(entry, settings);
+    let key = match (&entry.run, &entry.install) {
+        _ if engine.runs_containers() || entry.engine.is_some() => return None,
+        (Some(_), _) => "run",
+        (None, Some(_)) => "install",
+        (None, None) => return None,
+    };
+    Some(format!(
+        "entry {:?}: \"{key}\" does not apply on this host, whose engine is {} (a Kubernetes node: kubelet runs the pods; run it as a static pod with imagePullPolicy: Never, see the README's Kubernetes nodes), or give the entry engine: docker or podman",
+        entry.name,
+        engine.as_str()
+    ))
+}
+
 /// Decide every unit and symlink. Pure: the same config and settings give the same plan.
 pub fn plan(config: &Effective, settings: &Settings) -> Plan {
     let source = settings.config_file.clone();
@@ -264,9 +285,18 @@ pub fn plan(config: &Effective, settings: &Settings) -> Plan {
             Named::Valid(entry) if entry.is_system() => {
                 Unit::Container(system::unit(entry, settings))
             }
+            Named::Valid(entry) if refused_by_host_engine(entry, settings).is_some() => {
+                let problem = Problem {
+                    position: Default::default(),
+                    message: refused_by_host_engine(entry, settings).unwrap_or_default(),
+                };
+                Unit::Failing(invalid_entry_unit(&entry.name, &[problem], &source))
+            }
             Named::Valid(entry) => Unit::Container(match engine_of(entry, settings) {
                 EngineKind::Docker => docker::unit(entry, settings),
                 EngineKind::Podman => podman::unit(entry, settings),
+                EngineKind::Containerd => node::containerd_unit(entry, settings),
+                EngineKind::CriO => node::crio_unit(entry, settings),
             }),
             Named::Invalid { name, problems } => {
                 Unit::Failing(invalid_entry_unit(name, problems, &source))
@@ -299,9 +329,25 @@ pub fn plan(config: &Effective, settings: &Settings) -> Plan {
         static_unit("multi-user.target.wants", paths::REFRESH_SERVICE),
         static_unit("multi-user.target.wants", paths::REFRESH_PATH),
     ];
+    // The same recovery when another engine's unit (containerd) starts again.
+    let mut other_engines: Vec<&str> = units
+        .iter()
+        .filter_map(|u| match u {
+            Unit::Container(c) => c.engine_unit.as_deref(),
+            Unit::Failing(_) => None,
+        })
+        .filter(|e| *e != "docker.service")
+        .collect();
+    other_engines.sort_unstable();
+    other_engines.dedup();
+    let engine_wants: Vec<Symlink> = other_engines
+        .iter()
+        .map(|e| static_unit(&format!("{e}.wants"), paths::TARGET))
+        .collect();
     let target_wants = format!("{}.wants", paths::TARGET);
     let symlinks = enable
         .into_iter()
+        .chain(engine_wants)
         .chain(units.iter().map(|unit| Symlink {
             dir: target_wants.clone(),
             link: unit.name().into(),

@@ -70,6 +70,7 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
             entry.name, entry.image
         ),
         mounts: vec![settings.preload_dir.clone(), STORAGE.into()],
+        before: vec![],
         engine_unit: None,
         wants_network: false,
         start_pre: vec![],

@@ -46,6 +46,7 @@ pub fn unit(entry: &Entry, settings: &Settings) -> ContainerUnit {
             entry.name, entry.image, entry.name
         ),
         mounts: vec![settings.preload_dir.clone(), paths::CHECKOUT_DIR.into()],
+        before: vec![],
         engine_unit: None,
         wants_network: false,
         start_pre: vec![],

@@ -336,6 +336,7 @@ mod tests {
                 engine: "docker".into(),
                 docker: "/usr/bin/docker".into(),
                 podman: "/usr/bin/podman".into(),
+                ctr: "/usr/bin/ctr".into(),
                 state_dir: "/nonexistent".into(),
             },
             extra_args: extra.iter().map(|s| s.to_string()).collect(),

@@ -130,6 +130,8 @@ fn load_one(
     marks.remove(name).map_err(RuntimeError::State)?;
     let (loaded, sha256) = feed(engine, &path, name, meta.len(), known)?;
     let loaded = loaded.map_err(|e| load_error(engine, &path, e))?;
+    // Pinned (containerd) before the mark says it is done.
+    engine.after_load(&loaded)?;
     let sha256 = sha256.map_err(archive_err)?;
     // Record only what we actually read: if the file changed meanwhile, load it next time.
     let after = fs::metadata(&path).map_err(archive_err)?;
@@ -253,7 +255,7 @@ pub(crate) fn list_archives(dir: &Path) -> Result<Vec<String>, RuntimeError> {
 /// Where load marks live in the state directory: one directory per engine, since each
 /// engine has its own images.
 fn marks_dir(engine: &dyn ImageEngine) -> String {
-    format!("loaded/{}", engine.kind().as_str())
+    format!("loaded/{}", engine.marks_name())
 }
 
 /// Every boot after the first: nothing to load when every archive is unchanged since its
@@ -428,8 +430,5 @@ fn load_all(
 
 /// "the Docker engine", "Podman": for messages.
 pub(crate) fn engine_name(engine: &dyn ImageEngine) -> &'static str {
-    match engine.kind() {
-        crate::engines::EngineKind::Docker => "the Docker engine",
-        crate::engines::EngineKind::Podman => "Podman",
-    }
+    engine.kind().named()
 }

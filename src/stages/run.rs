@@ -73,10 +73,7 @@ pub fn label_command(
     }
     let is_client = argv.first().is_some_and(|p| engine.is_client_word(p));
     if !is_client || argv.get(1).map(String::as_str) != Some("run") {
-        let engines = match engine.kind() {
-            crate::engines::EngineKind::Docker => "a `docker run`",
-            crate::engines::EngineKind::Podman => "a `docker run` or `podman run`",
-        };
+        let engines = engine.kind().run_commands();
         return Err(label_err(format!(
             "not {engines} command, so it cannot run under systemd: {label:?}"
         )));

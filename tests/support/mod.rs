@@ -404,12 +404,26 @@ impl VerifyRoot {
             "[Unit]\nDescription=Docker stand-in\n[Service]\nExecStart=/usr/bin/dockerd\n",
         )
         .unwrap();
+        // A Kubernetes node's: the containerd a unit requires, the kubelet it precedes.
+        for (unit, exe) in [
+            ("containerd.service", "/usr/bin/containerd"),
+            ("kubelet.service", "/usr/bin/kubelet"),
+        ] {
+            std::fs::write(
+                r.join("etc/systemd/system").join(unit),
+                format!("[Unit]\nDescription={unit} stand-in\n[Service]\nExecStart={exe}\n"),
+            )
+            .unwrap();
+        }
         std::fs::create_dir_all(r.join("usr/bin")).unwrap();
         for exe in [
             "usr/bin/atomic-preload",
             "usr/bin/docker",
             "usr/bin/dockerd",
             "usr/bin/podman",
+            "usr/bin/ctr",
+            "usr/bin/containerd",
+            "usr/bin/kubelet",
         ] {
             std::fs::write(r.join(exe), "#!/bin/sh\n").unwrap();
             std::fs::set_permissions(
