@@ -320,7 +320,7 @@ impl Context<'_> {
         let engine = entry.engine.unwrap_or(self.host_engine);
         let dir = self.preload.as_ref().and_then(|p| self.inside(p, "docker"));
         let marks =
-            state.and_then(|s| Marks::new_existing(s, &format!("loaded/{}", engine.as_str())));
+            state.and_then(|s| Marks::new_existing(s, &format!("loaded/{}", engine.store())));
         let installed = entry.install.as_ref().and_then(|_| {
             let marks = Marks::new_existing(state?, "installed")?;
             let mark = marks.read(&entry.name)?;
@@ -331,7 +331,7 @@ impl Context<'_> {
         });
         let (archives, held) = self.archives(entry, dir.as_deref(), marks.as_ref());
         let held = held
-            || (!self.live && engine == EngineKind::Podman && self.in_podman_store(&entry.image));
+            || (!self.live && engine.store() == "podman" && self.in_podman_store(&entry.image));
         let status = EntryStatus {
             name: entry.name.clone(),
             engine: engine.as_str().into(),

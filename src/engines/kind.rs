@@ -60,6 +60,16 @@ impl EngineKind {
         }
     }
 
+    /// The name of the load-once records of its image store (`STATE/loaded/NAME/`): CRI-O's
+    /// store is Podman's. (containerd's in another namespace than kubelet's get their own:
+    /// see the engine.)
+    pub fn store(self) -> &'static str {
+        match self {
+            EngineKind::Podman | EngineKind::CriO => "podman",
+            other => other.as_str(),
+        }
+    }
+
     /// Whether this engine also runs the containers (`run:`, `install:`); on a
     /// Kubernetes node kubelet runs pods, and the engine only holds their images.
     pub fn runs_containers(self) -> bool {

@@ -6,6 +6,7 @@
 //! `docker import`, never pulled.
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod podman;
 pub mod sysimage;
 

@@ -141,6 +141,8 @@ pub struct Image {
     pub marker: String,
     /// More image labels (INSTALL, RUN, ...).
     pub labels: Vec<(String, String)>,
+    /// The config's architecture (Go's name: amd64, arm64).
+    pub architecture: String,
 }
 
 impl Image {
@@ -151,6 +153,7 @@ impl Image {
             diff_ids: None,
             marker: String::new(),
             labels: Vec::new(),
+            architecture: "amd64".into(),
         }
     }
 
@@ -165,7 +168,7 @@ impl Image {
             labels.insert(k.clone(), v.clone().into());
         }
         serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64", "os": "linux",
+            "architecture": self.architecture, "os": "linux",
             "config": {"Labels": labels},
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         }))
@@ -189,8 +192,13 @@ impl Image {
             layer_names.push(name);
         }
         add(&config_name, &config);
+        // An empty tag: an untagged image (`docker save IMAGE-ID`).
+        let tags: Vec<&str> = Some(self.tag.as_str())
+            .filter(|t| !t.is_empty())
+            .into_iter()
+            .collect();
         let manifest = serde_json::json!([{
-            "Config": config_name, "RepoTags": [self.tag], "Layers": layer_names,
+            "Config": config_name, "RepoTags": tags, "Layers": layer_names,
         }]);
         add("manifest.json", &serde_json::to_vec(&manifest).unwrap());
         b.into_inner().unwrap()
