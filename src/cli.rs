@@ -324,8 +324,21 @@ pub struct StageArgs {
     /// (/var/lib/containers/atomic-preload-store, added to ROOT's
     /// /etc/containers/storage.conf as an additional image store) instead of archives:
     /// the first boot loads nothing. Podman hosts with the overlay driver only.
-    #[arg(long, conflicts_with = "system")]
+    #[arg(long, conflicts_with_all = ["system", "containerd_store"])]
     pub podman_store: bool,
+    /// Put the images into containerd's store inside ROOT (/var/lib/containerd, kubelet's
+    /// namespace k8s.io), imported and pinned by a private containerd (CRI off, its
+    /// sockets temporary) that is stopped before anything is committed: the node's first
+    /// boot imports nothing. The node's containerd must use the same snapshotter
+    /// (overlayfs) and read this containerd's store (the same or a newer version).
+    #[arg(long, conflicts_with = "system")]
+    pub containerd_store: bool,
+    /// The containerd daemon for --containerd-store.
+    #[arg(long, value_name = "PATH", default_value = "/usr/bin/containerd")]
+    pub containerd: PathBuf,
+    /// containerd's client for --containerd-store.
+    #[arg(long, value_name = "PATH", default_value = paths::CTR)]
+    pub ctr: PathBuf,
     /// Compression of archives saved from an engine (docker-image:, podman-image:).
     #[arg(long, value_name = "HOW", default_value = "zstd", value_parser = ["zstd", "none"])]
     pub compress: String,

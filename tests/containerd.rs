@@ -192,3 +192,99 @@ fn other_platforms_untagged_archives_and_a_down_containerd_say_so() {
         text(&out)
     );
 }
+
+/// `stage --containerd-store`: images into the image root's containerd store at build
+/// time; a copy of that store opens in a CRI-enabled containerd (as on the node), with
+/// the images pinned, and the load stage then imports nothing.
+#[test]
+fn a_staged_containerd_store_serves_a_node_without_importing() {
+    if !containerd_available() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    fs::create_dir_all(r.join("etc")).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let app = src.path().join("app.tar.gz");
+    image("example.com/node-app:1", "staged").save(&app);
+    let pause = src.path().join("pause.tar.zst");
+    image("registry.k8s.io/pause:3.9", "pause").save(&pause);
+    let untagged = src.path().join("untagged.tar");
+    image("", "none").save(&untagged);
+    let entry = src.path().join("entry.yaml");
+    fs::write(
+        &entry,
+        "- {name: node-app, image: example.com/node-app:1, engine: containerd}\n",
+    )
+    .unwrap();
+    let stage = |extra: &[&Path]| {
+        Command::new(support::helper())
+            .args(["stage", "--containerd-store", "--root"])
+            .arg(r)
+            .arg("--config")
+            .arg(&entry)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+
+    // An untagged archive: refused, and the root as it was (no store left behind).
+    let out = stage(&[&app, &untagged]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("untagged.tar: holds no tagged image"),
+        "{}",
+        text(&out)
+    );
+    assert!(!r.join("var/lib/containerd").exists());
+
+    let out = stage(&[&app, &pause]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("into containerd's store"),
+        "{}",
+        text(&out)
+    );
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&r.display().to_string()),
+        "no mount left in the root"
+    );
+    assert!(fs::read_dir(r.join("var/lib/atomic/preload/docker")).map_or(true, |d| d.count() == 0));
+
+    // The node: its containerd (CRI on) on a copy of the store.
+    let node = tempfile::tempdir().unwrap();
+    let copy = node.path().join("containerd");
+    assert!(
+        Command::new("cp")
+            .arg("-a")
+            .arg(r.join("var/lib/containerd"))
+            .arg(&copy)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let c = Containerd::start(true, Some(&copy));
+    let images = c.images();
+    for name in ["example.com/node-app:1", "registry.k8s.io/pause:3.9"] {
+        assert!(
+            images.get(name).is_some_and(|l| l.contains(PIN)),
+            "{name}: {images:?}"
+        );
+    }
+    let state = node.path().join("state");
+    // (The CRI plugin updates its own label on images it finds: counted before.)
+    let before = c.imports("example.com/node-app:1");
+    let out = load(
+        &c,
+        &r.join("var/lib/atomic/preload"),
+        &state,
+        &["--image=example.com/node-app:1"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        c.imports("example.com/node-app:1"),
+        before,
+        "nothing imported at first boot"
+    );
+}

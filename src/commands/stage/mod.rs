@@ -8,6 +8,8 @@
 //! validated, before anything gets its final name. Any failure removes what this run
 //! created, so ROOT is exactly as before.
 
+mod containerd_store;
+
 use crate::cli::StageArgs;
 use crate::config::{self, Named, archive_problem};
 use crate::runtime::digest::{self, hex};
@@ -1217,9 +1219,10 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// With --podman-store, Docker-kind sources go into the store, not into docker/.
+/// With --podman-store or --containerd-store, Docker-kind sources go into that store,
+/// not into docker/.
 fn into_store(args: &StageArgs, w: &Wanted) -> bool {
-    args.podman_store && w.kind == Kind::Docker
+    (args.podman_store || args.containerd_store) && w.kind == Kind::Docker
 }
 
 /// The --config file and the config it merges into, checked as they will be merged but
@@ -1325,7 +1328,9 @@ fn prepare_commit(
     // (temporary files) dropped, storage.conf updated with the rest.
     let mut store = None;
     let for_store: Vec<&Staged> = staged.iter().filter(|s| s.into_store).collect();
-    if !for_store.is_empty() {
+    if !for_store.is_empty() && args.containerd_store {
+        store = Some(containerd_store::fill(args, &for_store, undo)?);
+    } else if !for_store.is_empty() {
         let (conf_path, conf) = fill_podman_store(args, &for_store, undo)?;
         if let Some(text) = conf {
             let parent = conf_path.parent().unwrap_or(&args.root).to_owned();
@@ -1372,6 +1377,13 @@ fn report(
             s.images.join(", ")
         };
         match store {
+            Some(store) if s.into_store && args.containerd_store => {
+                let _ = fs::remove_file(&s.temp);
+                println!(
+                    "staged {images} into containerd's store {} (namespace k8s.io, pinned: the first boot imports nothing)",
+                    store.display()
+                );
+            }
             Some(store) if s.into_store => {
                 // Its content is in the store now.
                 let _ = fs::remove_file(&s.temp);
@@ -1420,7 +1432,12 @@ fn dry_run(
     let mut indexed: Vec<Option<Vec<String>>> = Vec::new();
     for w in wanted {
         // With --podman-store the archive only passes through on its way into the store.
-        let dest = if args.podman_store && w.kind == Kind::Docker {
+        let dest = if args.containerd_store && into_store(args, w) {
+            format!(
+                "containerd's store {}",
+                in_root(&args.root, containerd_store::CONTAINERD_STORE)?.display()
+            )
+        } else if into_store(args, w) {
             format!("the Podman image store {}", podman_store.display())
         } else {
             places.dir(w.kind).join(&w.name).display().to_string()
