@@ -9,7 +9,8 @@
 # the work dir, overlay driver as on a real host); Podman 4.3 cannot load a .tar.gz
 # docker-archive, so that row compares with its load of the uncompressed tar.
 # Needs: root, dockerd + Debian's docker CLI, python3, gzip, xz, bzip2, zstd, bc.
-# Usage: bench/load.sh [SIZE_MB] [RUNS]   (ENGINES="docker podman" by default)
+# Then against `ctr images import` with ENGINES including containerd (a private containerd).
+# Usage: bench/load.sh [SIZE_MB] [RUNS]   (ENGINES="docker podman containerd" by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mb=${1:-470}
@@ -55,7 +56,7 @@ echo "image: $(du -m "$work/one.tar" | cut -f1) MB, 3 layers; $(nproc) cores"
 
 timed() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
 best() { sort -n | head -1; }
-engines=${ENGINES:-docker podman}
+engines=${ENGINES:-docker podman containerd}
 if [[ " $engines " == *" docker "* ]]; then
 reset() { $docker rmi -f bench/one:1 bench/two:1 >/dev/null 2>&1 || true; rm -rf "$work/state" "$work/p"; mkdir -p "$work/p/docker"; sync; }
 ours() { reset; for f in "$@"; do ln "$work/$f" "$work/p/docker/$f"; done; timed "$helper" load --preload-dir "$work/p" --state-dir "$work/state" --docker "$docker"; }
@@ -102,4 +103,34 @@ printf '| two .tar (podman: one after the other) | %.2f s | %.2f s | %.2f |\n' "
 reset
 # Podman's overlay driver leaves its directory mounted onto itself.
 umount "$work/podman-root/overlay" 2>/dev/null || true
+fi
+
+if [[ " $engines " == *" containerd "* ]] && command -v containerd >/dev/null; then
+# A private containerd (CRI off, own root and socket, stopped by PID). ctr imports plain
+# tar only: the compressed rows compare with its import of the uncompressed tar.
+printf 'version = 2\nroot = "%s"\nstate = "%s"\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "%s"\n[ttrpc]\n  address = "%s.ttrpc"\n' \
+  "$work/ctd-root" "$work/ctd-state" "$work/ctd.sock" "$work/ctd.sock" >"$work/ctd.toml"
+containerd --config "$work/ctd.toml" >"$work/ctd.log" 2>&1 &
+ctd=$!
+export CONTAINERD_ADDRESS=$work/ctd.sock
+until ctr version >/dev/null 2>&1; do sleep 0.1; done
+ctr_() { ctr -n k8s.io "$@"; }
+reset() { ctr_ images rm docker.io/bench/one:1 docker.io/bench/two:1 >/dev/null 2>&1 || true; ctr_ content prune references >/dev/null 2>&1 || true; rm -rf "$work/state" "$work/p"; mkdir -p "$work/p/docker"; sync; }
+ours() { reset; for f in "$@"; do ln "$work/$f" "$work/p/docker/$f"; done; timed "$helper" load --engine containerd --preload-dir "$work/p" --state-dir "$work/state"; }
+theirs() { reset; timed bash -c "for f in $*; do ctr -n k8s.io images import $work/\$f; done"; }
+declare -A c
+for round in $(seq "$runs"); do
+  for f in one.tar one.tar.gz one.tar.zst; do
+    c[ctr-$f]+="$(theirs one.tar) "; c[ours-$f]+="$(ours "$f") "
+  done
+done
+b() { tr ' ' '\n' <<<"${c[$1]}" | grep . | best; }
+echo
+printf '| archive | ctr images import (of one.tar) | atomic-preload load --engine containerd | ratio |\n|---|---|---|---|\n'
+for f in one.tar one.tar.gz one.tar.zst; do
+  printf '| %s | %.2f s | %.2f s | %.2f |\n' "$f" "$(b ctr-$f)" "$(b ours-$f)" "$(echo "$(b ours-$f) / $(b ctr-$f)" | bc -l)"
+done
+reset
+kill "$ctd"; wait "$ctd" 2>/dev/null || true
+grep -o " $work/ctd[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l
 fi
