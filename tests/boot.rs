@@ -1326,6 +1326,96 @@ fn s13_kickstart_addon_stages_the_reference_example_and_it_runs() {
     m.poweroff();
 }
 
+/// A Kubernetes node on containerd (no Docker): Debian's containerd in the guest, and a
+/// `kubelet.service` stand-in that records what `ctr -n k8s.io images ls` shows when it
+/// starts, ordered only as a real kubelet unit is (after the network): the preloaded
+/// image is there before it starts, pinned; the next boot imports nothing.
+#[test]
+fn s14_containerd_node_has_its_images_before_kubelet_starts() {
+    let _serial = scenario!();
+    let s = Scenario::without_docker();
+    let r = s.root.path();
+    for bin in ["containerd", "ctr", "containerd-shim-runc-v2"] {
+        fs::copy(format!("/usr/bin/{bin}"), r.join("usr/bin").join(bin)).unwrap();
+    }
+    // No CNI in the guest: the CRI plugin off (the k8s.io namespace is there all the same).
+    fs::create_dir_all(r.join("etc/containerd")).unwrap();
+    fs::write(
+        r.join("etc/containerd/config.toml"),
+        "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+    )
+    .unwrap();
+    let units = r.join("etc/systemd/system");
+    fs::write(
+        units.join("containerd.service"),
+        "[Unit]\nDescription=containerd (Debian's binary)\nAfter=local-fs.target\n\
+         [Service]\nType=notify\nExecStart=/usr/bin/containerd\nDelegate=yes\nKillMode=process\n",
+    )
+    .unwrap();
+    fs::write(
+        units.join("kubelet.service"),
+        "[Unit]\nDescription=kubelet stand-in: records the images it finds\nWants=network-online.target\nAfter=network-online.target\n\
+         [Service]\nType=oneshot\nRemainAfterExit=yes\n\
+         ExecStart=/bin/sh -c 'ctr -n k8s.io images ls > /var/log/kubelet-found'\n",
+    )
+    .unwrap();
+    for unit in ["containerd.service", "kubelet.service"] {
+        std::os::unix::fs::symlink(
+            format!("/etc/systemd/system/{unit}"),
+            units.join("multi-user.target.wants").join(unit),
+        )
+        .unwrap();
+    }
+    let mut image = Image::new(
+        "example.com/node/app:1",
+        vec![Layer::new().busybox().bytes()],
+    );
+    image.marker = "node".into();
+    image.save(&s.archive("app.tar.gz"));
+    s.config("- name: app\n  image: example.com/node/app:1\n  engine: containerd\n");
+
+    let m = s.boot();
+    m.wait_state("preload-app.service", "active/exited");
+    m.wait_state("kubelet.service", "active/exited");
+    let found = fs::read_to_string(s.path("var/log/kubelet-found")).unwrap();
+    let row = found
+        .lines()
+        .find(|l| l.starts_with("example.com/node/app:1 "))
+        .unwrap_or_else(|| panic!("kubelet found no preloaded image:\n{found}"));
+    assert!(row.contains("io.cri-containerd.pinned=pinned"), "{row}");
+    let journal = m.sh(&[
+        "journalctl",
+        "--no-pager",
+        "-b",
+        "-u",
+        "preload-app.service",
+    ]);
+    assert!(
+        journal.contains("app.tar.gz: loaded example.com/node/app:1"),
+        "{journal}"
+    );
+    m.poweroff();
+
+    let _ = fs::remove_file(s.path("var/log/kubelet-found"));
+    let m = s.boot();
+    m.wait_state("kubelet.service", "active/exited");
+    assert!(
+        fs::read_to_string(s.path("var/log/kubelet-found"))
+            .unwrap()
+            .contains("example.com/node/app:1 "),
+        "there again"
+    );
+    let journal = m.sh(&[
+        "journalctl",
+        "--no-pager",
+        "-b",
+        "-u",
+        "preload-app.service",
+    ]);
+    assert!(journal.contains("app.tar.gz: already loaded"), "{journal}");
+    m.poweroff();
+}
+
 // ---------------------------------------------------------------------------------------
 // Chaos: one guest booted 20 times, a random change before each boot
 
