@@ -119,11 +119,25 @@ DEB = build/atomic-preload_$(VERSION)_$(DEB_ARCH).deb
 deb: all
 	rm -rf build/deb
 	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/build/deb PREFIX=/usr
+	gzip -9n build/deb$(MANDIR)/man1/*.1 build/deb$(MANDIR)/man8/*.8
+	# As dh_strip does: the debug info goes to build/debug/ (for a -dbgsym package or a
+	# debuginfod), not into the package.
+	mkdir -p build/debug
+	for b in $(BINDIR)/atomic-preload $(SYSTEM_GENERATOR_DIR)/atomic-preload-generator; do \
+		objcopy --only-keep-debug build/deb$$b build/debug/$$(basename $$b).debug && \
+		strip --strip-unneeded --remove-section=.comment --remove-section=.note build/deb$$b && \
+		objcopy --add-gnu-debuglink=build/debug/$$(basename $$b).debug build/deb$$b || exit 1; \
+	done
+	install -Dm644 debian/copyright build/deb/usr/share/doc/atomic-preload/copyright
+	gzip -9nc debian/changelog > build/deb/usr/share/doc/atomic-preload/changelog.gz
+	install -Dm644 debian/lintian-overrides build/deb/usr/share/lintian/overrides/atomic-preload
+	# The control files last: Installed-Size and md5sums are of what the package holds.
+	cd build/deb && find usr -type f | LC_ALL=C sort | xargs md5sum > ../deb-md5sums
 	mkdir -p build/deb/DEBIAN
 	sed -e 's/@VERSION@/$(VERSION)/' -e 's/@ARCH@/$(DEB_ARCH)/' \
 		-e "s/@SIZE@/$$(du -sk --exclude=DEBIAN build/deb | cut -f1)/" \
 		debian/control.in > build/deb/DEBIAN/control
-	gzip -9n build/deb$(MANDIR)/man1/*.1 build/deb$(MANDIR)/man8/*.8
+	mv build/deb-md5sums build/deb/DEBIAN/md5sums
 	install -m755 debian/postinst debian/postrm build/deb/DEBIAN/
 	dpkg-deb --root-owner-group -Zxz --build build/deb $(DEB)
 	@echo $(DEB)

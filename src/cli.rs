@@ -50,10 +50,15 @@ pub struct GeneratorCli {
     pub dry_run: bool,
 }
 
-/// Validate config.yaml and run the load and install stages of preloaded containers.
+/// Preload containers: stage image archives and config entries into an image before its
+/// first boot, see what they will do and what they did, and the stages the generated
+/// units run.
 ///
-/// The stage commands are what the generated preload-<name>.service units call; see
-/// `systemctl cat preload-<name>`.
+/// Operators and image builders use `validate`, `stage`, `status`, `rollback` and
+/// `uninstall`. The other commands are what the generated preload-<name>.service units
+/// call (load into Docker, Podman, containerd or CRI-O's store; the INSTALL label; the
+/// container; a system container's checkout run by runc): see `systemctl cat
+/// preload-<name>`.
 #[derive(Debug, Parser)]
 #[command(name = "atomic-preload", version)]
 pub struct HelperCli {

@@ -329,3 +329,27 @@ fn values_starting_with_a_dash_stay_values_in_generated_command_lines() {
     }
     assert!(ran >= 5, "{units}");
 }
+
+#[test]
+fn first_words_say_what_the_tool_is_and_status_says_when_there_is_no_config() {
+    let help = helper(&["--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.starts_with("Preload containers: stage image archives and config entries into an image before its first boot"),
+        "{help}"
+    );
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("etc")).unwrap();
+    for args in [
+        vec!["--config", "/nonexistent/config.yaml"],
+        vec!["--root", root.path().to_str().unwrap()],
+    ] {
+        let out = helper(&[&["status"][..], &args].concat());
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.starts_with("No config at ") && said.contains("nothing is preloaded here"),
+            "{said}"
+        );
+    }
+}

@@ -68,6 +68,40 @@ fn deb_holds_the_install_and_reloads_systemd() {
         &files,
         "/usr/share/zsh/vendor-completions/_atomic-preload"
     ));
+    // lintian, as a packager runs it: no error, no warning (overrides only with a reason,
+    // in debian/lintian-overrides, shipped in the package as lintian reads them).
+    if Path::new("/usr/bin/lintian").exists() {
+        let out = Command::new("lintian")
+            .args(["--fail-on", "error,warning", "--allow-root"])
+            .arg(&deb)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success()
+                && !said
+                    .lines()
+                    .any(|l| l.starts_with("E:") || l.starts_with("W:")),
+            "lintian {}:\n{said}{}",
+            deb.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let overrides =
+            std::fs::read_to_string(Path::new(ROOT).join("debian/lintian-overrides")).unwrap();
+        // Every override comes after a comment that gives its reason.
+        let mut reason = false;
+        for line in overrides.lines() {
+            if line.starts_with('#') {
+                reason = true;
+            } else if line.trim().is_empty() {
+                reason = false;
+            } else {
+                assert!(reason, "an override without a reason: {line}");
+            }
+        }
+    } else {
+        panic!("lintian is missing: .ci/install-deps installs it");
+    }
     let info = run(Command::new("dpkg-deb").arg("--info").arg(&deb));
     assert!(info.contains("Package: atomic-preload"), "{info}");
     assert!(
@@ -215,6 +249,22 @@ fn rpm_spec_builds_with_rpmbuild() {
     );
     let scripts = run(Command::new("rpm").args(["-qp", "--scripts"]).arg(&rpm));
     assert!(scripts.contains("systemctl daemon-reload"), "{scripts}");
+    // rpmlint on the spec and both packages: no error, no warning; its filters, each with
+    // a reason, in rpm/atomic-preload.rpmlintrc.
+    let out = Command::new("rpmlint")
+        .arg("-r")
+        .arg(Path::new(ROOT).join("rpm/atomic-preload.rpmlintrc"))
+        .arg(Path::new(ROOT).join("rpm/atomic-preload.spec"))
+        .arg(&rpm)
+        .arg(addon)
+        .output()
+        .expect("rpmlint: .ci/install-deps installs it");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains(" 0 errors, 0 warnings"),
+        "rpmlint:\n{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

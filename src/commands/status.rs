@@ -63,6 +63,9 @@ pub struct EntryStatus {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub config: String,
+    /// Whether there is a config at all (no config: nothing is preloaded, and that is no
+    /// failure).
+    pub config_exists: bool,
     pub config_problems: Vec<String>,
     pub entries: Vec<EntryStatus>,
 }
@@ -414,8 +417,10 @@ pub fn report(args: &StatusArgs) -> Report {
     let effective =
         generator::load_effective_under(args.root.as_deref(), &args.config.display().to_string());
     let shown = args.config.display().to_string();
+    let config_exists = paths::under(&root, &shown).is_ok_and(|p| p.exists());
     let mut report = Report {
         config: shown.clone(),
+        config_exists,
         config_problems: effective
             .all_problems()
             .iter()
@@ -451,6 +456,13 @@ fn cell(value: &Option<String>) -> String {
 }
 
 pub fn print_table(report: &Report, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    if !report.config_exists && report.entries.is_empty() && report.config_problems.is_empty() {
+        return writeln!(
+            out,
+            "No config at {}: nothing is preloaded here (atomic-preload stage --config FILE writes one).",
+            report.config
+        );
+    }
     let mut rows = vec![
         [
             "NAME",
