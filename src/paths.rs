@@ -38,6 +38,8 @@ pub const SYSTEM_UNIT_DIR: &str = or(
 /// The operator's directory: config.yaml, docker/ and ostree/ archives.
 pub const PRELOAD_DIR: &str = "/var/lib/atomic/preload";
 pub const CONFIG_FILE: &str = "/var/lib/atomic/preload/config.yaml";
+/// What holds for one boot only (`/run` is emptied at every boot): Podman's image list.
+pub const RUN_DIR: &str = "/run/atomic-preload";
 /// Our own state (load-once and install-once marks); `StateDirectory=atomic-preload`.
 pub const STATE_DIR: &str = "/var/lib/atomic-preload";
 

@@ -326,3 +326,64 @@ fn load_progress_goes_to_the_status_line() {
         assert!(last.ends_with(" MB (100%)"), "{messages:?}");
     }
 }
+
+/// At every later boot each unit asks whether its images are there: the first asks
+/// Podman once for them all (`podman info`, `podman images`), kept in /run for the boot;
+/// the others start no Podman at all (the client, a wrapper here, counts its processes).
+/// An image removed after that list was made is still found missing, and loaded again.
+#[test]
+fn later_boots_ask_podman_once_and_a_removed_image_is_still_reloaded() {
+    if !podman_available() {
+        return;
+    }
+    let s = Setup::new();
+    let p = &s.podman;
+    image("test/once:1", "v1").save(&s.archive("once.tar"));
+    image("test/other:1", "v1").save(&s.archive("other.tar"));
+    let log = p.dir.path().join("podman-calls");
+    let wrapper = p.dir.path().join("podman");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$1\" >> {}\nexec {} \"$@\"\n",
+            log.display(),
+            support::podman::PODMAN
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper_arg = wrapper.to_str().unwrap();
+    let load = |image: &str| s.helper("load", &["--podman", wrapper_arg, "--image", image]);
+    let calls = || fs::read_to_string(&log).unwrap_or_default();
+
+    assert!(load("test/once:1").status.success());
+    assert_eq!(p.loads(), 2, "both archives loaded");
+    // "A later boot": marks in place, /run empty again (this Podman's record removed);
+    // the list is made once, then answers every unit.
+    for entry in fs::read_dir("/run/atomic-preload").unwrap().flatten() {
+        if fs::read_to_string(entry.path())
+            .is_ok_and(|t| t.contains(&p.dir.path().display().to_string()))
+        {
+            fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    let _ = fs::remove_file(&log);
+    for image in ["test/once:1", "test/other:1", "test/once:1", "test/other:1"] {
+        let out = load(image);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("already loaded"), "{}", text(&out));
+    }
+    let asked: Vec<String> = calls().lines().map(String::from).collect();
+    assert_eq!(asked, ["images"], "one question per boot: {asked:?}");
+
+    // Removed behind the record's back: the store's image list changed, so it is asked
+    // again, finds the image gone, and the unit loads it.
+    let rm = p.podman(&["rmi", "test/once:1"]);
+    assert!(rm.status.success(), "{}", text(&rm));
+    let out = load("test/once:1");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("once.tar: loaded"), "{}", text(&out));
+    assert_eq!(p.loads(), 3);
+    assert!(p.image_id("test/once:1").is_some());
+}
