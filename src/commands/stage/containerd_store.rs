@@ -37,6 +37,7 @@ impl Private {
         let dir = tempfile_dir()?;
         let socket = dir.0.join("containerd.sock");
         let config = dir.0.join("config.toml");
+        let ttrpc = format!("{}.ttrpc", socket.display());
         fs::write(
             &config,
             format!(
@@ -47,7 +48,6 @@ impl Private {
                 root = root.display().to_string(),
                 state = dir.0.join("state").display().to_string(),
                 socket = socket.display().to_string(),
-                ttrpc = format!("{}.ttrpc", socket.display()),
             ),
         )
         .map_err(io_err(&config))?;
