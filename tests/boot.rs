@@ -1417,6 +1417,155 @@ fn s14_containerd_node_has_its_images_before_kubelet_starts() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Boot to running, measured (bench/boot.sh): not a test, a measurement; ignored.
+
+/// The wall-clock time (seconds since the epoch) at which process `pid` started, from
+/// /proc (10 ms resolution): when the guest's systemd began.
+fn started_at(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let ticks: f64 = after.split(' ').nth(19).unwrap().parse().unwrap();
+    let btime: f64 = fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    btime + ticks / 100.0
+}
+
+/// Seconds from the guest's systemd start until the engine runs all `n` containers
+/// (`bench-0` …), from each container's own start time.
+fn boot_to_running(s: &Scenario, m: &Machine, n: usize) -> f64 {
+    let names: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
+    m.wait_for("every container running", 300, |_| {
+        s.running_containers().len() == n
+    });
+    let mut args = vec!["inspect", "--format", "{{.State.StartedAt}}"];
+    args.extend(names.iter().map(String::as_str));
+    let latest = s
+        .engine
+        .ok(&args)
+        .lines()
+        .map(|t| {
+            let out = run(Command::new("date").args(["-d", t, "+%s.%N"]));
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<f64>()
+                .unwrap()
+        })
+        .fold(0.0, f64::max);
+    latest - started_at(m.init)
+}
+
+/// One row of bench/boot.sh: `n` containers (Docker), first and second boot, ours
+/// against the hand-written units of the original ISO question (`ExecStartPre=-docker
+/// load` at every start, then `docker run --rm`).
+/// The fifth number: a third boot of the hand-written guest with its `docker load` lines
+/// taken out (the images are there): the engine's own floor, `docker run` alone.
+fn bench_row(n: usize) -> [f64; 5] {
+    let mut times = [0.0; 5];
+    for (k, ours) in [true, false].into_iter().enumerate() {
+        let s = Scenario::new();
+        let cmd = "trap 'exit 0' TERM; while :; do sleep 1; done";
+        let mut config = String::new();
+        // Each image carries BENCH_MB of its own data (default 20): what a real one loads.
+        let mb: usize = std::env::var("BENCH_MB").map_or(20, |v| v.parse().unwrap());
+        for i in 0..n {
+            let data: Vec<u8> = (0..mb << 20)
+                .map(|j| {
+                    (j as u32)
+                        .wrapping_mul(2_654_435_761)
+                        .wrapping_add(i as u32)
+                        .to_le_bytes()[3]
+                })
+                .collect();
+            let payload = Layer::new().file("payload", &data, 0o644).bytes();
+            let mut image = Image::new(
+                &format!("bench/c{i}:1"),
+                vec![Layer::new().busybox().bytes(), payload],
+            );
+            image.marker = format!("{i}");
+            image.save(&s.archive(&format!("c{i}.tar")));
+            if ours {
+                config.push_str(&format!(
+                    "- name: bench-{i}\n  image: bench/c{i}:1\n  archive: c{i}.tar\n  run:\n    extra_args: [sh, -c, \"{cmd}\"]\n"
+                ));
+            } else {
+                let unit = format!(
+                    "[Unit]\nDescription=bench-{i} (hand-written)\nAfter=docker.service\nRequires=docker.service\n\n\
+                     [Service]\nTimeoutStartSec=0\nExecStartPre=-/usr/bin/docker kill bench-{i}\nExecStartPre=-/usr/bin/docker rm bench-{i}\n\
+                     ExecStartPre=-/usr/bin/docker load -i /{PRELOAD}/docker/c{i}.tar\n\
+                     ExecStart=/usr/bin/docker run --rm --name bench-{i} bench/c{i}:1 sh -c \"{cmd}\"\n"
+                );
+                let path = s.path(&format!("etc/systemd/system/bench-{i}.service"));
+                fs::write(&path, unit).unwrap();
+                std::os::unix::fs::symlink(
+                    format!("/etc/systemd/system/bench-{i}.service"),
+                    s.path(&format!(
+                        "etc/systemd/system/multi-user.target.wants/bench-{i}.service"
+                    )),
+                )
+                .unwrap();
+            }
+        }
+        s.config(&config);
+        for boot in 0..2 {
+            let m = s.boot();
+            times[k * 2 + boot] = boot_to_running(&s, &m, n);
+            m.poweroff();
+        }
+        if !ours {
+            for i in 0..n {
+                let path = s.path(&format!("etc/systemd/system/bench-{i}.service"));
+                let unit: String = fs::read_to_string(&path)
+                    .unwrap()
+                    .lines()
+                    .filter(|l| !l.contains("docker load"))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                fs::write(&path, unit).unwrap();
+            }
+            let m = s.boot();
+            times[4] = boot_to_running(&s, &m, n);
+            m.poweroff();
+        }
+    }
+    times
+}
+
+#[test]
+#[ignore = "a measurement, not a test: bench/boot.sh runs it"]
+fn bench_boot_to_running() {
+    let _serial = scenario!();
+    let counts: Vec<usize> = std::env::var("BENCH_UNITS")
+        .unwrap_or_else(|_| "1,10,40".into())
+        .split(',')
+        .map(|n| n.trim().parse().unwrap())
+        .collect();
+    println!(
+        "| containers (Docker) | ours, first boot | hand-written, first boot | ratio | ours, second boot | hand-written, second boot | ratio | `docker run` alone | ours above it, per unit |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for n in counts {
+        let [ours1, ours2, theirs1, theirs2, floor] = bench_row(n);
+        println!(
+            "| {n} | {:.2} s | {:.2} s | {:.2} | {:.2} s | {:.2} s | {:.2} | {:.2} s | {:.0} ms |",
+            ours1,
+            theirs1,
+            ours1 / theirs1,
+            ours2,
+            theirs2,
+            ours2 / theirs2,
+            floor,
+            (ours2 - floor) * 1000.0 / n as f64
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Chaos: one guest booted 20 times, a random change before each boot
 
 /// xorshift64*: the test's own dice, seeded (and printed) so a failing run can be
