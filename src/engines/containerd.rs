@@ -16,7 +16,7 @@
 //! refuses `run:` and `install:` for this engine).
 
 use crate::engines::EngineKind;
-use crate::engines::{self, Feed, ImageEngine, ImageInfo};
+use crate::engines::{self, Feed, ImageEngine, ImageInfo, full_reference};
 use crate::runtime::RuntimeError;
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -208,24 +208,6 @@ fn go_arch() -> &'static str {
     }
 }
 
-/// An image reference as containerd stores it, Docker's normalization spelled out:
-/// `busybox` → `docker.io/library/busybox:latest`.
-pub fn full_reference(reference: &str) -> String {
-    let (first, _) = reference.split_once('/').unwrap_or(("", reference));
-    let has_domain =
-        reference.contains('/') && (first.contains(['.', ':']) || first == "localhost");
-    let mut full = match (has_domain, reference.contains('/')) {
-        (true, _) => reference.to_owned(),
-        (false, true) => format!("docker.io/{reference}"),
-        (false, false) => format!("docker.io/library/{reference}"),
-    };
-    let last = full.rsplit('/').next().unwrap_or("");
-    if !last.contains(':') && !full.contains('@') {
-        full.push_str(":latest");
-    }
-    full
-}
-
 impl ImageEngine for Containerd {
     fn kind(&self) -> EngineKind {
         EngineKind::Containerd
@@ -335,22 +317,6 @@ impl ImageEngine for Containerd {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn references_are_spelled_out_as_containerd_stores_them() {
-        for (given, full) in [
-            ("busybox", "docker.io/library/busybox:latest"),
-            ("busybox:1.36", "docker.io/library/busybox:1.36"),
-            ("gscrivano/etcd", "docker.io/gscrivano/etcd:latest"),
-            ("docker.io/library/busybox:1", "docker.io/library/busybox:1"),
-            ("example.com/a/b", "example.com/a/b:latest"),
-            ("localhost/app:2", "localhost/app:2"),
-            ("registry:5000/app", "registry:5000/app:latest"),
-            ("example.com/a@sha256:00", "example.com/a@sha256:00"),
-        ] {
-            assert_eq!(full_reference(given), full, "{given}");
-        }
-    }
 
     #[test]
     fn import_output_and_versions() {

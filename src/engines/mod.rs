@@ -98,6 +98,25 @@ pub fn kind_of(value: &str) -> EngineKind {
     EngineKind::parse(value).unwrap_or_else(|| EngineKind::detect(Path::new("/")))
 }
 
+/// An image reference as Docker normalizes it, spelled out (how containerd stores it,
+/// and how Podman names what it pulled from Docker Hub):
+/// `busybox` → `docker.io/library/busybox:latest`.
+pub fn full_reference(reference: &str) -> String {
+    let (first, _) = reference.split_once('/').unwrap_or(("", reference));
+    let has_domain =
+        reference.contains('/') && (first.contains(['.', ':']) || first == "localhost");
+    let mut full = match (has_domain, reference.contains('/')) {
+        (true, _) => reference.to_owned(),
+        (false, true) => format!("docker.io/{reference}"),
+        (false, false) => format!("docker.io/library/{reference}"),
+    };
+    let last = full.rsplit('/').next().unwrap_or("");
+    if !last.contains(':') && !full.contains('@') {
+        full.push_str(":latest");
+    }
+    full
+}
+
 /// The engine's client as a subprocess: what Docker and Podman have in common.
 pub(crate) struct Client {
     pub path: PathBuf,
@@ -280,4 +299,25 @@ pub(crate) fn open_archive(path: &Path) -> Result<File, RuntimeError> {
         path: path.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_spelled_out_as_containerd_stores_them() {
+        for (given, full) in [
+            ("busybox", "docker.io/library/busybox:latest"),
+            ("busybox:1.36", "docker.io/library/busybox:1.36"),
+            ("gscrivano/etcd", "docker.io/gscrivano/etcd:latest"),
+            ("docker.io/library/busybox:1", "docker.io/library/busybox:1"),
+            ("example.com/a/b", "example.com/a/b:latest"),
+            ("localhost/app:2", "localhost/app:2"),
+            ("registry:5000/app", "registry:5000/app:latest"),
+            ("example.com/a@sha256:00", "example.com/a@sha256:00"),
+        ] {
+            assert_eq!(full_reference(given), full, "{given}");
+        }
+    }
 }

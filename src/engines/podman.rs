@@ -165,7 +165,7 @@ mod list {
                 // A short name is found as Podman finds it: on Docker Hub's spelling, or
                 // as a local image (`localhost/NAME`, what Podman names one it loaded
                 // without a registry).
-                let full = crate::engines::containerd::full_reference(i);
+                let full = crate::engines::full_reference(i);
                 let local = full
                     .strip_prefix("docker.io/")
                     .map(|rest| format!("localhost/{}", rest.trim_start_matches("library/")));

@@ -144,7 +144,7 @@ impl Private {
         }
         copied.map_err(|e| fail(e.to_string()))?;
         for image in &s.images {
-            let full = crate::engines::containerd::full_reference(image);
+            let full = crate::engines::full_reference(image);
             let out = self.ctr(&["images", "label", &full, PIN_LABEL])?;
             if !out.status.success() {
                 return Err(fail(crate::engines::last_line(&out.stderr)));
