@@ -1437,19 +1437,35 @@ fn started_at(pid: u32) -> f64 {
 }
 
 /// Seconds from the guest's systemd start until the engine runs all `n` containers
-/// (`bench-0` …), from each container's own start time.
-fn boot_to_running(s: &Scenario, m: &Machine, n: usize) -> f64 {
+/// (`bench-0` …), from each container's own start time. Docker's engine is this
+/// machine's; Podman runs inside the guest.
+fn boot_to_running(s: &Scenario, m: &Machine, n: usize, podman: bool) -> f64 {
     let names: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
-    m.wait_for("every container running", 300, |_| {
-        s.running_containers().len() == n
-    });
+    let running = |m: &Machine| {
+        if podman {
+            m.sh(&["podman", "ps", "--format", "{{.Names}}"])
+                .lines()
+                .filter(|l| l.starts_with("bench-"))
+                .count()
+        } else {
+            s.running_containers().len()
+        }
+    };
+    m.wait_for("every container running", 300, |m| running(m) == n);
     let mut args = vec!["inspect", "--format", "{{.State.StartedAt}}"];
     args.extend(names.iter().map(String::as_str));
-    let latest = s
-        .engine
-        .ok(&args)
+    let started = if podman {
+        let mut cmd = vec!["podman"];
+        cmd.extend(&args);
+        m.sh(&cmd)
+    } else {
+        s.engine.ok(&args)
+    };
+    let latest = started
         .lines()
         .map(|t| {
+            // Podman: "2026-12-04 04:50:01.1 +0000 UTC"; Docker: RFC 3339.
+            let t = t.trim().trim_end_matches(" UTC");
             let out = run(Command::new("date").args(["-d", t, "+%s.%N"]));
             String::from_utf8_lossy(&out.stdout)
                 .trim()
@@ -1465,10 +1481,24 @@ fn boot_to_running(s: &Scenario, m: &Machine, n: usize) -> f64 {
 /// load` at every start, then `docker run --rm`).
 /// The fifth number: a third boot of the hand-written guest with its `docker load` lines
 /// taken out (the images are there): the engine's own floor, `docker run` alone.
-fn bench_row(n: usize) -> [f64; 5] {
+fn bench_row(n: usize, podman: bool) -> [f64; 5] {
     let mut times = [0.0; 5];
+    let client = if podman {
+        "/usr/bin/podman"
+    } else {
+        "/usr/bin/docker"
+    };
+    let engine_unit = if podman {
+        String::new()
+    } else {
+        "After=docker.service\nRequires=docker.service\n".into()
+    };
     for (k, ours) in [true, false].into_iter().enumerate() {
-        let s = Scenario::new();
+        let s = if podman {
+            Scenario::with_podman()
+        } else {
+            Scenario::new()
+        };
         let cmd = "trap 'exit 0' TERM; while :; do sleep 1; done";
         let mut config = String::new();
         // Each image carries BENCH_MB of its own data (default 20): what a real one loads.
@@ -1495,10 +1525,10 @@ fn bench_row(n: usize) -> [f64; 5] {
                 ));
             } else {
                 let unit = format!(
-                    "[Unit]\nDescription=bench-{i} (hand-written)\nAfter=docker.service\nRequires=docker.service\n\n\
-                     [Service]\nTimeoutStartSec=0\nExecStartPre=-/usr/bin/docker kill bench-{i}\nExecStartPre=-/usr/bin/docker rm bench-{i}\n\
-                     ExecStartPre=-/usr/bin/docker load -i /{PRELOAD}/docker/c{i}.tar\n\
-                     ExecStart=/usr/bin/docker run --rm --name bench-{i} bench/c{i}:1 sh -c \"{cmd}\"\n"
+                    "[Unit]\nDescription=bench-{i} (hand-written)\n{engine_unit}\n\
+                     [Service]\nTimeoutStartSec=0\nExecStartPre=-{client} kill bench-{i}\nExecStartPre=-{client} rm bench-{i}\n\
+                     ExecStartPre=-{client} load -i /{PRELOAD}/docker/c{i}.tar\n\
+                     ExecStart={client} run --rm --name bench-{i} bench/c{i}:1 sh -c \"{cmd}\"\n"
                 );
                 let path = s.path(&format!("etc/systemd/system/bench-{i}.service"));
                 fs::write(&path, unit).unwrap();
@@ -1514,7 +1544,7 @@ fn bench_row(n: usize) -> [f64; 5] {
         s.config(&config);
         for boot in 0..2 {
             let m = s.boot();
-            times[k * 2 + boot] = boot_to_running(&s, &m, n);
+            times[k * 2 + boot] = boot_to_running(&s, &m, n, podman);
             m.poweroff();
         }
         if !ours {
@@ -1523,13 +1553,13 @@ fn bench_row(n: usize) -> [f64; 5] {
                 let unit: String = fs::read_to_string(&path)
                     .unwrap()
                     .lines()
-                    .filter(|l| !l.contains("docker load"))
+                    .filter(|l| !l.contains(" load -i "))
                     .map(|l| format!("{l}\n"))
                     .collect();
                 fs::write(&path, unit).unwrap();
             }
             let m = s.boot();
-            times[4] = boot_to_running(&s, &m, n);
+            times[4] = boot_to_running(&s, &m, n, podman);
             m.poweroff();
         }
     }
@@ -1540,28 +1570,36 @@ fn bench_row(n: usize) -> [f64; 5] {
 #[ignore = "a measurement, not a test: bench/boot.sh runs it"]
 fn bench_boot_to_running() {
     let _serial = scenario!();
-    let counts: Vec<usize> = std::env::var("BENCH_UNITS")
-        .unwrap_or_else(|_| "1,10,40".into())
-        .split(',')
-        .map(|n| n.trim().parse().unwrap())
+    let list = |var: &str, default: &str| -> Vec<String> {
+        std::env::var(var)
+            .unwrap_or_else(|_| default.into())
+            .split(',')
+            .map(|v| v.trim().to_owned())
+            .collect()
+    };
+    let counts: Vec<usize> = list("BENCH_UNITS", "1,10,40")
+        .iter()
+        .map(|n| n.parse().unwrap())
         .collect();
     println!(
-        "| containers (Docker) | ours, first boot | hand-written, first boot | ratio | ours, second boot | hand-written, second boot | ratio | `docker run` alone | ours above it, per unit |"
+        "| containers | ours, first boot | hand-written, first boot | ratio | ours, second boot | hand-written, second boot | ratio | `run` alone | ours above it, per unit |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for n in counts {
-        let [ours1, ours2, theirs1, theirs2, floor] = bench_row(n);
-        println!(
-            "| {n} | {:.2} s | {:.2} s | {:.2} | {:.2} s | {:.2} s | {:.2} | {:.2} s | {:.0} ms |",
-            ours1,
-            theirs1,
-            ours1 / theirs1,
-            ours2,
-            theirs2,
-            ours2 / theirs2,
-            floor,
-            (ours2 - floor) * 1000.0 / n as f64
-        );
+    for engine in list("BENCH_ENGINES", "docker,podman") {
+        for &n in &counts {
+            let [ours1, ours2, theirs1, theirs2, floor] = bench_row(n, engine == "podman");
+            println!(
+                "| {n} ({engine}) | {:.2} s | {:.2} s | {:.2} | {:.2} s | {:.2} s | {:.2} | {:.2} s | {:.0} ms |",
+                ours1,
+                theirs1,
+                ours1 / theirs1,
+                ours2,
+                theirs2,
+                ours2 / theirs2,
+                floor,
+                (ours2 - floor) * 1000.0 / n as f64
+            );
+        }
     }
 }
 
