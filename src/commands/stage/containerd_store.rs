@@ -15,7 +15,6 @@ use crate::cli::StageArgs;
 use crate::engines::containerd::{DEFAULT_NAMESPACE, PIN_LABEL};
 use crate::runtime::{RuntimeError, io_err};
 use std::fs::{self, File};
-use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -114,31 +113,9 @@ impl Private {
                 self.root.display()
             ))
         };
-        let mut child = self
-            .command()
-            .args(["images", "import", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| RuntimeError::Spawn {
-                program: self.ctr.display().to_string(),
-                source,
-            })?;
-        let copied = match child.stdin.take() {
-            Some(mut stdin) => File::open(&s.temp)
-                .and_then(|file| {
-                    crate::runtime::compression::decompress(io::BufReader::new(file), &s.name)
-                })
-                .and_then(|mut tar| io::copy(&mut tar, &mut stdin)),
-            None => Ok(0),
-        };
-        let out = child
-            .wait_with_output()
-            .map_err(|source| RuntimeError::Spawn {
-                program: self.ctr.display().to_string(),
-                source,
-            })?;
+        let mut import = self.command();
+        import.args(["images", "import", "-"]);
+        let (out, copied) = super::stream_into(&mut import, s)?;
         if !out.status.success() {
             return Err(fail(crate::engines::last_line(&out.stderr)));
         }

@@ -1628,34 +1628,13 @@ fn fill_podman_store(
     for s in staged {
         // Podman 4.3 cannot read a gzip-compressed docker-archive: decompressed here and
         // streamed in, whatever the format (as the load stage does for Podman).
-        let mut child = Command::new(&args.podman)
-            .arg("--root")
+        let mut load = Command::new(&args.podman);
+        load.arg("--root")
             .arg(&store)
             .arg("--runroot")
             .arg(&runroot.0)
-            .args(["--storage-driver", "overlay", "load", "--quiet"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| RuntimeError::Spawn {
-                program: args.podman.display().to_string(),
-                source,
-            })?;
-        let copied = match child.stdin.take() {
-            Some(mut stdin) => File::open(&s.temp)
-                .and_then(|file| {
-                    crate::runtime::compression::decompress(io::BufReader::new(file), &s.name)
-                })
-                .and_then(|mut tar| io::copy(&mut tar, &mut stdin)),
-            None => Ok(0),
-        };
-        let out = child
-            .wait_with_output()
-            .map_err(|source| RuntimeError::Spawn {
-                program: args.podman.display().to_string(),
-                source,
-            })?;
+            .args(["--storage-driver", "overlay", "load", "--quiet"]);
+        let (out, copied) = stream_into(&mut load, s)?;
         if !out.status.success() || copied.is_err() {
             // Podman's own reason first: a broken pipe on our side only follows from it.
             let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
@@ -1672,6 +1651,35 @@ fn fill_podman_store(
         }
     }
     Ok((conf_path, conf))
+}
+
+/// `cmd` run with the staged archive, decompressed, on its stdin: what it said, and how
+/// the copy into it went (a broken pipe only follows from the command's own failure).
+fn stream_into(
+    cmd: &mut Command,
+    s: &Staged,
+) -> Result<(std::process::Output, io::Result<u64>), RuntimeError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let spawn_err = |source| RuntimeError::Spawn {
+        program: program.clone(),
+        source,
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    let copied = match child.stdin.take() {
+        Some(mut stdin) => File::open(&s.temp)
+            .and_then(|file| {
+                crate::runtime::compression::decompress(io::BufReader::new(file), &s.name)
+            })
+            .and_then(|mut tar| io::copy(&mut tar, &mut stdin)),
+        None => Ok(0),
+    };
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    Ok((out, copied))
 }
 
 /// What Podman leaves in a store once the store is filled (or failed to be): its overlay
