@@ -22,20 +22,10 @@ fn addon_installs_and_its_python_suite_passes() {
         "{} is missing: .ci/install-deps creates the add-on's test virtualenv",
         python.display()
     );
-    let helper = Path::new(env!("CARGO_BIN_EXE_atomic-preload"));
+    let helper = support::helper();
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("dest");
-    let out = Command::new("make")
-        .args([
-            "--no-print-directory",
-            "install-anaconda-addon",
-            "PREFIX=/usr",
-        ])
-        .arg(format!("DESTDIR={}", dest.display()))
-        .arg(format!("BINDIR={}", helper.parent().unwrap().display()))
-        .current_dir(ROOT)
-        .output()
-        .unwrap();
+    let out = support::install_anaconda_addon(&dest);
     assert!(out.status.success(), "{}", support::text(&out));
 
     // Where Anaconda looks for add-ons and their D-Bus services.

@@ -1277,17 +1277,9 @@ fn s13_kickstart_addon_stages_the_reference_example_and_it_runs() {
         "%addon org_projectatomic_atomic_preloader \\\n    --preload-docker http://example.com/container.tar.gz \\\n    --preload-system http://example.com/syscontainer.tar.xz\n- name: mysyscontainer\n  install:\n    system: true\n  run: {}\n%end\n",
     )
     .unwrap();
-    let helper = support::helper();
     let dest = tmp.path().join("addon");
-    run(Command::new("make")
-        .args([
-            "--no-print-directory",
-            "install-anaconda-addon",
-            "PREFIX=/usr",
-        ])
-        .arg(format!("DESTDIR={}", dest.display()))
-        .arg(format!("BINDIR={}", helper.parent().unwrap().display()))
-        .current_dir(env!("CARGO_MANIFEST_DIR")));
+    let out = support::install_anaconda_addon(&dest);
+    assert!(out.status.success(), "{}", support::text(&out));
     let root = env!("CARGO_MANIFEST_DIR");
     let out = run(Command::new(format!("{root}/.venv/bin/python"))
         .arg(format!("{root}/tests/anaconda/run_kickstart.py"))

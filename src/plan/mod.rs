@@ -285,19 +285,21 @@ pub fn plan(config: &Effective, settings: &Settings) -> Plan {
             Named::Valid(entry) if entry.is_system() => {
                 Unit::Container(system::unit(entry, settings))
             }
-            Named::Valid(entry) if refused_by_host_engine(entry, settings).is_some() => {
-                let problem = Problem {
-                    position: Default::default(),
-                    message: refused_by_host_engine(entry, settings).unwrap_or_default(),
-                };
-                Unit::Failing(invalid_entry_unit(&entry.name, &[problem], &source))
-            }
-            Named::Valid(entry) => Unit::Container(match engine_of(entry, settings) {
-                EngineKind::Docker => docker::unit(entry, settings),
-                EngineKind::Podman => podman::unit(entry, settings),
-                EngineKind::Containerd => node::containerd_unit(entry, settings),
-                EngineKind::CriO => node::crio_unit(entry, settings),
-            }),
+            Named::Valid(entry) => match refused_by_host_engine(entry, settings) {
+                Some(message) => {
+                    let problem = Problem {
+                        position: Default::default(),
+                        message,
+                    };
+                    Unit::Failing(invalid_entry_unit(&entry.name, &[problem], &source))
+                }
+                None => Unit::Container(match engine_of(entry, settings) {
+                    EngineKind::Docker => docker::unit(entry, settings),
+                    EngineKind::Podman => podman::unit(entry, settings),
+                    EngineKind::Containerd => node::containerd_unit(entry, settings),
+                    EngineKind::CriO => node::crio_unit(entry, settings),
+                }),
+            },
             Named::Invalid { name, problems } => {
                 Unit::Failing(invalid_entry_unit(name, problems, &source))
             }

@@ -323,6 +323,22 @@ pub fn helper() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_atomic-preload"))
 }
 
+/// `make install-anaconda-addon PREFIX=/usr DESTDIR=dest`, the add-on's helper path
+/// baked in as this build's binary ([`helper`]); what make printed, and whether it ran.
+pub fn install_anaconda_addon(dest: &Path) -> std::process::Output {
+    Command::new("make")
+        .args([
+            "--no-print-directory",
+            "install-anaconda-addon",
+            "PREFIX=/usr",
+        ])
+        .arg(format!("DESTDIR={}", dest.display()))
+        .arg(format!("BINDIR={}", helper().parent().unwrap().display()))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
 /// Arguments systemd would otherwise expand, split or misread.
 pub const HOSTILE_ARGS: &[&str] = &[
     "$HOME",
