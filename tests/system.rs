@@ -666,6 +666,87 @@ fn no_container_service_installs_host_files_only() {
 }
 
 /// An OCI image layout archive (gzip layers, index.json) installs like a docker-archive.
+/// Everything about a checked-out tree an install promises, one line per path: type,
+/// mode, owner, size, mtime (not of directories: creating a child changes it), content
+/// digest or link target.
+fn tree_fingerprint(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let what = if m.is_dir() {
+                stack.push(p.clone());
+                "dir".to_owned()
+            } else if m.file_type().is_symlink() {
+                format!("-> {}", fs::read_link(&p).unwrap().display())
+            } else {
+                format!(
+                    "{} {}",
+                    m.mtime(),
+                    support::sysimage::sha256(&fs::read(&p).unwrap())
+                )
+            };
+            out.push(format!(
+                "{} {:o} {}:{} {} {what}",
+                p.strip_prefix(root).unwrap().display(),
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                if m.is_dir() { 0 } else { m.len() },
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// One image, every way an archive can hold it: uncompressed (layers applied where they
+/// lie), compressed (layers streamed as they pass, or spooled when they come before their
+/// turn), as an OCI layout (gzip layers, decompressed on the way): the same tree each time.
+#[test]
+fn every_archive_form_checks_out_the_same_tree() {
+    let mut reference = None;
+    for (name, reversed, oci) in [
+        ("etcd.tar", false, false),
+        ("etcd.tar", true, false),
+        ("etcd.tar.zst", false, false),
+        ("etcd.tar.zst", true, false),
+        ("etcd.tar.gz", true, false),
+        ("etcd-oci.tar", false, true),
+        ("etcd-oci.tar.zst", false, true),
+    ] {
+        let host = Host::new();
+        let mut image = etcd_image("forms");
+        image.members_reversed = reversed;
+        let path = host.p("preload/ostree").join(name);
+        if oci {
+            let plain = host.p("oci.tar");
+            fs::write(&plain, image.oci_archive_bytes()).unwrap();
+            support::compress(&plain, &path);
+        } else {
+            image.save(&path);
+        }
+        ok(&host.install("etcd", &[]));
+        let tree = tree_fingerprint(&host.p("checkout/etcd/rootfs"));
+        assert!(
+            tree.iter().any(|l| l.starts_with("bin/busybox ")),
+            "{tree:?}"
+        );
+        match &reference {
+            None => reference = Some(tree),
+            Some(expected) => assert_eq!(&tree, expected, "{name} (reversed: {reversed})"),
+        }
+        // Nothing spooled is left behind.
+        assert_eq!(
+            fs::read_dir(host.p("checkout")).unwrap().count(),
+            2,
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn an_oci_layout_archive_installs_too() {
     let host = Host::new();

@@ -1,7 +1,10 @@
 //! Arbitrary bytes as an image layer, applied as root onto a rootfs: no panic, and nothing
 //! outside the rootfs changes. The rootfs starts with symlinks aimed out of it (relative
 //! and absolute) at a sentinel directory next to it; after every input the sentinel must
-//! hold exactly its one file, unchanged. Run (as root):
+//! hold exactly its one file, unchanged. Each input is applied twice, as a stream (how
+//! compressed archives are read) and in place from a file (how an uncompressed archive's
+//! layers are read): both must fail, or both succeed with the same stats, diff_id and
+//! tree. Run (as root):
 //! `cargo +nightly fuzz run layer_walker -- -dict=fuzz/layer_walker.dict`.
 #![no_main]
 
@@ -12,6 +15,8 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 
 const SANDBOX: &str = "/dev/shm/ap-fuzz-layer";
+/// The input as a file, for the in-place walk (outside the sandbox: its listing is checked).
+const INPUT: &str = "/dev/shm/ap-fuzz-layer-input.tar";
 
 fn reset() {
     let sandbox = Path::new(SANDBOX);
@@ -44,10 +49,60 @@ fn check_outside() {
     assert_eq!(fs::read(sandbox.join("outside/sentinel")).unwrap(), b"untouched");
 }
 
+/// The rootfs as the two walks must agree on it: every path below the root with its
+/// type, mode, owner, size, content or target, and mtime (directories' excepted: the
+/// reset made them at different times).
+fn fingerprint() -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let root = Path::new(SANDBOX).join("root");
+    let mut out = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let what = if m.is_dir() {
+                stack.push(p.clone());
+                String::from("dir")
+            } else if m.file_type().is_symlink() {
+                format!("-> {:?} {}", fs::read_link(&p).unwrap(), m.mtime())
+            } else {
+                format!("{:?} {} nlink {}", fs::read(&p).unwrap(), m.mtime(), m.nlink())
+            };
+            out.push(format!(
+                "{:?} {:o} {}:{} {what}",
+                p.strip_prefix(&root).unwrap(),
+                m.mode(),
+                m.uid(),
+                m.gid()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
     reset();
     let root = Root::open(&Path::new(SANDBOX).join("root")).unwrap();
     // Errors are fine (most inputs are not tars); escaping is not.
-    let _ = layer::apply(&root, data);
+    let streamed = layer::apply(&root, data);
     check_outside();
+    let streamed_tree = fingerprint();
+    drop(root);
+
+    reset();
+    fs::write(INPUT, data).unwrap();
+    let file = fs::File::open(INPUT).unwrap();
+    let root = Root::open(&Path::new(SANDBOX).join("root")).unwrap();
+    let in_place = layer::apply_in_place(&root, &file, 0, data.len() as u64);
+    check_outside();
+    match (&streamed, &in_place) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a, b, "the two walks' stats differ");
+            assert_eq!(streamed_tree, fingerprint(), "the two walks' trees differ");
+        }
+        (Err(_), Err(_)) => {}
+        _ => panic!("one walk failed, the other did not: streamed {streamed:?}, in place {in_place:?}"),
+    }
 });

@@ -126,47 +126,101 @@ impl Read for Chunks {
 /// the consumer stops early (a zstd frame's end), so the digest is always the file's;
 /// it returns the lowercase hex digest.
 pub fn read_ahead_hashing<R: Read + Send + 'static>(
-    mut reader: R,
+    reader: R,
 ) -> (Chunks, JoinHandle<io::Result<String>>) {
     let (tx, rx) = sync_channel::<Chunk>(8);
-    let handle = std::thread::spawn(move || {
-        let mut hasher = Sha256::new();
-        let mut consumer = true;
-        loop {
-            let mut buf = vec![0u8; 1 << 20];
-            let mut filled = 0;
-            while filled < buf.len() {
-                match reader.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let message = e.to_string();
-                        let _ = tx.send(Err(e));
-                        return Err(io::Error::other(message));
-                    }
-                }
-            }
-            buf.truncate(filled);
-            hasher.update(&buf);
-            let end = filled == 0;
-            if consumer && tx.send(Ok(buf)).is_err() {
-                consumer = false;
-            }
-            if end {
-                return Ok(hex(&hasher.finalize()));
-            }
-        }
-    });
-    (
+    let handle = std::thread::spawn(move || pump(reader, tx));
+    (Chunks::new(rx), handle)
+}
+
+/// [`read_ahead_hashing`] on a thread of `scope`, for a reader that borrows.
+pub fn read_ahead_hashing_scoped<'scope, R: Read + Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    reader: R,
+) -> (
+    Chunks,
+    std::thread::ScopedJoinHandle<'scope, io::Result<String>>,
+) {
+    let (tx, rx) = sync_channel::<Chunk>(8);
+    let handle = scope.spawn(move || pump(reader, tx));
+    (Chunks::new(rx), handle)
+}
+
+impl Chunks {
+    fn new(rx: Receiver<Chunk>) -> Chunks {
         Chunks {
             rx,
             current: Vec::new(),
             pos: 0,
             done: false,
-        },
-        handle,
-    )
+        }
+    }
+}
+
+/// The read-ahead thread: 1 MiB chunks, each hashed, then handed over.
+fn pump(mut reader: impl Read, tx: std::sync::mpsc::SyncSender<Chunk>) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut consumer = true;
+    loop {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match reader.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let message = e.to_string();
+                    let _ = tx.send(Err(e));
+                    return Err(io::Error::other(message));
+                }
+            }
+        }
+        buf.truncate(filled);
+        hasher.update(&buf);
+        let end = filled == 0;
+        if consumer && tx.send(Ok(buf)).is_err() {
+            consumer = false;
+        }
+        if end {
+            return Ok(hex(&hasher.finalize()));
+        }
+    }
+}
+
+/// The lowercase hex SHA-256 of `len` bytes of `file` from `offset` (positional reads:
+/// the file's own offset is left alone, so another thread can read it meanwhile). Stops
+/// early, with an error, once `stop` is set.
+pub fn sha256_of_range(
+    file: &File,
+    offset: u64,
+    len: u64,
+    stop: &std::sync::atomic::AtomicBool,
+) -> io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(io::Error::other("stopped"));
+        }
+        let want = usize::try_from(len - done).map_or(buf.len(), |n| n.min(buf.len()));
+        let n = match file.read_at(&mut buf[..want], offset + done) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file ends before the layer does",
+                ));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        done += n as u64;
+    }
+    Ok(hex(&hasher.finalize()))
 }
 
 #[cfg(test)]

@@ -143,6 +143,9 @@ pub struct Image {
     pub labels: Vec<(String, String)>,
     /// The config's architecture (Go's name: amd64, arm64).
     pub architecture: String,
+    /// Write the layer members last first (as `docker save` may: its order is not the
+    /// layers' order).
+    pub members_reversed: bool,
 }
 
 impl Image {
@@ -154,6 +157,7 @@ impl Image {
             marker: String::new(),
             labels: Vec::new(),
             architecture: "amd64".into(),
+            members_reversed: false,
         }
     }
 
@@ -185,11 +189,15 @@ impl Image {
         let config_name = format!("{}.json", &self.id()[7..]);
         let mut b = tar::Builder::new(Vec::new());
         let mut add = |name: &str, data: &[u8]| add_member(&mut b, name, data);
-        let mut layer_names = Vec::new();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let name = format!("layer{}/layer.tar", i + 1);
-            add(&name, layer);
-            layer_names.push(name);
+        let layer_names: Vec<String> = (1..=self.layers.len())
+            .map(|i| format!("layer{i}/layer.tar"))
+            .collect();
+        let mut members: Vec<usize> = (0..self.layers.len()).collect();
+        if self.members_reversed {
+            members.reverse();
+        }
+        for i in members {
+            add(&layer_names[i], &self.layers[i]);
         }
         add(&config_name, &config);
         // An empty tag: an untagged image (`docker save IMAGE-ID`).

@@ -378,6 +378,7 @@ fn indexed(marks: &Marks, dir: &Path, name: &str) -> Result<Vec<IndexedImage>, S
                 IndexedImage {
                     id: words.next().unwrap_or_default(),
                     tags: words.collect(),
+                    layers: None,
                 }
             })
             .collect());
@@ -405,7 +406,7 @@ fn indexed(marks: &Marks, dir: &Path, name: &str) -> Result<Vec<IndexedImage>, S
 }
 
 /// The archive in ostree/ holding `image`, and the image's ID.
-fn find_image(args: &InstallSystemArgs) -> Result<(PathBuf, String), RuntimeError> {
+fn find_image(args: &InstallSystemArgs) -> Result<(PathBuf, IndexedImage), RuntimeError> {
     let dir = args.preload_dir.join("ostree");
     let marks = Marks::new(&args.paths.state_dir, "loaded/ostree").map_err(RuntimeError::State)?;
     let names = if args.archive.is_empty() {
@@ -428,7 +429,7 @@ fn find_image(args: &InstallSystemArgs) -> Result<(PathBuf, String), RuntimeErro
                     .iter()
                     .find(|i| i.tags.iter().any(|t| normalize_reference(t) == wanted))
                 {
-                    return Ok((dir.join(name), image.id.clone()));
+                    return Ok((dir.join(name), image.clone()));
                 }
                 let tags: Vec<&str> = images
                     .iter()
@@ -543,20 +544,25 @@ fn layer_err(i: usize, name: &str, rootfs: &Path, e: LayerError) -> RuntimeError
 fn checkout(
     args: &InstallSystemArgs,
     archive_path: &Path,
+    image: &IndexedImage,
     tmp: &Path,
     dest: &Path,
     setvalues: &[(String, String)],
     previous_uuid: Option<&str>,
 ) -> Result<Prepared, RuntimeError> {
-    let (root, image_id) = extract(args, archive_path, tmp, dest)?;
+    let (root, image_id) = extract(args, archive_path, image, tmp, dest)?;
     render(args, &root, tmp, dest, image_id, setvalues, previous_uuid)
 }
 
-/// The image's layers, in order, into `tmp/rootfs` (the archive spooled beside it, then
-/// removed), each checked against its diff_id: the root and the image ID.
+/// The image's layers, in order, into `tmp/rootfs`, each checked against its diff_id: the
+/// root and the image ID. An uncompressed archive's layers are read where they lie; a
+/// compressed one is decompressed once more, each layer applied as it streams past when
+/// its turn has come (`plan`, from the index, says the order) and spooled beside the
+/// rootfs until then otherwise.
 fn extract(
     args: &InstallSystemArgs,
     archive_path: &Path,
+    image: &IndexedImage,
     tmp: &Path,
     dest: &Path,
 ) -> Result<(Root, String), RuntimeError> {
@@ -571,7 +577,8 @@ fn extract(
         archive_path.display(),
         dest.display()
     );
-    let spool = Spool::create(archive_path, &spool_dir).map_err(|e| match e {
+    let root = Root::open(&rootfs_dir).map_err(io_err(&rootfs_dir))?;
+    let spool_err = |e: archive::ArchiveError| match e {
         // A full disk where the archive is spooled is the checkout's file system, and is
         // retried; a truncated or unreadable archive is the archive's fault.
         // (The note is made now: the failed checkout's space is freed before it prints.)
@@ -585,38 +592,110 @@ fn extract(
             ))
         }
         e => image_err(e.to_string()),
-    })?;
-    let (item, config, image_id) = spool
-        .image(&args.image)
-        .map_err(|e| image_err(e.to_string()))?;
-    let root = Root::open(&rootfs_dir).map_err(io_err(&rootfs_dir))?;
-    for (i, layer_name) in item.layers.iter().enumerate() {
-        notify::status(&format!(
-            "checking out {} layer {} of {}",
-            args.image,
-            i + 1,
-            item.layers.len()
-        ));
-        let path = spool
-            .member(layer_name)
-            .map_err(|e| image_err(e.to_string()))?;
-        let file = fs::File::open(path).map_err(io_err(path))?;
-        let reader =
-            archive::layer_reader(file).map_err(|e| image_err(format!("layer {}: {e}", i + 1)))?;
-        let stats =
-            layer::apply(&root, reader).map_err(|e| layer_err(i, layer_name, &rootfs_dir, e))?;
-        let expected = &config.rootfs.diff_ids[i];
-        if &stats.diff_id != expected {
-            return Err(image_err(format!(
-                "layer {} ({layer_name}) does not match the image config: diff_id {expected} expected, {} found",
-                i + 1,
-                stats.diff_id
-            )));
+    };
+    let plan = match &image.layers {
+        _ if archive::is_uncompressed(archive_path) => None,
+        Some(plan) => Some(plan.clone()),
+        // Indexed from a mark: the order is read again (one pass, nothing kept).
+        None => archive::index(archive_path)
+            .map_err(spool_err)?
+            .into_iter()
+            .find(|i| i.id == image.id)
+            .and_then(|i| i.layers),
+    };
+    let image_id = match plan {
+        Some(plan) => {
+            let total = plan.members.len();
+            archive::stream_layers(archive_path, &plan, &spool_dir, |i, streamed| {
+                let name = &plan.members[i];
+                layer_status(args, i, total);
+                let stats = match streamed {
+                    archive::Streamed::Live(incoming) => layer::apply_hashed(&root, incoming),
+                    archive::Streamed::Spooled(path) => {
+                        let file = fs::File::open(path).map_err(io_err(path))?;
+                        let reader = archive::layer_reader(file).map_err(|e| {
+                            ExtractError::Runtime(image_err(format!("layer {}: {e}", i + 1)))
+                        })?;
+                        layer::apply(&root, reader)
+                    }
+                }
+                .map_err(|e| layer_err(i, name, &rootfs_dir, e))?;
+                check_layer(i, name, &plan.diff_ids[i], &stats).map_err(ExtractError::Runtime)
+            })
+            .map_err(|e| match e {
+                ExtractError::Archive(e) => spool_err(e),
+                ExtractError::Runtime(e) => e,
+            })?;
+            image.id.clone()
         }
-        println!("layer {}: {}", i + 1, layer_summary(&stats));
-    }
+        None => {
+            let spool = Spool::create(archive_path, &spool_dir).map_err(spool_err)?;
+            let (item, config, image_id) = spool
+                .image(&args.image)
+                .map_err(|e| image_err(e.to_string()))?;
+            for (i, layer_name) in item.layers.iter().enumerate() {
+                layer_status(args, i, item.layers.len());
+                let bytes = spool
+                    .layer(layer_name)
+                    .map_err(|e| image_err(format!("layer {}: {e}", i + 1)))?;
+                let applied = match bytes {
+                    archive::LayerBytes::InPlace { file, offset, len } => {
+                        layer::apply_in_place(&root, file, offset, len)
+                    }
+                    archive::LayerBytes::Stream(reader) => layer::apply(&root, reader),
+                };
+                let stats = applied.map_err(|e| layer_err(i, layer_name, &rootfs_dir, e))?;
+                check_layer(i, layer_name, &config.rootfs.diff_ids[i], &stats)?;
+            }
+            image_id
+        }
+    };
     fs::remove_dir_all(&spool_dir).map_err(io_err(&spool_dir))?;
     Ok((root, image_id))
+}
+
+/// What fails a streamed checkout: the archive, or a layer.
+enum ExtractError {
+    Archive(archive::ArchiveError),
+    Runtime(RuntimeError),
+}
+
+impl From<archive::ArchiveError> for ExtractError {
+    fn from(e: archive::ArchiveError) -> Self {
+        ExtractError::Archive(e)
+    }
+}
+
+impl From<RuntimeError> for ExtractError {
+    fn from(e: RuntimeError) -> Self {
+        ExtractError::Runtime(e)
+    }
+}
+
+fn layer_status(args: &InstallSystemArgs, i: usize, total: usize) {
+    notify::status(&format!(
+        "checking out {} layer {} of {total}",
+        args.image,
+        i + 1,
+    ));
+}
+
+/// A layer applied: its digest against the image config's, and a line for the journal.
+fn check_layer(
+    i: usize,
+    name: &str,
+    expected: &str,
+    stats: &layer::LayerStats,
+) -> Result<(), RuntimeError> {
+    if stats.diff_id != expected {
+        return Err(image_err(format!(
+            "layer {} ({name}) does not match the image config: diff_id {expected} expected, {} found",
+            i + 1,
+            stats.diff_id
+        )));
+    }
+    println!("layer {}: {}", i + 1, layer_summary(stats));
+    Ok(())
 }
 
 fn layer_summary(stats: &layer::LayerStats) -> String {
@@ -822,7 +901,8 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
     // waits until both are done.
     let ostree = args.preload_dir.join("ostree");
     let _archives = marks::lock_archives(&ostree, false).map_err(io_err(&ostree))?;
-    let (archive_path, image_id) = find_image(args)?;
+    let (archive_path, image) = find_image(args)?;
+    let image_id = image.id.clone();
     let current = layout.active()?;
     if let Some(message) = nothing_to_do(args, &layout, current.as_ref(), &image_id)? {
         println!("{message}");
@@ -843,6 +923,7 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
     let info = match build(
         args,
         &archive_path,
+        &image,
         &tmp,
         &dest,
         &setvalues,
@@ -980,6 +1061,7 @@ fn nothing_to_do(
 fn build(
     args: &InstallSystemArgs,
     archive_path: &Path,
+    image: &IndexedImage,
     tmp: &Path,
     dest: &Path,
     setvalues: &[(String, String)],
@@ -989,7 +1071,15 @@ fn build(
     let previous_uuid = current
         .and_then(|(_, info)| info.values.get("UUID"))
         .map(String::as_str);
-    let prepared = checkout(args, archive_path, tmp, dest, setvalues, previous_uuid)?;
+    let prepared = checkout(
+        args,
+        archive_path,
+        image,
+        tmp,
+        dest,
+        setvalues,
+        previous_uuid,
+    )?;
     let info = record(args, &prepared, current, tmp, archive_path)?;
     write_info(tmp, &info)?;
     let fd = fs::File::open(tmp).map_err(io_err(tmp))?;

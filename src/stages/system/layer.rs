@@ -18,15 +18,16 @@
 //! image config's `diff_id` by the caller.
 
 use super::rootfs::{self, Root, clear_dir, kind_at, remove_all_at};
-use crate::runtime::digest::{Hashing, hex};
+use crate::runtime::digest;
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
-use sha2::Digest;
 use std::collections::HashSet;
-use std::ffi::OsStr;
-use std::io::{self, Read};
-use std::os::fd::OwnedFd;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What a layer did, for the unit's journal.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -103,157 +104,548 @@ fn apply_meta(fd: &OwnedFd, meta: &Meta, with_mtime: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Apply one layer. `created` collects the paths this layer wrote, so whiteouts spare them.
-pub fn apply(root: &Root, reader: impl Read) -> Result<LayerStats, LayerError> {
-    let mut hashing = Hashing::new(reader);
-    let mut stats = LayerStats::default();
-    let mut created: HashSet<PathBuf> = HashSet::new();
-    let mut dir_mtimes: Vec<(PathBuf, u64)> = Vec::new();
-    {
-        let mut archive = tar::Archive::new(&mut hashing);
-        for (n, entry) in archive.entries().map_err(LayerError::Read)?.enumerate() {
-            let mut entry = entry.map_err(|e| match n {
-                // tar's own message quotes the garbage it read; say what it means.
-                0 if e.kind() == io::ErrorKind::Other || e.kind() == io::ErrorKind::InvalidData => {
-                    LayerError::Read(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "not a tar archive (its first header is invalid)",
-                    ))
-                }
-                _ => LayerError::Read(e),
-            })?;
-            apply_member(root, &mut entry, &mut created, &mut dir_mtimes, &mut stats)?;
-        }
-    }
-    // The end-of-archive blocks and any padding are part of the diff_id.
-    io::copy(&mut hashing, &mut io::sink()).map_err(LayerError::Read)?;
-    for (path, mtime) in dir_mtimes.iter().rev() {
-        // A later member may have replaced the directory; confined either way.
-        if let Ok(fd) = root.dir(path) {
-            let _ = rfs::futimens(&fd, &timestamps(*mtime));
-        }
-    }
-    stats.diff_id = format!("sha256:{}", hex(&hashing.hasher.finalize()));
-    Ok(stats)
+/// A layer's bytes whose SHA-256 is computed by someone else as they pass (another
+/// thread): `finish` reads to the end of the stream and returns its hex digest.
+pub trait HashedStream: Read {
+    fn finish(&mut self) -> io::Result<String>;
 }
 
-fn apply_member<R: Read>(
+/// Apply one layer read as a stream (a decompressor, a spooled file). The stream is read
+/// ahead and hashed on another thread, so the SHA-256 (and any decompression) runs on
+/// another core while this one writes.
+pub fn apply<R: Read + Send>(root: &Root, reader: R) -> Result<LayerStats, LayerError> {
+    std::thread::scope(|scope| {
+        let (chunks, hashed) = digest::read_ahead_hashing_scoped(scope, reader);
+        let mut stream = ReadAhead {
+            chunks,
+            hashed: Some(hashed),
+        };
+        apply_hashed(root, &mut stream)
+    })
+}
+
+struct ReadAhead<'scope> {
+    chunks: digest::Chunks,
+    hashed: Option<std::thread::ScopedJoinHandle<'scope, io::Result<String>>>,
+}
+
+impl Read for ReadAhead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.chunks.read(buf)
+    }
+}
+
+impl HashedStream for ReadAhead<'_> {
+    fn finish(&mut self) -> io::Result<String> {
+        io::copy(&mut self.chunks, &mut io::sink())?;
+        match self.hashed.take().map(|h| h.join()) {
+            Some(Ok(digest)) => digest,
+            _ => Err(io::Error::other("the hashing thread failed")),
+        }
+    }
+}
+
+/// Apply one layer from a stream hashed elsewhere; the stream is read to its end (the
+/// end-of-archive blocks and any padding are part of the diff_id).
+pub fn apply_hashed(root: &Root, stream: &mut impl HashedStream) -> Result<LayerStats, LayerError> {
+    let mut walk = Walk::new(root);
+    {
+        let mut archive = tar::Archive::new(&mut *stream);
+        walk.entries(&mut archive, None)?;
+    }
+    let digest = stream.finish().map_err(LayerError::Read)?;
+    walk.finish(digest)
+}
+
+/// Apply one layer that is an uncompressed tar lying at `offset` in `file` (a member of an
+/// uncompressed outer archive), read in place: headers through a small window, file
+/// contents copied by the kernel (`copy_file_range`), the range hashed on another thread.
+pub fn apply_in_place(
     root: &Root,
-    entry: &mut tar::Entry<'_, R>,
-    created: &mut HashSet<PathBuf>,
-    dir_mtimes: &mut Vec<(PathBuf, u64)>,
-    stats: &mut LayerStats,
-) -> Result<(), LayerError> {
-    let raw_path = entry.path().map_err(LayerError::Read)?.into_owned();
-    let member = raw_path.display().to_string();
-    let path = rootfs::clean(&raw_path).map_err(LayerError::Refused)?;
-    let kind = entry.header().entry_type();
-    let write_err = |source: io::Error| LayerError::Write {
-        member: member.clone(),
-        source,
-    };
-    if path.as_os_str().is_empty() {
-        // "./": the root directory itself keeps the checkout's own metadata.
-        return Ok(());
+    file: &File,
+    offset: u64,
+    len: u64,
+) -> Result<LayerStats, LayerError> {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let hashed = scope.spawn(|| digest::sha256_of_range(file, offset, len, &stop));
+        let mut walk = Walk::new(root);
+        let mut window = Window::new(file, offset, len);
+        let walked = {
+            let mut archive = tar::Archive::new(&mut window);
+            let source = InPlace { file, offset, len };
+            walk.entries_seekable(&mut archive, &source)
+        };
+        let walked = walked.and_then(|()| {
+            if window.overrun {
+                Err(LayerError::Read(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the layer ends inside a member",
+                )))
+            } else {
+                Ok(())
+            }
+        });
+        if walked.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        let digest = hashed
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("hash thread")));
+        walked?;
+        walk.finish(digest.map_err(LayerError::Read)?)
+    })
+}
+
+/// Where an in-place layer's bytes are.
+struct InPlace<'f> {
+    file: &'f File,
+    offset: u64,
+    len: u64,
+}
+
+/// The layer's range of the file as a seekable reader: reads go through a 64 KiB buffer
+/// (most headers of small files come from one read), seeks are free. A seek past the end
+/// is remembered: the walk then fails as a truncated stream would.
+struct Window<'f> {
+    file: &'f File,
+    start: u64,
+    len: u64,
+    pos: u64,
+    buf: Vec<u8>,
+    buf_at: u64,
+    buf_len: usize,
+    overrun: bool,
+}
+
+impl<'f> Window<'f> {
+    fn new(file: &'f File, start: u64, len: u64) -> Self {
+        Window {
+            file,
+            start,
+            len,
+            pos: 0,
+            buf: vec![0; 64 << 10],
+            buf_at: 0,
+            buf_len: 0,
+            overrun: false,
+        }
     }
-    let name = path.file_name().unwrap_or_default().as_bytes();
+}
 
-    if whiteout(root, &path, name, &member, created)? {
-        stats.whiteouts += 1;
-        return Ok(());
+impl Read for Window<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        if self.pos >= self.len {
+            return Ok(0);
+        }
+        let in_buf = self.pos >= self.buf_at && self.pos < self.buf_at + self.buf_len as u64;
+        if !in_buf {
+            let want = usize::try_from(self.len - self.pos)
+                .map_or(self.buf.len(), |n| n.min(self.buf.len()));
+            self.buf_len = self
+                .file
+                .read_at(&mut self.buf[..want], self.start + self.pos)?;
+            self.buf_at = self.pos;
+            if self.buf_len == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file ends before the layer does",
+                ));
+            }
+        }
+        let from = usize::try_from(self.pos - self.buf_at).unwrap_or(0);
+        let n = out.len().min(self.buf_len - from);
+        out[..n].copy_from_slice(&self.buf[from..from + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Window<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+        }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
+        if target > self.len {
+            self.overrun = true;
+        }
+        self.pos = target;
+        Ok(target)
+    }
+}
+
+/// Copy `len` bytes at `offset` of `from` to the end of `to`, in the kernel; plain reads
+/// and writes where the file systems cannot (`EXDEV`, `EINVAL`, `ENOSYS`, `EOPNOTSUPP`).
+fn copy_range(
+    from: &File,
+    offset: u64,
+    len: u64,
+    to: &mut File,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut off = offset;
+    let end = offset + len;
+    while off < end {
+        let want = usize::try_from(end - off)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match rfs::copy_file_range(from, Some(&mut off), &*to, None, want) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file ends before the layer does",
+                ));
+            }
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::INVAL
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::OPNOTSUPP,
+            ) => {
+                buf.resize(COPY_BUF, 0);
+                while off < end {
+                    let want = usize::try_from(end - off).map_or(buf.len(), |n| n.min(buf.len()));
+                    let n = from.read_at(&mut buf[..want], off)?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the file ends before the layer does",
+                        ));
+                    }
+                    to.write_all(&buf[..n])?;
+                    off += n as u64;
+                }
+            }
+            Err(e) => return Err(errno(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The copy buffer for streamed contents.
+const COPY_BUF: usize = 256 << 10;
+
+/// A layer being applied: what it made so far and what it has open.
+struct Walk<'r> {
+    root: &'r Root,
+    /// The paths this layer wrote, so whiteouts spare them.
+    created: HashSet<PathBuf>,
+    dir_mtimes: Vec<(PathBuf, u64)>,
+    stats: LayerStats,
+    /// The last parent directory resolved, reused while members land in it. Dropped as
+    /// soon as a member could replace it or one of its ancestors, or a whiteout runs: the
+    /// next member then resolves its parent from the root again.
+    parent: Option<Parent>,
+    buf: Vec<u8>,
+    /// Our own IDs and umask: a file created by us already has them, so its owner and
+    /// mode need no call of their own when the header says the same.
+    euid: u32,
+    egid: u32,
+    umask: u32,
+}
+
+struct Parent {
+    path: PathBuf,
+    fd: OwnedFd,
+    /// A setgid directory gives its group to what is created in it.
+    setgid: bool,
+}
+
+impl<'r> Walk<'r> {
+    fn new(root: &'r Root) -> Self {
+        // umask is only readable by setting it; put it straight back.
+        let umask = rustix::process::umask(Mode::empty());
+        rustix::process::umask(umask);
+        Walk {
+            root,
+            created: HashSet::new(),
+            dir_mtimes: Vec::new(),
+            stats: LayerStats::default(),
+            parent: None,
+            buf: Vec::new(),
+            euid: rustix::process::geteuid().as_raw(),
+            egid: rustix::process::getegid().as_raw(),
+            umask: umask.bits(),
+        }
     }
 
-    let capability = entry.pax_extensions().ok().flatten().and_then(|exts| {
-        exts.filter_map(Result::ok)
-            .find(|e| e.key_bytes() == format!("SCHILY.xattr.{CAPABILITY_XATTR}").as_bytes())
-            .map(|e| e.value_bytes().to_vec())
-    });
-    let header = entry.header();
-    let meta = Meta {
-        uid: header.uid().map_err(LayerError::Read)?,
-        gid: header.gid().map_err(LayerError::Read)?,
-        mode: header.mode().map_err(LayerError::Read)?,
-        mtime: header.mtime().map_err(LayerError::Read)?,
-        capability,
-    };
+    fn entries<R: Read>(
+        &mut self,
+        archive: &mut tar::Archive<R>,
+        source: Option<&InPlace<'_>>,
+    ) -> Result<(), LayerError> {
+        let entries = archive.entries().map_err(LayerError::Read)?;
+        for (n, entry) in entries.enumerate() {
+            let mut entry = entry.map_err(|e| first_header_err(n, e))?;
+            self.member(&mut entry, source)?;
+        }
+        Ok(())
+    }
 
-    match kind {
-        tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-            stats.skipped += 1;
+    fn entries_seekable<R: Read + Seek>(
+        &mut self,
+        archive: &mut tar::Archive<R>,
+        source: &InPlace<'_>,
+    ) -> Result<(), LayerError> {
+        let entries = archive.entries_with_seek().map_err(LayerError::Read)?;
+        for (n, entry) in entries.enumerate() {
+            let mut entry = entry.map_err(|e| first_header_err(n, e))?;
+            self.member(&mut entry, Some(source))?;
+        }
+        Ok(())
+    }
+
+    /// Directories' mtimes, last (their children changed them), and the stats.
+    fn finish(mut self, digest: String) -> Result<LayerStats, LayerError> {
+        self.parent = None;
+        for (path, mtime) in self.dir_mtimes.iter().rev() {
+            // A later member may have replaced the directory; confined either way.
+            if let Ok(fd) = self.root.dir(path) {
+                let _ = rfs::futimens(&fd, &timestamps(*mtime));
+            }
+        }
+        self.stats.diff_id = format!("sha256:{digest}");
+        Ok(self.stats)
+    }
+
+    /// The confined parent directory of `path` and its last component, from the cache
+    /// when it is the same directory.
+    fn parent_of(&mut self, path: &Path) -> io::Result<(BorrowedFd<'_>, bool, OsString)> {
+        let dir_path = path.parent().unwrap_or(Path::new(""));
+        let name = path.file_name().unwrap_or_default().to_owned();
+        if self.parent.as_ref().is_none_or(|p| p.path != dir_path) {
+            self.parent = None;
+            let (fd, _) = self.root.parent(path)?;
+            let st = rfs::fstat(&fd).map_err(errno)?;
+            self.parent = Some(Parent {
+                path: dir_path.to_owned(),
+                fd,
+                setgid: st.st_mode & 0o2000 != 0,
+            });
+        }
+        let parent = self.parent.as_ref().expect("just set");
+        Ok((parent.fd.as_fd(), parent.setgid, name))
+    }
+
+    fn member<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        source: Option<&InPlace<'_>>,
+    ) -> Result<(), LayerError> {
+        let raw_path = entry.path().map_err(LayerError::Read)?.into_owned();
+        let member = raw_path.display().to_string();
+        let path = rootfs::clean(&raw_path).map_err(LayerError::Refused)?;
+        let kind = entry.header().entry_type();
+        let write_err = |source: io::Error| LayerError::Write {
+            member: member.clone(),
+            source,
+        };
+        if path.as_os_str().is_empty() {
+            // "./": the root directory itself keeps the checkout's own metadata.
             return Ok(());
         }
-        tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => return Ok(()),
-        _ => {}
-    }
+        // Whatever this member replaces may be the cached directory or above it.
+        if self
+            .parent
+            .as_ref()
+            .is_some_and(|p| p.path.starts_with(&path))
+        {
+            self.parent = None;
+        }
+        let name = path.file_name().unwrap_or_default().as_bytes();
 
-    let (dir, file_name) = root.parent(&path).map_err(write_err)?;
-    let existing = kind_at(&dir, &file_name).map_err(write_err)?;
-    match kind {
-        tar::EntryType::Directory => {
-            if existing != Some(FileType::Directory) {
-                remove_all_at(&dir, &file_name).map_err(write_err)?;
-                rfs::mkdirat(&dir, file_name.as_os_str(), Mode::from_raw_mode(0o700))
-                    .map_err(|e| write_err(errno(e)))?;
-            }
-            let fd = rfs::openat(
-                &dir,
-                file_name.as_os_str(),
-                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| write_err(errno(e)))?;
-            apply_meta(&fd, &meta, false).map_err(write_err)?;
-            dir_mtimes.push((path.clone(), meta.mtime));
-            stats.dirs += 1;
+        if name.starts_with(WHITEOUT.as_bytes()) {
+            self.parent = None;
         }
-        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-            remove_all_at(&dir, &file_name).map_err(write_err)?;
-            let fd = rfs::openat(
-                &dir,
-                file_name.as_os_str(),
-                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            )
-            .map_err(|e| write_err(errno(e)))?;
-            let mut file = std::fs::File::from(fd);
-            io::copy(entry, &mut file).map_err(LayerError::Read)?;
-            let fd = OwnedFd::from(file);
-            apply_meta(&fd, &meta, true).map_err(write_err)?;
-            stats.files += 1;
+        if whiteout(self.root, &path, name, &member, &self.created)? {
+            self.stats.whiteouts += 1;
+            return Ok(());
         }
-        tar::EntryType::Symlink => {
-            let target = entry
-                .link_name()
-                .map_err(LayerError::Read)?
-                .ok_or_else(|| LayerError::Refused(format!("symlink {member:?} has no target")))?;
-            symlink(&dir, &file_name, &target, &meta).map_err(write_err)?;
-            stats.symlinks += 1;
-        }
-        tar::EntryType::Link => {
-            let target = entry
-                .link_name()
-                .map_err(LayerError::Read)?
-                .ok_or_else(|| {
-                    LayerError::Refused(format!("hard link {member:?} has no target"))
-                })?;
-            if !hard_link(root, &target, &path, &dir, &file_name, &member)? {
+
+        let capability = entry.pax_extensions().ok().flatten().and_then(|exts| {
+            exts.filter_map(Result::ok)
+                .find(|e| e.key_bytes() == format!("SCHILY.xattr.{CAPABILITY_XATTR}").as_bytes())
+                .map(|e| e.value_bytes().to_vec())
+        });
+        let header = entry.header();
+        let meta = Meta {
+            uid: header.uid().map_err(LayerError::Read)?,
+            gid: header.gid().map_err(LayerError::Read)?,
+            mode: header.mode().map_err(LayerError::Read)?,
+            mtime: header.mtime().map_err(LayerError::Read)?,
+            capability,
+        };
+
+        match kind {
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                self.stats.skipped += 1;
                 return Ok(());
             }
-            stats.hardlinks += 1;
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => return Ok(()),
+            _ => {}
         }
-        other => {
-            return Err(LayerError::Refused(format!(
-                "member {member:?} has an unsupported type ({other:?})"
-            )));
+
+        match kind {
+            tar::EntryType::Directory => {
+                let (dir, _, file_name) = self.parent_of(&path).map_err(write_err)?;
+                let existing = kind_at(dir, &file_name).map_err(write_err)?;
+                if existing != Some(FileType::Directory) {
+                    remove_all_at(dir, &file_name).map_err(write_err)?;
+                    rfs::mkdirat(dir, file_name.as_os_str(), Mode::from_raw_mode(0o700))
+                        .map_err(|e| write_err(errno(e)))?;
+                }
+                let fd = rfs::openat(
+                    dir,
+                    file_name.as_os_str(),
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| write_err(errno(e)))?;
+                apply_meta(&fd, &meta, false).map_err(write_err)?;
+                self.dir_mtimes.push((path.clone(), meta.mtime));
+                self.stats.dirs += 1;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                // In place when the member's bytes are one run of the file (not sparse).
+                let in_place = source
+                    .filter(|_| kind != tar::EntryType::GNUSparse)
+                    .map(|s| (s, entry.raw_file_position(), entry.size()));
+                if let Some((s, at, size)) = in_place
+                    && at.checked_add(size).is_none_or(|end| end > s.len)
+                {
+                    return Err(LayerError::Read(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{member}: the layer ends inside it"),
+                    )));
+                }
+                let (euid, egid, umask) = (self.euid, self.egid, self.umask);
+                let mut buf = std::mem::take(&mut self.buf);
+                let (dir, setgid, file_name) = self.parent_of(&path).map_err(write_err)?;
+                // Created with its final permissions when nothing would change them
+                // later: chown clears setuid/setgid, the umask clears what it masks.
+                let perms = meta.mode & 0o777;
+                let create_mode = if meta.mode & 0o7000 == 0 && perms & umask == 0 {
+                    perms
+                } else {
+                    0o600
+                };
+                let fd = create_excl(dir, &file_name, create_mode).map_err(write_err)?;
+                let mut file = File::from(fd);
+                let copied = match in_place {
+                    Some((s, at, size)) => {
+                        copy_range(s.file, s.offset + at, size, &mut file, &mut buf)
+                    }
+                    None => copy_stream(entry, &mut file, &mut buf),
+                };
+                let same_owner = id(meta.uid) == euid && id(meta.gid) == egid && !setgid;
+                self.buf = buf;
+                copied.map_err(LayerError::Read)?;
+                let fd = OwnedFd::from(file);
+                if !same_owner {
+                    rfs::fchown(
+                        &fd,
+                        Some(rfs::Uid::from_raw(id(meta.uid))),
+                        Some(rfs::Gid::from_raw(id(meta.gid))),
+                    )
+                    .map_err(|e| write_err(errno(e)))?;
+                }
+                if create_mode != perms {
+                    rfs::fchmod(&fd, Mode::from_raw_mode(meta.mode & 0o7777))
+                        .map_err(|e| write_err(errno(e)))?;
+                }
+                if let Some(value) = &meta.capability {
+                    rfs::fsetxattr(&fd, CAPABILITY_XATTR, value, XattrFlags::empty())
+                        .map_err(|e| write_err(errno(e)))?;
+                }
+                rfs::futimens(&fd, &timestamps(meta.mtime)).map_err(|e| write_err(errno(e)))?;
+                self.stats.files += 1;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(LayerError::Read)?
+                    .ok_or_else(|| {
+                        LayerError::Refused(format!("symlink {member:?} has no target"))
+                    })?;
+                let (dir, _, file_name) = self.parent_of(&path).map_err(write_err)?;
+                symlink(dir, &file_name, &target, &meta).map_err(write_err)?;
+                self.stats.symlinks += 1;
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(LayerError::Read)?
+                    .ok_or_else(|| {
+                        LayerError::Refused(format!("hard link {member:?} has no target"))
+                    })?;
+                let root = self.root;
+                let (dir, _, file_name) = self.parent_of(&path).map_err(write_err)?;
+                if !hard_link(root, &target, &path, dir, &file_name, &member)? {
+                    return Ok(());
+                }
+                self.stats.hardlinks += 1;
+            }
+            other => {
+                return Err(LayerError::Refused(format!(
+                    "member {member:?} has an unsupported type ({other:?})"
+                )));
+            }
         }
+        self.created.insert(path);
+        Ok(())
     }
-    created.insert(path);
-    Ok(())
+}
+
+/// tar's own message for a bad first header quotes the garbage it read; say what it means.
+fn first_header_err(n: usize, e: io::Error) -> LayerError {
+    match n {
+        0 if e.kind() == io::ErrorKind::Other || e.kind() == io::ErrorKind::InvalidData => {
+            LayerError::Read(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a tar archive (its first header is invalid)",
+            ))
+        }
+        _ => LayerError::Read(e),
+    }
+}
+
+/// A new file `name` in `dir`, never through a link: `O_EXCL` first, and whatever is in
+/// the way (a file, a symlink, a directory tree) removed only when something is.
+fn create_excl(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<OwnedFd> {
+    let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rfs::openat(dir, name, flags, Mode::from_raw_mode(mode)) {
+        Err(rustix::io::Errno::EXIST) => {
+            remove_all_at(dir, name)?;
+            rfs::openat(dir, name, flags, Mode::from_raw_mode(mode)).map_err(errno)
+        }
+        other => other.map_err(errno),
+    }
+}
+
+/// A streamed member's contents into `to`, through one reused buffer.
+fn copy_stream(from: &mut impl Read, to: &mut File, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.resize(COPY_BUF, 0);
+    loop {
+        let n = match from.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+    }
 }
 
 /// A symlink member made, owned and timed as the layer says. The target is stored as
 /// written: it is only ever resolved inside the root.
-fn symlink(dir: &OwnedFd, file_name: &OsStr, target: &Path, meta: &Meta) -> io::Result<()> {
+fn symlink(dir: BorrowedFd<'_>, file_name: &OsStr, target: &Path, meta: &Meta) -> io::Result<()> {
     remove_all_at(dir, file_name)?;
     rfs::symlinkat(target.as_os_str(), dir, file_name).map_err(errno)?;
     rfs::chownat(
@@ -324,7 +716,7 @@ fn hard_link(
     root: &Root,
     target: &Path,
     path: &Path,
-    dir: &OwnedFd,
+    dir: BorrowedFd<'_>,
     file_name: &OsStr,
     member: &str,
 ) -> Result<bool, LayerError> {
