@@ -317,6 +317,13 @@ pub struct StageArgs {
     /// staged, or none.
     #[arg(long = "system-src", value_name = "SRC")]
     pub system_sources: Vec<String>,
+    /// Also check every tagged image of the system sources out now, into
+    /// ROOT/var/lib/atomic/preload/checkouts/IMAGE-ID/ (each layer checked against its
+    /// diff_id): the first boot's install only renders and activates it, reading no
+    /// archive. Costs the image's unpacked size in ROOT; the archive stays, and is used
+    /// when the checkout is damaged or the archive was staged again. Needs root.
+    #[arg(long)]
+    pub checkout: bool,
     /// The expected SHA-256 of each SRC, in order (give it once per SRC, or not at all).
     /// Any source, --system-src too, may carry its own instead: `SRC#sha256=HEX`.
     #[arg(long = "sha256", value_name = "HEX")]

@@ -997,3 +997,211 @@ fn install_refuses_an_archive_whose_content_changed_since_staging() {
     .unwrap();
     ok(&host.install("etcd", &[]));
 }
+
+/// A fake host whose preload directory is an image root's, filled by `stage --root ROOT
+/// --system [--checkout]` with the etcd image (`marker` makes its ID).
+fn staged_host(marker: &str, checkout: bool) -> (Host, std::path::PathBuf) {
+    let host = Host::new();
+    let root = host.p("root");
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::remove_dir_all(host.p("preload")).unwrap();
+    std::os::unix::fs::symlink(root.join("var/lib/atomic/preload"), host.p("preload")).unwrap();
+    stage(&host, marker, checkout);
+    (host, root)
+}
+
+fn stage(host: &Host, marker: &str, checkout: bool) {
+    let src = host.p(&format!("etcd-{marker}.tar"));
+    etcd_image(marker).save(&src);
+    let root = host.p("root");
+    let mut args = vec![
+        "stage".to_owned(),
+        "--root".into(),
+        root.display().to_string(),
+        "--system".into(),
+    ];
+    if checkout {
+        args.push("--checkout".into());
+    }
+    // One archive name, whatever the image: a later stage replaces it.
+    let named = host.p("etcd.tar");
+    fs::rename(&src, &named).unwrap();
+    args.push(named.display().to_string());
+    let out = Command::new(support::helper())
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    ok(&out);
+}
+
+/// `status --root` of the staged host's image root.
+fn status_of_root(host: &Host) -> String {
+    let out = Command::new(support::helper())
+        .args(["status", "--root"])
+        .arg(host.p("root"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn staged_dirs(host: &Host) -> Vec<String> {
+    fs::read_dir(host.p("preload/checkouts"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A checkout staged with the image is what the first install uses: the archive is not
+/// read, the values of that install still apply, and the tree is the one a checkout from
+/// the archive makes. Used once: the staged copy is gone after.
+#[test]
+fn a_staged_checkout_is_moved_in_and_rendered_with_this_installs_values() {
+    let (host, _root) = staged_host("staged", true);
+    let image_id = etcd_image("staged").id();
+    assert_eq!(staged_dirs(&host), [&image_id[7..]]);
+    let status = status_of_root(&host);
+    assert!(
+        status.contains(&format!(
+            "example.org/test/etcd:1  {}  from etcd.tar",
+            &image_id[7..19]
+        )) && status.contains("usable  (/var/lib/atomic/preload/checkouts/"),
+        "{status}"
+    );
+    let out = ok(&host.install("etcd", &["GREETING=bonjour"]));
+    assert!(
+        out.contains("Using the checkout of example.org/test/etcd:1"),
+        "{out}"
+    );
+    assert!(!out.contains("Extracting"), "{out}");
+    assert!(staged_dirs(&host).is_empty(), "used once");
+    let service = fs::read_to_string(host.p("units/etcd.service")).unwrap();
+    assert!(service.contains("GREETING=bonjour"), "{service}");
+    let info: serde_json::Value =
+        serde_json::from_slice(&fs::read(host.p("checkout/etcd/info")).unwrap()).unwrap();
+    assert_eq!(info["revision"], image_id);
+
+    let plain = Host::new();
+    etcd_image("staged").save(&plain.p("preload/ostree/etcd.tar"));
+    ok(&plain.install("etcd", &["GREETING=bonjour"]));
+    assert_eq!(
+        tree_fingerprint(&host.p("checkout/etcd/rootfs")),
+        tree_fingerprint(&plain.p("checkout/etcd/rootfs")),
+        "the staged tree is the archive's"
+    );
+    // Nothing left in the checkout dir but the deployment and its link.
+    assert_eq!(fs::read_dir(host.p("checkout")).unwrap().count(), 2);
+}
+
+/// A staged checkout that is not whole, or no longer the archive's, is passed over with a
+/// line saying why, and the archive is checked out instead: never a broken container.
+#[test]
+fn a_damaged_or_stale_staged_checkout_falls_back_to_the_archive() {
+    let damage: [(&str, fn(&Path), &str); 4] = [
+        (
+            "a file removed",
+            |rootfs| fs::remove_file(rootfs.join("etc/os-release")).unwrap(),
+            "is not usable (its tree is not the one recorded",
+        ),
+        (
+            "a file truncated",
+            |rootfs| fs::write(rootfs.join("bin/busybox"), b"").unwrap(),
+            "is not usable (its tree is not the one recorded",
+        ),
+        (
+            "a file re-owned",
+            |rootfs| std::os::unix::fs::chown(rootfs.join("home-file"), Some(0), None).unwrap(),
+            "is not usable (its tree is not the one recorded",
+        ),
+        (
+            "the tree gone (a crash while it was moved)",
+            |rootfs| fs::remove_dir_all(rootfs).unwrap(),
+            "is not usable (",
+        ),
+    ];
+    for (what, damage, says) in damage {
+        let (host, _root) = staged_host("damaged", true);
+        let dir = host.p("preload/checkouts").join(&staged_dirs(&host)[0]);
+        damage(&dir.join("rootfs"));
+        assert!(
+            status_of_root(&host).contains("  damaged: "),
+            "{what}: {}",
+            status_of_root(&host)
+        );
+        let out = ok(&host.install("etcd", &[]));
+        assert!(out.contains(says), "{what}: {out}");
+        assert!(out.contains("checking out from"), "{what}: {out}");
+        assert!(out.contains("Extracting"), "{what}: {out}");
+        let root = host.p("checkout/etcd/rootfs");
+        assert!(root.join("etc/os-release").exists(), "{what}");
+        assert_eq!(
+            fs::metadata(root.join("home-file")).unwrap().uid(),
+            1000,
+            "{what}"
+        );
+        assert!(
+            fs::metadata(root.join("bin/busybox")).unwrap().len() > 0,
+            "{what}"
+        );
+    }
+
+    // The archive replaced by hand (another image, its own sidecar; a stage would have
+    // removed the checkout): the checkout is stale.
+    let (host, _root) = staged_host("first", true);
+    let archive = host.p("preload/ostree/etcd.tar");
+    etcd_image("second").save(&archive);
+    let sha = support::sysimage::sha256(&fs::read(&archive).unwrap());
+    fs::write(
+        host.p("preload/ostree/etcd.tar.sha256"),
+        format!("{}  etcd.tar\n", &sha[7..]),
+    )
+    .unwrap();
+    let out = ok(&host.install("etcd", &[]));
+    assert!(
+        out.contains("changed since it was staged") || out.contains("was staged again since"),
+        "{out}"
+    );
+    assert!(out.contains("Extracting"), "{out}");
+    let info: serde_json::Value =
+        serde_json::from_slice(&fs::read(host.p("checkout/etcd/info")).unwrap()).unwrap();
+    assert_eq!(info["revision"], etcd_image("second").id());
+
+    // A stage that died before its record: never looked at.
+    let (host, _root) = staged_host("norecord", true);
+    let dir = host.p("preload/checkouts").join(&staged_dirs(&host)[0]);
+    fs::remove_file(dir.join("staged.json")).unwrap();
+    let out = ok(&host.install("etcd", &[]));
+    assert!(
+        out.contains("Extracting") && !out.contains("Using the checkout"),
+        "{out}"
+    );
+}
+
+/// Staging again replaces the staged checkout whole; staging another image under the
+/// archive's name removes the old image's checkout.
+#[test]
+fn staging_again_replaces_a_staged_checkout() {
+    let (host, _root) = staged_host("again", true);
+    let before = staged_dirs(&host);
+    stage(&host, "again", true);
+    assert_eq!(staged_dirs(&host), before, "the same image, one checkout");
+    let record = host
+        .p("preload/checkouts")
+        .join(&before[0])
+        .join("staged.json");
+    assert!(record.exists());
+    // Another image under the archive's name: the old one's checkout goes with it.
+    stage(&host, "newer", true);
+    assert_eq!(staged_dirs(&host), [&etcd_image("newer").id()[7..]]);
+    let out = ok(&host.install("etcd", &[]));
+    assert!(
+        out.contains("Using the checkout"),
+        "the newer archive's: {out}"
+    );
+    let info: serde_json::Value =
+        serde_json::from_slice(&fs::read(host.p("checkout/etcd/info")).unwrap()).unwrap();
+    assert_eq!(info["revision"], etcd_image("newer").id());
+}

@@ -68,6 +68,21 @@ pub struct Report {
     pub config_exists: bool,
     pub config_problems: Vec<String>,
     pub entries: Vec<EntryStatus>,
+    /// System images checked out at build time (`stage --checkout`), not yet used.
+    pub staged_checkouts: Vec<StagedCheckout>,
+}
+
+/// One staged checkout, and whether the first install of its image will use it.
+#[derive(Debug, Serialize)]
+pub struct StagedCheckout {
+    pub dir: String,
+    pub images: Vec<String>,
+    pub image_id: Option<String>,
+    pub archive: Option<String>,
+    pub entries: Option<u64>,
+    pub bytes: Option<u64>,
+    /// `usable`, or why not (its install checks the archive out instead).
+    pub state: String,
 }
 
 /// `seconds` since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
@@ -383,6 +398,54 @@ impl Context<'_> {
     }
 }
 
+impl Context<'_> {
+    /// Every staged checkout, each proven as an install would (record, archive, tree).
+    fn staged_checkouts(&self) -> Vec<StagedCheckout> {
+        use crate::stages::system::checkout;
+        let Some(preload) = &self.preload else {
+            return vec![];
+        };
+        let ostree = preload.join("ostree");
+        let listed = checkout::list(preload).unwrap_or_default();
+        listed
+            .into_iter()
+            .map(|listed| {
+                let dir = self.shown(listed.dir.display().to_string());
+                match listed.record {
+                    Err(e) => StagedCheckout {
+                        dir,
+                        images: vec![],
+                        image_id: None,
+                        archive: None,
+                        entries: None,
+                        bytes: None,
+                        state: format!("unusable: {e}"),
+                    },
+                    Ok(record) => {
+                        let state = match checkout::stale(&record, &ostree) {
+                            Some(why) => format!("stale: {}", self.shown(why)),
+                            None => match checkout::tree(&listed.dir.join("rootfs")) {
+                                Ok(tree) if tree == record.tree => "usable".into(),
+                                Ok(_) => "damaged: its tree is not the one recorded".into(),
+                                Err(e) => format!("damaged: {e}"),
+                            },
+                        };
+                        StagedCheckout {
+                            dir,
+                            images: record.tags,
+                            image_id: Some(record.image_id),
+                            archive: Some(record.archive),
+                            entries: Some(record.tree.entries),
+                            bytes: Some(record.tree.bytes),
+                            state,
+                        }
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
 fn preload_dir_of(entry: &Entry) -> &'static str {
     if entry.is_system() {
         "ostree"
@@ -428,6 +491,7 @@ pub fn report(args: &StatusArgs) -> Report {
             .chain(unresolvable)
             .collect(),
         entries: Vec::new(),
+        staged_checkouts: context.staged_checkouts(),
     };
     for item in &effective.items {
         match item {
@@ -457,11 +521,12 @@ fn cell(value: &Option<String>) -> String {
 
 pub fn print_table(report: &Report, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     if !report.config_exists && report.entries.is_empty() && report.config_problems.is_empty() {
-        return writeln!(
+        writeln!(
             out,
             "No config at {}: nothing is preloaded here (atomic-preload stage --config FILE writes one).",
             report.config
-        );
+        )?;
+        return print_staged(report, out);
     }
     let mut rows = vec![
         [
@@ -540,6 +605,46 @@ pub fn print_table(report: &Report, out: &mut dyn std::io::Write) -> std::io::Re
         if let Some(problem) = &e.problem {
             writeln!(out, "{}: {problem}", e.name)?;
         }
+    }
+    print_staged(report, out)
+}
+
+/// The staged checkouts, after the table: what the first installs will move in.
+fn print_staged(report: &Report, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    if report.staged_checkouts.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "staged checkouts (each used once, by its image's first install):"
+    )?;
+    for c in &report.staged_checkouts {
+        let images = if c.images.is_empty() {
+            "-".into()
+        } else {
+            c.images.join(", ")
+        };
+        let id = c
+            .image_id
+            .as_deref()
+            .map(|i| {
+                i.trim_start_matches("sha256:")
+                    .chars()
+                    .take(12)
+                    .collect::<String>()
+            })
+            .unwrap_or_else(|| "-".into());
+        let size = match (c.entries, c.bytes) {
+            (Some(n), Some(b)) => format!("{n} entries, {} MB", b.div_ceil(1 << 20)),
+            _ => "-".into(),
+        };
+        writeln!(
+            out,
+            "  {images}  {id}  from {}  {size}  {}  ({})",
+            c.archive.as_deref().unwrap_or("-"),
+            c.state,
+            c.dir
+        )?;
     }
     Ok(())
 }

@@ -15,7 +15,8 @@ use crate::config::{self, Named, archive_problem};
 use crate::runtime::digest::{self, hex};
 use crate::runtime::{RuntimeError, io_err};
 use crate::runtime::{durable, marks};
-use crate::stages::system::archive;
+use crate::stages::system::rootfs::Root;
+use crate::stages::system::{archive, checkout};
 use crate::{generator, paths};
 use std::fs::{self, File};
 use std::io::{self, IsTerminal, Read, Write};
@@ -259,6 +260,7 @@ struct Staged {
     temp: PathBuf,
     sha256: String,
     images: Vec<String>,
+    indexed: Vec<archive::IndexedImage>,
 }
 
 fn usage(message: impl Into<String>) -> RuntimeError {
@@ -828,7 +830,8 @@ fn remove_stale_temps(dirs: &[&Path]) {
                 continue;
             };
             if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = fs::remove_file(entry.path());
+                // A staged checkout under way is a directory.
+                let _ = fs::remove_file(entry.path()).or_else(|_| fs::remove_dir_all(entry.path()));
             }
         }
     }
@@ -843,7 +846,15 @@ fn commit(renames: &[(PathBuf, PathBuf)]) -> Result<(), RuntimeError> {
     let mut result = Ok(());
     for (from, to) in renames {
         let backup = temp_beside(to, ".old");
-        let backup = match fs::hard_link(to, &backup) {
+        // A directory (a staged checkout) is moved aside; a file is hard-linked, so its
+        // name never goes missing.
+        let is_dir = fs::symlink_metadata(to).is_ok_and(|m| m.is_dir());
+        let kept = if is_dir {
+            durable::rename(to, &backup)
+        } else {
+            fs::hard_link(to, &backup)
+        };
+        let backup = match kept {
             Ok(()) => Some(backup),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
@@ -863,17 +874,99 @@ fn commit(renames: &[(PathBuf, PathBuf)]) -> Result<(), RuntimeError> {
             // destination whose rename failed), so the backup is removed after it either way.
             Some(backup) => {
                 if result.is_err() {
+                    if fs::symlink_metadata(backup).is_ok_and(|m| m.is_dir()) {
+                        // The new directory, if it got in, makes way for the old one.
+                        let _ = fs::remove_dir_all(to);
+                    }
                     let _ = durable::rename(backup, to);
                 }
-                let _ = fs::remove_file(backup);
+                let _ = fs::remove_file(backup).or_else(|_| fs::remove_dir_all(backup));
             }
             None if result.is_err() => {
-                let _ = durable::remove_file(to);
+                let _ = durable::remove_file(to).or_else(|_| fs::remove_dir_all(to));
             }
             None => {}
         }
     }
     result
+}
+
+/// Staged checkouts of an archive this run replaced, other than the ones it made: no
+/// install would use them again (their record names the old archive's digest). After the
+/// commit: a crash before this leaves them, and they are passed over as stale.
+fn remove_stale_checkouts(staged: &[Staged], renames: &Renames, places: &Places) {
+    let replaced: Vec<&str> = staged
+        .iter()
+        .filter(|s| s.kind == Kind::System)
+        .map(|s| s.name.as_str())
+        .collect();
+    let Ok(listed) = checkout::list(&places.preload) else {
+        return;
+    };
+    for listed in listed {
+        let made_now = renames.iter().any(|(_, to)| to == &listed.dir);
+        if let Ok(record) = &listed.record
+            && !made_now
+            && replaced.contains(&record.archive.as_str())
+        {
+            println!(
+                "removed the checkout of {} staged from the earlier {} ({})",
+                record.tags.join(", "),
+                record.archive,
+                listed.dir.display()
+            );
+            let _ = fs::remove_dir_all(&listed.dir);
+        }
+    }
+}
+
+/// Every tagged image of a staged system archive checked out into a temporary directory
+/// under checkouts/ (its rootfs, then its record, then a sync): the renames that put
+/// each under its image ID.
+fn check_out(s: &Staged, places: &Places, undo: &Undo) -> Result<Renames, RuntimeError> {
+    undo.create_dir_all(&places.checkouts)
+        .map_err(io_err(&places.checkouts))?;
+    let mut renames = Vec::new();
+    for image in s.indexed.iter().filter(|i| !i.tags.is_empty()) {
+        let hex = image.id.trim_start_matches("sha256:");
+        let to = places.checkouts.join(hex);
+        let temp = temp_beside(&to, "");
+        undo.tree(temp.clone());
+        let rootfs = temp.join("rootfs");
+        let spool = temp.join(".spool");
+        for dir in [&rootfs, &spool] {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        let root = Root::open(&rootfs).map_err(io_err(&rootfs))?;
+        println!("checking out {} ({})", image.tags[0], image.id);
+        let id = checkout::layers(
+            &s.temp,
+            &image.tags[0],
+            image,
+            &root,
+            &spool,
+            &places.checkouts,
+        )?;
+        fs::remove_dir_all(&spool).map_err(io_err(&spool))?;
+        let tree = checkout::tree(&rootfs).map_err(io_err(&rootfs))?;
+        let size = fs::metadata(&s.temp).map_err(io_err(&s.temp))?.len();
+        let record = checkout::Record {
+            image_id: id,
+            tags: image.tags.clone(),
+            archive: s.name.clone(),
+            archive_size: size,
+            archive_sha256: s.sha256.clone(),
+            tree,
+        };
+        let bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
+        // The tree reaches the disk before the record that vouches for it.
+        let fd = File::open(&temp).map_err(io_err(&temp))?;
+        rustix::fs::syncfs(&fd).map_err(|e| io_err(&temp)(e.into()))?;
+        write_file(&temp.join(checkout::RECORD), &bytes)?;
+        fd.sync_all().map_err(io_err(&temp))?;
+        renames.push((temp, to));
+    }
+    Ok(renames)
 }
 
 /// Where a source goes: `docker/` (an engine loads it) or `ostree/` (a system container).
@@ -1139,6 +1232,7 @@ struct Places {
     preload: PathBuf,
     docker: PathBuf,
     ostree: PathBuf,
+    checkouts: PathBuf,
     config: PathBuf,
     podman_store: PathBuf,
 }
@@ -1151,6 +1245,10 @@ impl Places {
             preload: in_root(root, paths::PRELOAD_DIR)?,
             docker: subdir(Kind::Docker)?,
             ostree: subdir(Kind::System)?,
+            checkouts: in_root(
+                root,
+                &format!("{}/{}", paths::PRELOAD_DIR, checkout::STAGED_DIR),
+            )?,
             config: in_root(root, paths::CONFIG_FILE)?,
             podman_store: in_root(root, PODMAN_STORE)?,
         })
@@ -1178,6 +1276,18 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
     }
     let wanted = wanted(args)?;
     check_root(&args.root)?;
+    if args.checkout {
+        if !wanted.iter().any(|w| w.kind == Kind::System) {
+            return Err(usage(
+                "--checkout checks system containers out: give --system or --system-src",
+            ));
+        }
+        if !rustix::process::geteuid().is_root() {
+            return Err(usage(
+                "--checkout needs root (a checkout keeps its files' owners)",
+            ));
+        }
+    }
     let places = Places::of(&args.root)?;
     // Destinations that are not files stop the run before any download.
     for w in wanted.iter().filter(|w| !into_store(args, w)) {
@@ -1197,6 +1307,7 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
     remove_stale_temps(&[
         &places.docker,
         &places.ostree,
+        &places.checkouts,
         &places.preload,
         &in_root(&args.root, "/etc/containers")?,
     ]);
@@ -1215,6 +1326,7 @@ pub fn run(args: &StageArgs) -> Result<(), RuntimeError> {
     let _docker = marks::lock_archives(&places.docker, true).map_err(io_err(&places.docker))?;
     let _ostree = marks::lock_archives(&places.ostree, true).map_err(io_err(&places.ostree))?;
     undo.commit(&renames)?;
+    remove_stale_checkouts(&staged, &renames, &places);
     report(args, &staged, store.as_deref(), merged.as_ref(), &places);
     Ok(())
 }
@@ -1284,7 +1396,8 @@ fn fetch_all(
             into_store: into_store(args, w),
             temp,
             sha256,
-            images: images.into_iter().flat_map(|i| i.tags).collect(),
+            images: images.iter().flat_map(|i| i.tags.clone()).collect(),
+            indexed: images,
         });
     }
     Ok(staged)
@@ -1350,6 +1463,11 @@ fn prepare_commit(
         write_file(&temp, digest::sidecar_text(&s.sha256, &s.name).as_bytes())?;
         renames.push((s.temp.clone(), to));
         renames.push((temp, sidecar));
+    }
+    if args.checkout {
+        for s in staged.iter().filter(|s| s.kind == Kind::System) {
+            renames.extend(check_out(s, places, undo)?);
+        }
     }
     if let Some((text, _, _)) = merged {
         let parent = places.config.parent().unwrap_or(&places.preload).to_owned();

@@ -1,8 +1,8 @@
 //! Install, start, roll back and uninstall a system container (see the module above).
 
-use super::archive::{self, IndexedImage, Spool, normalize_reference};
+use super::archive::{self, IndexedImage, normalize_reference};
+use super::checkout;
 use super::hostfiles::{self, Installed};
-use super::layer::{self, LayerError};
 use super::rootfs::Root;
 use super::template::{self, TemplateError};
 use super::values::{self, Facts, Values};
@@ -529,44 +529,56 @@ fn check_config(bytes: &[u8], host_root: &Path) -> Result<Vec<String>, RuntimeEr
     Ok(missing)
 }
 
-fn layer_err(i: usize, name: &str, rootfs: &Path, e: LayerError) -> RuntimeError {
-    match &e {
-        LayerError::Write { source, .. } => RuntimeError::System(format!(
-            "layer {} ({name}): {e}{}",
-            i + 1,
-            crate::runtime::disk_full_note(rootfs, source)
-        )),
-        _ => image_err(format!("layer {} ({name}): {e}", i + 1)),
-    }
-}
-
 /// Check the image out into `tmp` and render its files there.
 fn checkout(
     args: &InstallSystemArgs,
     archive_path: &Path,
-    image: &IndexedImage,
+    (image, staged): (&IndexedImage, Option<&checkout::Staged>),
     tmp: &Path,
     dest: &Path,
     setvalues: &[(String, String)],
     previous_uuid: Option<&str>,
 ) -> Result<Prepared, RuntimeError> {
-    let (root, image_id) = extract(args, archive_path, image, tmp, dest)?;
+    let (root, image_id) = extract(args, archive_path, image, staged, tmp, dest)?;
     render(args, &root, tmp, dest, image_id, setvalues, previous_uuid)
 }
 
-/// The image's layers, in order, into `tmp/rootfs`, each checked against its diff_id: the
-/// root and the image ID. An uncompressed archive's layers are read where they lie; a
-/// compressed one is decompressed once more, each layer applied as it streams past when
-/// its turn has come (`plan`, from the index, says the order) and spooled beside the
-/// rootfs until then otherwise.
+/// The image into `tmp/rootfs`: a staged checkout moved in when one is given and still
+/// whole, else the archive's layers checked out. The root and the image ID.
 fn extract(
     args: &InstallSystemArgs,
     archive_path: &Path,
     image: &IndexedImage,
+    staged: Option<&checkout::Staged>,
     tmp: &Path,
     dest: &Path,
 ) -> Result<(Root, String), RuntimeError> {
     let rootfs_dir = tmp.join("rootfs");
+    if let Some(staged) = staged {
+        match staged.take(&rootfs_dir) {
+            Ok(()) => {
+                println!(
+                    "Using the checkout of {} ({}) staged in {}",
+                    args.image,
+                    staged.image_id(),
+                    staged.dir().display()
+                );
+                let root = Root::open(&rootfs_dir).map_err(io_err(&rootfs_dir))?;
+                return Ok((root, staged.image_id().to_owned()));
+            }
+            Err(why) => {
+                let message = format!(
+                    "the checkout of {} staged in {} is not usable ({why}): checking out from {}",
+                    args.image,
+                    staged.dir().display(),
+                    archive_path.display()
+                );
+                println!("{message}");
+                notify::status(&message);
+                verify_recorded_digest(archive_path)?;
+            }
+        }
+    }
     let spool_dir = tmp.join(".spool");
     for dir in [&rootfs_dir, &spool_dir] {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -578,140 +590,16 @@ fn extract(
         dest.display()
     );
     let root = Root::open(&rootfs_dir).map_err(io_err(&rootfs_dir))?;
-    let spool_err = |e: archive::ArchiveError| match e {
-        // A full disk where the archive is spooled is the checkout's file system, and is
-        // retried; a truncated or unreadable archive is the archive's fault.
-        // (The note is made now: the failed checkout's space is freed before it prints.)
-        archive::ArchiveError::Io { source, .. }
-            if !crate::runtime::disk_full_note(&spool_dir, &source).is_empty() =>
-        {
-            RuntimeError::System(format!(
-                "checking out into {}: {source}{}",
-                args.paths.checkout_dir.display(),
-                crate::runtime::disk_full_note(&args.paths.checkout_dir, &source)
-            ))
-        }
-        e => image_err(e.to_string()),
-    };
-    let plan = match &image.layers {
-        _ if archive::is_uncompressed(archive_path) => None,
-        Some(plan) => Some(plan.clone()),
-        // Indexed from a mark: the order is read again (one pass, nothing kept).
-        None => archive::index(archive_path)
-            .map_err(spool_err)?
-            .into_iter()
-            .find(|i| i.id == image.id)
-            .and_then(|i| i.layers),
-    };
-    let image_id = match plan {
-        Some(plan) => {
-            let total = plan.members.len();
-            archive::stream_layers(archive_path, &plan, &spool_dir, |i, streamed| {
-                let name = &plan.members[i];
-                layer_status(args, i, total);
-                let stats = match streamed {
-                    archive::Streamed::Live(incoming) => layer::apply_hashed(&root, incoming),
-                    archive::Streamed::Spooled(path) => {
-                        let file = fs::File::open(path).map_err(io_err(path))?;
-                        let reader = archive::layer_reader(file).map_err(|e| {
-                            ExtractError::Runtime(image_err(format!("layer {}: {e}", i + 1)))
-                        })?;
-                        layer::apply(&root, reader)
-                    }
-                }
-                .map_err(|e| layer_err(i, name, &rootfs_dir, e))?;
-                check_layer(i, name, &plan.diff_ids[i], &stats).map_err(ExtractError::Runtime)
-            })
-            .map_err(|e| match e {
-                ExtractError::Archive(e) => spool_err(e),
-                ExtractError::Runtime(e) => e,
-            })?;
-            image.id.clone()
-        }
-        None => {
-            let spool = Spool::create(archive_path, &spool_dir).map_err(spool_err)?;
-            let (item, config, image_id) = spool
-                .image(&args.image)
-                .map_err(|e| image_err(e.to_string()))?;
-            for (i, layer_name) in item.layers.iter().enumerate() {
-                layer_status(args, i, item.layers.len());
-                let bytes = spool
-                    .layer(layer_name)
-                    .map_err(|e| image_err(format!("layer {}: {e}", i + 1)))?;
-                let applied = match bytes {
-                    archive::LayerBytes::InPlace { file, offset, len } => {
-                        layer::apply_in_place(&root, file, offset, len)
-                    }
-                    archive::LayerBytes::Stream(reader) => layer::apply(&root, reader),
-                };
-                let stats = applied.map_err(|e| layer_err(i, layer_name, &rootfs_dir, e))?;
-                check_layer(i, layer_name, &config.rootfs.diff_ids[i], &stats)?;
-            }
-            image_id
-        }
-    };
+    let image_id = checkout::layers(
+        archive_path,
+        &args.image,
+        image,
+        &root,
+        &spool_dir,
+        &args.paths.checkout_dir,
+    )?;
     fs::remove_dir_all(&spool_dir).map_err(io_err(&spool_dir))?;
     Ok((root, image_id))
-}
-
-/// What fails a streamed checkout: the archive, or a layer.
-enum ExtractError {
-    Archive(archive::ArchiveError),
-    Runtime(RuntimeError),
-}
-
-impl From<archive::ArchiveError> for ExtractError {
-    fn from(e: archive::ArchiveError) -> Self {
-        ExtractError::Archive(e)
-    }
-}
-
-impl From<RuntimeError> for ExtractError {
-    fn from(e: RuntimeError) -> Self {
-        ExtractError::Runtime(e)
-    }
-}
-
-fn layer_status(args: &InstallSystemArgs, i: usize, total: usize) {
-    notify::status(&format!(
-        "checking out {} layer {} of {total}",
-        args.image,
-        i + 1,
-    ));
-}
-
-/// A layer applied: its digest against the image config's, and a line for the journal.
-fn check_layer(
-    i: usize,
-    name: &str,
-    expected: &str,
-    stats: &layer::LayerStats,
-) -> Result<(), RuntimeError> {
-    if stats.diff_id != expected {
-        return Err(image_err(format!(
-            "layer {} ({name}) does not match the image config: diff_id {expected} expected, {} found",
-            i + 1,
-            stats.diff_id
-        )));
-    }
-    println!("layer {}: {}", i + 1, layer_summary(stats));
-    Ok(())
-}
-
-fn layer_summary(stats: &layer::LayerStats) -> String {
-    format!(
-        "{} files, {} directories, {} symlinks, {} hard links, {} whiteouts{}",
-        stats.files,
-        stats.dirs,
-        stats.symlinks,
-        stats.hardlinks,
-        stats.whiteouts,
-        if stats.skipped > 0 {
-            format!(", {} device nodes/FIFOs/sockets skipped", stats.skipped)
-        } else {
-            String::new()
-        }
-    )
 }
 
 /// The container's unit (unless the manifest says `noContainerService`) and its tmpfiles
@@ -901,7 +789,13 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
     // waits until both are done.
     let ostree = args.preload_dir.join("ostree");
     let _archives = marks::lock_archives(&ostree, false).map_err(io_err(&ostree))?;
-    let (archive_path, image) = find_image(args)?;
+    // A checkout staged with the image saves reading the archive at all (until it turns
+    // out not to be usable: then the archive is checked out after all).
+    let staged = checkout::find(&args.preload_dir, &args.image, &args.archive);
+    let (archive_path, image) = match &staged {
+        Some(staged) => (ostree.join(staged.archive()), staged.indexed()),
+        None => find_image(args)?,
+    };
     let image_id = image.id.clone();
     let current = layout.active()?;
     if let Some(message) = nothing_to_do(args, &layout, current.as_ref(), &image_id)? {
@@ -912,8 +806,11 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
 
     // A digest recorded when the archive was staged (`stage --system`): its content must
     // match before anything is checked out, as the load stage checks Docker archives.
-    // Only here, where a checkout is about to be made: an installed one is not re-read.
-    verify_recorded_digest(&archive_path)?;
+    // Only here, where a checkout is about to be made: an installed one is not re-read
+    // (nor is it for a staged checkout, which has its own proof; a fallback checks).
+    if staged.is_none() {
+        verify_recorded_digest(&archive_path)?;
+    }
     let slot = match &current {
         Some((0, _)) => 1,
         _ => 0,
@@ -923,7 +820,7 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
     let info = match build(
         args,
         &archive_path,
-        &image,
+        (&image, staged.as_ref()),
         &tmp,
         &dest,
         &setvalues,
@@ -1061,7 +958,7 @@ fn nothing_to_do(
 fn build(
     args: &InstallSystemArgs,
     archive_path: &Path,
-    image: &IndexedImage,
+    image: (&IndexedImage, Option<&checkout::Staged>),
     tmp: &Path,
     dest: &Path,
     setvalues: &[(String, String)],

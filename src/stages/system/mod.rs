@@ -7,6 +7,7 @@
 //! symlink. An unchanged image ID and values leave everything as it is.
 
 pub mod archive;
+pub mod checkout;
 pub mod deploy;
 pub mod hostfiles;
 pub mod layer;
