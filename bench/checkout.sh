@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark a system container's first checkout and a later boot's no-op, against GNU
-# tar extracting the same layers (the floor: the bytes have to be written either way).
+# tar extracting the same layers (the floor: the bytes have to be written either way),
+# and `tar -xzf` of the same layers gzipped (the reference for a .tar.gz archive, whose
+# every byte has to be inflated); then the first boot with a staged checkout
+# (`stage --checkout`), and what that costs in the image.
 # The image is made here: busybox-static plus SIZE_MB of files in three layers.
 # Runs on tmpfs by default (DIR): on this VM's disk, writeback stalls swamp the
 # difference being measured; the bytes written are the same for tar and for us.
@@ -45,6 +48,7 @@ with tarfile.open(os.path.join(work, "image.tar"), "w") as t:
         ti = tarfile.TarInfo(name); ti.size = len(data); t.addfile(ti, io.BytesIO(data))
 PY
 gzip -1 -c "$work/image.tar" > "$work/image.tar.gz"
+for l in "$work"/l*.tar; do gzip -1 -c "$l" > "$l.gz"; done
 zstd -q -T0 -c "$work/image.tar" > "$work/image.tar.zst"
 
 mkdir -p "$work/bin"
@@ -60,10 +64,25 @@ args() { echo "install-system --preload-dir $work/p-$1 --name bench --image benc
 hyperfine --runs "$runs" --export-markdown "$work/first.md" \
   --prepare "$clean; sync" \
   -n "tar -x of the layers (floor)" "mkdir -p $work/x && for l in $work/l*.tar; do tar -C $work/x -xf \$l; done" \
+  -n "tar -xzf of the layers gzipped (.tar.gz reference)" "mkdir -p $work/x && for l in $work/l*.tar.gz; do tar -C $work/x -xzf \$l; done" \
   -n "checkout .tar" "$helper $(args tar)" \
   -n "checkout .tar.gz" "$helper $(args tar.gz)" \
   -n "checkout .tar.zst" "$helper $(args tar.zst)"
 cat "$work/first.md"
+
+# Staged: the checkout made at build time, then moved in by the first install. Each run
+# uses it up, so each gets a fresh copy first (not timed).
+preload=$work/sroot/var/lib/atomic/preload
+mkdir -p "$work/sroot/etc"
+"$helper" stage --root "$work/sroot" --system --checkout "$work/image.tar" >/dev/null
+cp -a "$preload/checkouts" "$work/pristine"
+echo "image cost of --checkout: $(du -sm "$preload/checkouts" | cut -f1) MB staged checkout, beside the $(du -sm "$preload/ostree" | cut -f1) MB archive"
+hyperfine --runs $((runs * 2)) --export-markdown "$work/staged.md" \
+  --prepare "$clean; rm -rf $preload/checkouts; cp -a $work/pristine $preload/checkouts; sync" \
+  -n "first boot, staged checkout" \
+  "$helper install-system --preload-dir $preload --name bench --image bench/image:1 $paths"
+cat "$work/staged.md"
+
 $clean; "$helper" $(args tar.zst) >/dev/null
 hyperfine --runs 20 --warmup 2 -N -n "second boot (no-op)" "$helper $(args tar.zst)" --export-markdown "$work/second.md"
 cat "$work/second.md"

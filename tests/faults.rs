@@ -780,6 +780,47 @@ fn first_install_converges_after_a_fault_anywhere() {
     assert_report(system_campaign(&s, &[r], &|o| o.status.success()));
 }
 
+/// The first install from a checkout staged with the image (`stage --checkout`): a fault
+/// anywhere (while the tree is proven, moved in, or its record removed) converges on the
+/// same deployment, from the staged tree or, when that was spoilt, from the archive.
+#[test]
+fn a_first_install_from_a_staged_checkout_converges_after_a_fault_anywhere() {
+    strace_available();
+    let mut s = system_scenario("staged-install");
+    let root = s.p("image-root");
+    fs::create_dir_all(root.join("etc")).unwrap();
+    let src = s.p("etcd.tar");
+    sys_image("v1").save(&src);
+    must(run(
+        &[
+            support::helper().display().to_string(),
+            "stage".into(),
+            "--root".into(),
+            root.display().to_string(),
+            "--system".into(),
+            "--checkout".into(),
+            src.display().to_string(),
+        ],
+        &[],
+    ));
+    fs::remove_file(&src).unwrap();
+    fs::remove_dir_all(s.p("preload")).unwrap();
+    fs::rename(root.join("var/lib/atomic/preload"), s.p("preload")).unwrap();
+    fs::remove_dir_all(&root).unwrap();
+    assert_eq!(fs::read_dir(s.p("preload/checkouts")).unwrap().count(), 1);
+    s.save();
+    s.cmd = install_cmd(&s);
+    let r = reference(&s, &s.cmd);
+    assert!(
+        r.keys().all(|k| !k.starts_with("preload/checkouts/")),
+        "the staged checkout was used: {:?}",
+        r.keys()
+            .filter(|k| k.starts_with("preload/"))
+            .collect::<Vec<_>>()
+    );
+    assert_report(system_campaign(&s, &[r], &|o| o.status.success()));
+}
+
 /// v1 installed and running, the admin edited one host file, v2 arrives.
 fn updated_scenario(name: &'static str) -> Scenario {
     let s = system_scenario(name);

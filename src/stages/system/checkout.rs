@@ -295,8 +295,30 @@ impl Staged {
 
     /// Prove the tree is the one recorded, then move it to `rootfs` (which must not exist,
     /// on the same file system) and drop what is left of the staged directory. `Err` says
-    /// why it cannot be used; nothing of `rootfs` exists then.
+    /// why it cannot be used; nothing of `rootfs` exists then. A tree that fails the proof
+    /// never passes it later: it is removed, so the next boot does not walk it again (and
+    /// a crash between the move and the removal converges on the archive's checkout).
     pub fn take(&self, rootfs: &Path) -> Result<(), String> {
+        let proven = self.prove();
+        if proven.is_err() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+        proven?;
+        let staged_root = self.dir.join("rootfs");
+        fs::rename(&staged_root, rootfs).map_err(|e| {
+            format!(
+                "moving {} to {}: {e}",
+                staged_root.display(),
+                rootfs.display()
+            )
+        })?;
+        // Used once: the record goes with it (a crash before this leaves a record without
+        // a tree, which the next look proves unusable and removes).
+        let _ = fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+
+    fn prove(&self) -> Result<(), String> {
         let staged_root = self.dir.join("rootfs");
         let found = tree(&staged_root).map_err(|e| format!("{}: {e}", staged_root.display()))?;
         if found != self.record.tree {
@@ -310,16 +332,6 @@ impl Staged {
                 self.record.tree.digest
             ));
         }
-        fs::rename(&staged_root, rootfs).map_err(|e| {
-            format!(
-                "moving {} to {}: {e}",
-                staged_root.display(),
-                rootfs.display()
-            )
-        })?;
-        // Used once: the record goes with it (a crash before this leaves a record without
-        // a tree, which the next look reports and passes over).
-        let _ = fs::remove_dir_all(&self.dir);
         Ok(())
     }
 }
@@ -405,6 +417,22 @@ pub fn find(preload_dir: &Path, reference: &str, archives: &[String]) -> Option<
     let wanted = normalize_reference(reference);
     let ostree = preload_dir.join("ostree");
     for listed in list(preload_dir).unwrap_or_default() {
+        // What a used or spoilt checkout left (its tree moved out, its record or the rest
+        // not yet removed when the run was stopped) can never be used: it goes now, so
+        // every run converges on the same state.
+        let remains = match &listed.record {
+            Err(e) => Some(e.clone()),
+            Ok(_) if !listed.dir.join("rootfs").is_dir() => Some("no rootfs".into()),
+            Ok(_) => None,
+        };
+        if let Some(why) = remains {
+            println!(
+                "removing {}: not a usable staged checkout ({why})",
+                listed.dir.display()
+            );
+            let _ = fs::remove_dir_all(&listed.dir);
+            continue;
+        }
         let Ok(record) = listed.record else {
             continue;
         };
