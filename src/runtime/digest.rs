@@ -95,14 +95,34 @@ pub struct Chunks {
     done: bool,
 }
 
+/// Read into `buf` until it is full or the stream ends; how much was read.
+pub fn fill(reader: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Copy what is left of `chunk` after `*pos` into `buf` (as much as fits), advancing
+/// `*pos`; 0 when the chunk is used up.
+pub fn serve(chunk: &[u8], pos: &mut usize, buf: &mut [u8]) -> usize {
+    let n = buf.len().min(chunk.len().saturating_sub(*pos));
+    buf[..n].copy_from_slice(&chunk[*pos..*pos + n]);
+    *pos += n;
+    n
+}
+
 impl Read for Chunks {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if self.pos < self.current.len() {
-                let n = buf.len().min(self.current.len() - self.pos);
-                buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-                self.pos += n;
-                return Ok(n);
+                return Ok(serve(&self.current, &mut self.pos, buf));
             }
             if self.done {
                 return Ok(0);
@@ -163,19 +183,14 @@ fn pump(mut reader: impl Read, tx: std::sync::mpsc::SyncSender<Chunk>) -> io::Re
     let mut consumer = true;
     loop {
         let mut buf = vec![0u8; 1 << 20];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match reader.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let message = e.to_string();
-                    let _ = tx.send(Err(e));
-                    return Err(io::Error::other(message));
-                }
+        let filled = match fill(&mut reader, &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let message = e.to_string();
+                let _ = tx.send(Err(e));
+                return Err(io::Error::other(message));
             }
-        }
+        };
         buf.truncate(filled);
         hasher.update(&buf);
         let end = filled == 0;

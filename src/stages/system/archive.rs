@@ -371,15 +371,7 @@ fn pump_members(
         loop {
             let mut buf = recycled.try_recv().unwrap_or_default();
             buf.resize(1 << 20, 0);
-            let mut filled = 0;
-            while filled < buf.len() {
-                match entry.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            let filled = crate::runtime::digest::fill(&mut *entry, &mut buf)?;
             if filled == 0 {
                 break;
             }
@@ -454,10 +446,11 @@ impl Read for Incoming<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if self.pos < self.current.len() {
-                let n = buf.len().min(self.current.len() - self.pos);
-                buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-                self.pos += n;
-                return Ok(n);
+                return Ok(crate::runtime::digest::serve(
+                    &self.current,
+                    &mut self.pos,
+                    buf,
+                ));
             }
             if self.end.is_some() {
                 return Ok(0);

@@ -43,7 +43,6 @@ pub fn layers(
     spool_dir: &Path,
     checkout_dir: &Path,
 ) -> Result<String, RuntimeError> {
-    let rootfs_dir = root.path();
     let spool_err = |e: archive::ArchiveError| match e {
         // A full disk where the archive is spooled is the checkout's file system, and is
         // retried; a truncated or unreadable archive is the archive's fault.
@@ -85,7 +84,7 @@ pub fn layers(
                 }
                 archive::LayerBytes::Stream(reader) => layer::apply(root, reader),
             };
-            let stats = applied.map_err(|e| layer_err(i, layer_name, rootfs_dir, e))?;
+            let stats = applied.map_err(|e| layer_err(i, layer_name, checkout_dir, e))?;
             check_layer(i, layer_name, &config.rootfs.diff_ids[i], &stats)?;
         }
         return Ok(image_id);
@@ -104,7 +103,7 @@ pub fn layers(
                 layer::apply(root, reader)
             }
         }
-        .map_err(|e| layer_err(i, name, rootfs_dir, e))?;
+        .map_err(|e| layer_err(i, name, checkout_dir, e))?;
         check_layer(i, name, &plan.diff_ids[i], &stats).map_err(ExtractError::Runtime)
     })
     .map_err(|e| match e {
@@ -157,12 +156,14 @@ fn check_layer(
     Ok(())
 }
 
-fn layer_err(i: usize, name: &str, rootfs: &Path, e: LayerError) -> RuntimeError {
+/// A layer that failed; a full disk is named by the checkout directory (what the admin
+/// knows), not the temporary deployment it was being written into.
+fn layer_err(i: usize, name: &str, checkout_dir: &Path, e: LayerError) -> RuntimeError {
     match &e {
         LayerError::Write { source, .. } => RuntimeError::System(format!(
             "layer {} ({name}): {e}{}",
             i + 1,
-            crate::runtime::disk_full_note(rootfs, source)
+            crate::runtime::disk_full_note(checkout_dir, source)
         )),
         _ => image_err(format!("layer {} ({name}): {e}", i + 1)),
     }

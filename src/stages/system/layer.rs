@@ -278,15 +278,31 @@ impl Seek for Window<'_> {
     }
 }
 
+/// Which side of a copy failed: reading the layer is the image's problem, writing the
+/// checkout the host's (a full disk is retried, and says so).
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+fn eof() -> CopyError {
+    CopyError::Read(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the file ends before the layer does",
+    ))
+}
+
 /// Copy `len` bytes at `offset` of `from` to the end of `to`, in the kernel; plain reads
 /// and writes where the file systems cannot (`EXDEV`, `EINVAL`, `ENOSYS`, `EOPNOTSUPP`).
+/// A failing `copy_file_range` counts as the write's: the source is a file the index
+/// just read, the destination the disk that fills up.
 fn copy_range(
     from: &File,
     offset: u64,
     len: u64,
     to: &mut File,
     buf: &mut Vec<u8>,
-) -> io::Result<()> {
+) -> Result<(), CopyError> {
     use std::os::unix::fs::FileExt;
     let mut off = offset;
     let end = offset + len;
@@ -295,12 +311,7 @@ fn copy_range(
             .unwrap_or(usize::MAX)
             .min(1 << 30);
         match rfs::copy_file_range(from, Some(&mut off), &*to, None, want) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the file ends before the layer does",
-                ));
-            }
+            Ok(0) => return Err(eof()),
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => {}
             Err(
@@ -312,18 +323,17 @@ fn copy_range(
                 buf.resize(COPY_BUF, 0);
                 while off < end {
                     let want = usize::try_from(end - off).map_or(buf.len(), |n| n.min(buf.len()));
-                    let n = from.read_at(&mut buf[..want], off)?;
+                    let n = from
+                        .read_at(&mut buf[..want], off)
+                        .map_err(CopyError::Read)?;
                     if n == 0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the file ends before the layer does",
-                        ));
+                        return Err(eof());
                     }
-                    to.write_all(&buf[..n])?;
+                    to.write_all(&buf[..n]).map_err(CopyError::Write)?;
                     off += n as u64;
                 }
             }
-            Err(e) => return Err(errno(e)),
+            Err(e) => return Err(CopyError::Write(errno(e))),
         }
     }
     Ok(())
@@ -546,7 +556,10 @@ impl<'r> Walk<'r> {
                 };
                 let same_owner = id(meta.uid) == euid && id(meta.gid) == egid && !setgid;
                 self.buf = buf;
-                copied.map_err(LayerError::Read)?;
+                copied.map_err(|e| match e {
+                    CopyError::Read(e) => LayerError::Read(e),
+                    CopyError::Write(e) => write_err(e),
+                })?;
                 let fd = OwnedFd::from(file);
                 if !same_owner {
                     rfs::fchown(
@@ -630,16 +643,16 @@ fn create_excl(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<Owned
 }
 
 /// A streamed member's contents into `to`, through one reused buffer.
-fn copy_stream(from: &mut impl Read, to: &mut File, buf: &mut Vec<u8>) -> io::Result<()> {
+fn copy_stream(from: &mut impl Read, to: &mut File, buf: &mut Vec<u8>) -> Result<(), CopyError> {
     buf.resize(COPY_BUF, 0);
     loop {
         let n = match from.read(buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(CopyError::Read(e)),
         };
-        to.write_all(&buf[..n])?;
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
     }
 }
 
