@@ -1210,3 +1210,34 @@ fn staging_again_replaces_a_staged_checkout() {
         serde_json::from_slice(&fs::read(host.p("checkout/etcd/info")).unwrap()).unwrap();
     assert_eq!(info["revision"], etcd_image("newer").id());
 }
+
+/// A directory replaced by a symlink within a layer: later members spelt through another
+/// symlink to it follow the new link (the walk's cached parent directory never outlives
+/// a member that can change what a path resolves to).
+#[test]
+fn members_after_a_directory_becomes_a_symlink_follow_the_symlink() {
+    let twist = Layer::new()
+        .dir("srv/", 0o755)
+        .dir("srv/data/", 0o755)
+        .symlink("data", "srv/data")
+        .file("data/a", b"a", 0o644)
+        .dir("opt/", 0o755)
+        .symlink("srv/data", "../opt")
+        .file("data/b", b"b", 0o644)
+        .bytes();
+    let mut image = etcd_image("twist");
+    image.layers.push(twist);
+    for name in ["etcd.tar", "etcd.tar.zst"] {
+        let host = Host::new();
+        image.save(&host.p("preload/ostree").join(name));
+        ok(&host.install("etcd", &[]));
+        let root = host.p("checkout/etcd/rootfs");
+        assert_eq!(fs::read(root.join("opt/b")).unwrap(), b"b", "{name}");
+        assert!(!root.join("opt/a").exists(), "{name}");
+        assert_eq!(
+            fs::read_link(root.join("srv/data")).unwrap(),
+            Path::new("../opt"),
+            "{name}"
+        );
+    }
+}

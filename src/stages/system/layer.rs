@@ -349,9 +349,9 @@ struct Walk<'r> {
     created: HashSet<PathBuf>,
     dir_mtimes: Vec<(PathBuf, u64)>,
     stats: LayerStats,
-    /// The last parent directory resolved, reused while members land in it. Dropped as
-    /// soon as a member could replace it or one of its ancestors, or a whiteout runs: the
-    /// next member then resolves its parent from the root again.
+    /// The last parent directory resolved, reused while members land in it (see
+    /// [`Walk::member`] for why that is safe); the next member elsewhere resolves its
+    /// parent from the root again.
     parent: Option<Parent>,
     buf: Vec<u8>,
     /// Our own IDs and umask: a file created by us already has them, so its owner and
@@ -461,7 +461,11 @@ impl<'r> Walk<'r> {
             // "./": the root directory itself keeps the checkout's own metadata.
             return Ok(());
         }
-        // Whatever this member replaces may be the cached directory or above it.
+        // The cache holds the parent of the previous member. A member in that same
+        // directory changes only an entry of it, never the directory or what leads to it;
+        // a member elsewhere resolves its own parent. Dropped anyway when a member's path
+        // is the cached directory or above it, and for whiteouts: cheap, and it keeps that
+        // reasoning from being the only guard.
         if self
             .parent
             .as_ref()
