@@ -1586,6 +1586,12 @@ fn dry_run(
                 indexed.push(None);
             }
         }
+        if args.checkout && w.kind == Kind::System {
+            println!(
+                "would check its tagged images out into {}/IMAGE-ID",
+                places.checkouts.display()
+            );
+        }
     }
     if let Some((addition, current)) = addition {
         let added = entry_names(addition.text.as_bytes());

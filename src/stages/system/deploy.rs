@@ -793,7 +793,12 @@ pub fn install(args: &InstallSystemArgs) -> Result<(), RuntimeError> {
     // out not to be usable: then the archive is checked out after all).
     let staged = checkout::find(&args.preload_dir, &args.image, &args.archive);
     let (archive_path, image) = match &staged {
-        Some(staged) => (ostree.join(staged.archive()), staged.indexed()),
+        Some(staged) => {
+            // The archive is the fallback: trusted as find_image trusts what it reads.
+            let names = [staged.archive().to_owned()];
+            crate::stages::load::check_trusted(&ostree, &names, &args.paths.state_dir)?;
+            (ostree.join(staged.archive()), staged.indexed())
+        }
         None => find_image(args)?,
     };
     let image_id = image.id.clone();
