@@ -921,15 +921,23 @@ fn remove_stale_checkouts(staged: &[Staged], renames: &Renames, places: &Places)
 }
 
 /// Every tagged image of a staged system archive checked out into a temporary directory
-/// under checkouts/ (its rootfs, then its record, then a sync): the renames that put
-/// each under its image ID.
-fn check_out(s: &Staged, places: &Places, undo: &Undo) -> Result<Renames, RuntimeError> {
+/// under checkouts/ (its rootfs, then its record, then a sync), with the rename that puts
+/// it under its image ID added to `renames` (once per image: another archive of the run
+/// holding the same image has it checked out already).
+fn check_out(
+    s: &Staged,
+    places: &Places,
+    undo: &Undo,
+    renames: &mut Renames,
+) -> Result<(), RuntimeError> {
     undo.create_dir_all(&places.checkouts)
         .map_err(io_err(&places.checkouts))?;
-    let mut renames = Vec::new();
     for image in s.indexed.iter().filter(|i| !i.tags.is_empty()) {
         let hex = image.id.trim_start_matches("sha256:");
         let to = places.checkouts.join(hex);
+        if renames.iter().any(|(_, t)| t == &to) {
+            continue;
+        }
         let temp = temp_beside(&to, "");
         undo.tree(temp.clone());
         let rootfs = temp.join("rootfs");
@@ -966,7 +974,7 @@ fn check_out(s: &Staged, places: &Places, undo: &Undo) -> Result<Renames, Runtim
         fd.sync_all().map_err(io_err(&temp))?;
         renames.push((temp, to));
     }
-    Ok(renames)
+    Ok(())
 }
 
 /// Where a source goes: `docker/` (an engine loads it) or `ostree/` (a system container).
@@ -1466,7 +1474,7 @@ fn prepare_commit(
     }
     if args.checkout {
         for s in staged.iter().filter(|s| s.kind == Kind::System) {
-            renames.extend(check_out(s, places, undo)?);
+            check_out(s, places, undo, &mut renames)?;
         }
     }
     if let Some((text, _, _)) = merged {

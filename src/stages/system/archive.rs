@@ -171,7 +171,9 @@ fn walk(
     let mut links = HashMap::new();
     let mut each = |n: usize, entry: &mut dyn EntryLike, size: Option<u64>| -> io::Result<()> {
         let key = member_key(&entry.path()?);
+        // (A sparse member's size is its expanded size: not a length in the file.)
         if let Some(size) = size
+            && entry.kind() != tar::EntryType::GNUSparse
             && entry.end().is_none_or(|end| end > size)
         {
             return Err(io::Error::new(
