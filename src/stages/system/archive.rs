@@ -700,7 +700,6 @@ pub fn is_uncompressed(path: &Path) -> bool {
 /// An archive's members for a checkout: an uncompressed archive's are read where they lie
 /// (its layers' offsets are recorded, nothing is copied); a compressed one's are spooled.
 pub struct Spool {
-    pub dir: PathBuf,
     files: HashMap<String, Stored>,
     spooled: Vec<PathBuf>,
     links: HashMap<String, String>,
@@ -727,7 +726,6 @@ impl Spool {
             Ok(())
         })?;
         Ok(Spool {
-            dir: dir.to_owned(),
             files,
             spooled,
             links,
@@ -738,28 +736,18 @@ impl Spool {
 
     /// Where a member is, following the archive's own symlinks (a few hops).
     pub fn member(&self, name: &str) -> Result<Member<'_>, ArchiveError> {
-        let mut key = name.trim_start_matches("./").to_owned();
-        for _ in 0..8 {
-            match (self.files.get(&key), &self.file) {
-                (Some(Stored::Spooled(i)), _) => return Ok(Member::Spooled(&self.spooled[*i])),
-                (Some(Stored::InPlace { offset, len }), Some(file)) => {
-                    return Ok(Member::InPlace {
-                        file,
-                        offset: *offset,
-                        len: *len,
-                    });
-                }
-                _ => {}
-            }
-            match self.links.get(&key) {
-                Some(next) => key = next.clone(),
-                None => break,
-            }
+        match (self.files.get(&resolve(&self.links, name)), &self.file) {
+            (Some(Stored::Spooled(i)), _) => Ok(Member::Spooled(&self.spooled[*i])),
+            (Some(Stored::InPlace { offset, len }), Some(file)) => Ok(Member::InPlace {
+                file,
+                offset: *offset,
+                len: *len,
+            }),
+            _ => Err(format_err(
+                &self.archive,
+                format!("member {name} is missing"),
+            )),
         }
-        Err(format_err(
-            &self.archive,
-            format!("member {name} is missing"),
-        ))
     }
 
     /// A layer member's bytes: decompressed by its magic bytes (docker save writes plain
