@@ -15,7 +15,6 @@ use crate::config::{self, Named, archive_problem};
 use crate::runtime::digest::{self, hex};
 use crate::runtime::{RuntimeError, io_err};
 use crate::runtime::{durable, marks};
-use crate::stages::system::rootfs::Root;
 use crate::stages::system::{archive, checkout};
 use crate::{generator, paths};
 use std::fs::{self, File};
@@ -940,22 +939,9 @@ fn check_out(
         }
         let temp = temp_beside(&to, "");
         undo.tree(temp.clone());
-        let rootfs = temp.join("rootfs");
-        let spool = temp.join(".spool");
-        for dir in [&rootfs, &spool] {
-            fs::create_dir_all(dir).map_err(io_err(dir))?;
-        }
-        let root = Root::open(&rootfs).map_err(io_err(&rootfs))?;
         println!("checking out {} ({})", image.tags[0], image.id);
-        let id = checkout::layers(
-            &s.temp,
-            &image.tags[0],
-            image,
-            &root,
-            &spool,
-            &places.checkouts,
-        )?;
-        fs::remove_dir_all(&spool).map_err(io_err(&spool))?;
+        let (_, id) = checkout::into_dir(&s.temp, &image.tags[0], image, &temp, &places.checkouts)?;
+        let rootfs = temp.join("rootfs");
         let tree = checkout::tree(&rootfs).map_err(io_err(&rootfs))?;
         let size = fs::metadata(&s.temp).map_err(io_err(&s.temp))?.len();
         let record = checkout::Record {

@@ -113,6 +113,26 @@ pub fn layers(
     Ok(image.id.clone())
 }
 
+/// [`layers`] into `dir/rootfs`, spooling (when it must) into `dir/.spool`, which is
+/// removed after: the root and the image ID.
+pub fn into_dir(
+    archive_path: &Path,
+    reference: &str,
+    image: &IndexedImage,
+    dir: &Path,
+    checkout_dir: &Path,
+) -> Result<(Root, String), RuntimeError> {
+    let rootfs = dir.join("rootfs");
+    let spool = dir.join(".spool");
+    for d in [&rootfs, &spool] {
+        fs::create_dir_all(d).map_err(io_err(d))?;
+    }
+    let root = Root::open(&rootfs).map_err(io_err(&rootfs))?;
+    let id = layers(archive_path, reference, image, &root, &spool, checkout_dir)?;
+    fs::remove_dir_all(&spool).map_err(io_err(&spool))?;
+    Ok((root, id))
+}
+
 /// What fails a streamed checkout: the archive, or a layer.
 enum ExtractError {
     Archive(archive::ArchiveError),

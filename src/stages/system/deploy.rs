@@ -579,27 +579,19 @@ fn extract(
             }
         }
     }
-    let spool_dir = tmp.join(".spool");
-    for dir in [&rootfs_dir, &spool_dir] {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-    }
     println!(
         "Extracting {} from {} to {}",
         args.image,
         archive_path.display(),
         dest.display()
     );
-    let root = Root::open(&rootfs_dir).map_err(io_err(&rootfs_dir))?;
-    let image_id = checkout::layers(
+    checkout::into_dir(
         archive_path,
         &args.image,
         image,
-        &root,
-        &spool_dir,
+        tmp,
         &args.paths.checkout_dir,
-    )?;
-    fs::remove_dir_all(&spool_dir).map_err(io_err(&spool_dir))?;
-    Ok((root, image_id))
+    )
 }
 
 /// The container's unit (unless the manifest says `noContainerService`) and its tmpfiles

@@ -86,19 +86,33 @@ fn id(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX - 1)
 }
 
-/// Owner, then mode, then the capability xattr, then mtime, on an open file or directory.
-fn apply_meta(fd: &OwnedFd, meta: &Meta, with_mtime: bool) -> io::Result<()> {
-    rfs::fchown(
-        fd,
-        Some(rfs::Uid::from_raw(id(meta.uid))),
-        Some(rfs::Gid::from_raw(id(meta.gid))),
-    )
-    .map_err(errno)?;
-    rfs::fchmod(fd, Mode::from_raw_mode(meta.mode & 0o7777)).map_err(errno)?;
+/// Which of a member's metadata calls its descriptor still needs: a file this walk just
+/// created may already have its owner (ours) and mode (created with it); a directory's
+/// mtime waits for the end of the layer.
+struct Needs {
+    owner: bool,
+    mode: bool,
+    mtime: bool,
+}
+
+/// Owner, then mode (after chown, which clears setuid), then the capability xattr, then
+/// mtime, on an open file or directory, as far as `needs` says.
+fn apply_meta(fd: &OwnedFd, meta: &Meta, needs: Needs) -> io::Result<()> {
+    if needs.owner {
+        rfs::fchown(
+            fd,
+            Some(rfs::Uid::from_raw(id(meta.uid))),
+            Some(rfs::Gid::from_raw(id(meta.gid))),
+        )
+        .map_err(errno)?;
+    }
+    if needs.mode {
+        rfs::fchmod(fd, Mode::from_raw_mode(meta.mode & 0o7777)).map_err(errno)?;
+    }
     if let Some(value) = &meta.capability {
         rfs::fsetxattr(fd, CAPABILITY_XATTR, value, XattrFlags::empty()).map_err(errno)?;
     }
-    if with_mtime {
+    if needs.mtime {
         rfs::futimens(fd, &timestamps(meta.mtime)).map_err(errno)?;
     }
     Ok(())
@@ -522,7 +536,12 @@ impl<'r> Walk<'r> {
                     Mode::empty(),
                 )
                 .map_err(|e| write_err(errno(e)))?;
-                apply_meta(&fd, &meta, false).map_err(write_err)?;
+                let needs = Needs {
+                    owner: true,
+                    mode: true,
+                    mtime: false,
+                };
+                apply_meta(&fd, &meta, needs).map_err(write_err)?;
                 self.dir_mtimes.push((path.clone(), meta.mtime));
                 self.stats.dirs += 1;
             }
@@ -565,23 +584,12 @@ impl<'r> Walk<'r> {
                     CopyError::Write(e) => write_err(e),
                 })?;
                 let fd = OwnedFd::from(file);
-                if !same_owner {
-                    rfs::fchown(
-                        &fd,
-                        Some(rfs::Uid::from_raw(id(meta.uid))),
-                        Some(rfs::Gid::from_raw(id(meta.gid))),
-                    )
-                    .map_err(|e| write_err(errno(e)))?;
-                }
-                if create_mode != perms {
-                    rfs::fchmod(&fd, Mode::from_raw_mode(meta.mode & 0o7777))
-                        .map_err(|e| write_err(errno(e)))?;
-                }
-                if let Some(value) = &meta.capability {
-                    rfs::fsetxattr(&fd, CAPABILITY_XATTR, value, XattrFlags::empty())
-                        .map_err(|e| write_err(errno(e)))?;
-                }
-                rfs::futimens(&fd, &timestamps(meta.mtime)).map_err(|e| write_err(errno(e)))?;
+                let needs = Needs {
+                    owner: !same_owner,
+                    mode: create_mode != perms,
+                    mtime: true,
+                };
+                apply_meta(&fd, &meta, needs).map_err(write_err)?;
                 self.stats.files += 1;
             }
             tar::EntryType::Symlink => {
