@@ -305,6 +305,8 @@ struct Scenario {
     follow: bool,
     /// What restoring the directory does not reset (an engine's images).
     reset: Box<dyn Fn()>,
+    /// A TMPDIR of its own, with a short path (`/tmp/apf-PID-K`).
+    tmp: PathBuf,
 }
 
 impl Scenario {
@@ -315,6 +317,11 @@ impl Scenario {
         let _ = fs::remove_dir_all(&work);
         let _ = fs::remove_dir_all(&saved);
         fs::create_dir_all(&work).unwrap();
+        static SCENARIOS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let k = SCENARIOS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = PathBuf::from(format!("/tmp/apf-{}-{k}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).unwrap();
         Scenario {
             name,
             work,
@@ -323,6 +330,7 @@ impl Scenario {
             env: Vec::new(),
             follow: false,
             reset: Box::new(|| {}),
+            tmp,
         }
     }
     fn p(&self, rel: &str) -> PathBuf {
@@ -355,6 +363,7 @@ impl Drop for Scenario {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.work);
         let _ = fs::remove_dir_all(&self.saved);
+        let _ = fs::remove_dir_all(&self.tmp);
     }
 }
 
@@ -1182,15 +1191,15 @@ fn stage_stray(s: &Scenario) -> Option<String> {
     if let Some(m) = mounts.lines().find(|l| l.contains(&root)) {
         return Some(format!("a mount: {m}"));
     }
-    fs::read_dir(std::env::temp_dir())
-        .unwrap()
+    // The campaign's own TMPDIR (campaigns run at once: one killed in another campaign
+    // leaves its temp dir until that campaign's rerun removes it).
+    fs::read_dir(&s.tmp)
+        .into_iter()
+        .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        // A stage still running (another campaign's, at the same time) keeps its own.
-        .find(|n| {
-            n.strip_prefix("atomic-preload-stage-")
-                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-        })
+        .find(|n| n.starts_with("atomic-preload-stage-"))
+        .map(|n| format!("{}/{n}", s.tmp.display()))
 }
 
 fn stage_campaign(name: &'static str, podman_store: bool, source: &dyn Fn(&Scenario) -> String) {
@@ -1244,9 +1253,12 @@ fn stage_campaign(name: &'static str, podman_store: bool, source: &dyn Fn(&Scena
         });
     }
     s.cmd.push(src);
+    // Its temp dirs where only its own runs make them (a short path: a TMPDIR longer
+    // than Podman's run root allows gives way to /tmp).
+    s.env.push(("TMPDIR".into(), s.tmp.display().to_string()));
     s.restore();
     let before = snapshot(&s.p("root"), &|_, t| t);
-    must(run(&s.cmd, &[]));
+    must(run(&s.cmd, &s.env));
     let reference = stage_state(&s);
     if podman_store {
         assert!(

@@ -724,9 +724,19 @@ fn podman_store_serves_images_without_loading() {
         !r.join(PRELOAD).join("docker/app.tar.gz").exists(),
         "no archive"
     );
-    // Staging again adds the image, not a second entry in storage.conf.
+    // Staging again adds the image, not a second entry in storage.conf; a TMPDIR longer
+    // than Podman takes for a run root does not fail it (a builder's deep work tree).
     let more = archive(src.path(), "more.tar", "test/ps:2");
-    let out = stage(&["--root", root_arg, "--podman-store", more.to_str().unwrap()]);
+    let deep = src
+        .path()
+        .join("a-build-tree-deep-enough/to-exceed-podman/tmp");
+    fs::create_dir_all(&deep).unwrap();
+    let out = Command::new(helper())
+        .args(["stage", "--root", root_arg, "--podman-store"])
+        .arg(&more)
+        .env("TMPDIR", &deep)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let again = fs::read_to_string(r.join("etc/containers/storage.conf")).unwrap();
     assert_eq!(again, conf);

@@ -1878,10 +1878,25 @@ impl Drop for TempDir {
     }
 }
 
-/// This run's `TMPDIR/atomic-preload-stage-PID`, after removing those of stages that were
-/// killed (their PID no longer runs).
+/// Where this run's private directory goes: `TMPDIR` when its path leaves room, else
+/// `/tmp`. The directory holds Podman's run root, which Podman refuses when longer than
+/// 50 bytes ("the specified runroot is longer than 50 characters"), and a private
+/// containerd's sockets (a unix socket's path is at most 107 bytes); the bound assumes
+/// the longest PID (7 digits), so one TMPDIR always gives the same answer.
+fn tempfile_base(tmpdir: PathBuf) -> PathBuf {
+    const LONGEST: usize = 50;
+    let room = LONGEST - "/atomic-preload-stage-".len() - "4194304".len();
+    if tmpdir.as_os_str().len() <= room {
+        tmpdir
+    } else {
+        PathBuf::from("/tmp")
+    }
+}
+
+/// This run's `TMPDIR/atomic-preload-stage-PID` (see [`tempfile_base`]), after removing
+/// those of stages that were killed (their PID no longer runs).
 fn tempfile_dir() -> Result<TempDir, RuntimeError> {
-    let tmp = std::env::temp_dir();
+    let tmp = tempfile_base(std::env::temp_dir());
     for entry in fs::read_dir(&tmp).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(pid) = name
@@ -1921,6 +1936,19 @@ mod tests {
         assert!(name("https://example.com/download").is_err());
         assert!(name("notes.txt").is_err());
         assert!(name("docker-image:").is_err());
+    }
+
+    #[test]
+    fn a_long_tmpdir_gives_way_to_tmp_for_podman_and_sockets() {
+        assert_eq!(tempfile_base("/var/tmp".into()), Path::new("/var/tmp"));
+        let longest = "/x".repeat(10) + "y";
+        assert_eq!(tempfile_base(longest.clone().into()), Path::new(&longest));
+        let dir = tempfile_base(longest.into()).join("atomic-preload-stage-4194304");
+        assert_eq!(dir.as_os_str().len(), 50, "Podman's limit, exactly");
+        assert_eq!(
+            tempfile_base("/home/builder/work/images/tmp".into()),
+            Path::new("/tmp")
+        );
     }
 
     // `Hashing` is the reading side's; keep both in step.
