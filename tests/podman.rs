@@ -387,3 +387,48 @@ fn later_boots_ask_podman_once_and_a_removed_image_is_still_reloaded() {
     assert_eq!(p.loads(), 3);
     assert!(p.image_id("test/once:1").is_some());
 }
+
+/// Units starting together take turns per archive, not per state directory: one holding
+/// b.tar's load lock keeps the load of b.tar waiting (saying for what) and does not keep
+/// a.tar's from loading.
+#[test]
+fn loads_of_different_archives_do_not_wait_for_each_other() {
+    if !podman_available() {
+        return;
+    }
+    let s = Setup::new();
+    let p = &s.podman;
+    image("test/a:1", "a").save(&s.archive("a.tar"));
+    image("test/b:1", "b").save(&s.archive("b.tar"));
+    let lock_path = s.state.join("lock-load/b.tar");
+    fs::create_dir_all(lock_path.parent().unwrap()).unwrap();
+    let held = fs::File::create(&lock_path).unwrap();
+    held.lock().unwrap();
+
+    let waiting = s
+        .command("load", &["--archive", "b.tar", "--image", "test/b:1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let other = s.helper("load", &["--archive", "a.tar", "--image", "test/a:1"]);
+    assert!(other.status.success(), "{}", text(&other));
+    assert!(!text(&other).contains("waiting"), "{}", text(&other));
+    assert!(text(&other).contains("a.tar: loaded"), "{}", text(&other));
+    assert_eq!(p.loads(), 1, "a.tar loaded while b.tar's lock is held");
+    assert!(p.image_id("test/b:1").is_none(), "nothing of b.tar loaded");
+
+    drop(held);
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!(
+            "waiting for another atomic-preload run to finish (it holds {})\n",
+            lock_path.display()
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("b.tar: loaded"), "{stdout}");
+    assert_eq!(p.loads(), 2);
+}

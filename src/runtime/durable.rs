@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 /// The temp name `path` is written under: a dot-file beside it (readers skip dot-files).
 /// It is the same for every run, so the run after a crash writes over the temp file the
-/// crashed one left, and renames it away. Writers of one name hold a lock (the load lock,
-/// a system container's lock); the one exception, the index of an archive two system
+/// crashed one left, and renames it away. Writers of one name hold a lock (an archive's load
+/// lock, a system container's lock); the one exception, the index of an archive two system
 /// containers read at once, is written with the same bytes by both.
 pub fn temp_name(path: &Path) -> PathBuf {
     let name = path.file_name().unwrap_or_default().to_string_lossy();

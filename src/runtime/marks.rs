@@ -82,12 +82,6 @@ impl Marks {
     }
 }
 
-/// An exclusive lock on `state_dir/lock`, held until dropped: units starting together
-/// take turns instead of loading the same archive twice.
-pub fn lock(state_dir: &Path) -> io::Result<File> {
-    lock_file(state_dir, "lock")
-}
-
 /// An exclusive lock on `state_dir/name`, held until dropped. When another run holds
 /// it, the journal and the status line say what this one waits for.
 pub fn lock_file(state_dir: &Path, name: &str) -> io::Result<File> {
@@ -159,7 +153,7 @@ mod tests {
         assert_eq!(back.get("images"), Some("one two"));
         marks.remove("a.tar").unwrap();
         assert_eq!(marks.read("a.tar"), None);
-        let _lock = lock(&dir).unwrap();
+        let _lock = lock_file(&dir.join("lock-load"), "a.tar").unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 }

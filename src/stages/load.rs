@@ -61,9 +61,13 @@ fn recorded_images(mark: &Mark) -> Vec<&str> {
 fn load_one(
     engine: &dyn ImageEngine,
     marks: &Marks,
+    locks: &Path,
     dir: &Path,
     name: &str,
 ) -> Result<Loaded, RuntimeError> {
+    // One run at a time per archive (two units starting together never load the same one
+    // twice); different archives load at once, as hand-written units would.
+    let _lock = marks::lock_file(locks, name).map_err(RuntimeError::State)?;
     let path = dir.join(name);
     let archive_err = |source: io::Error| RuntimeError::Io {
         path: path.clone(),
@@ -329,14 +333,14 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
     }
 
     engine.ping()?;
-    let _lock = marks::lock(&args.engine.state_dir).map_err(RuntimeError::State)?;
     let _archives = marks::lock_archives(&dir, false).map_err(|source| RuntimeError::Io {
         path: dir.clone(),
         source,
     })?;
     let marks = Marks::new(&args.engine.state_dir, &marks_kind).map_err(RuntimeError::State)?;
 
-    let results = load_all(engine, &marks, &dir, &names);
+    let locks = args.engine.state_dir.join("lock-load");
+    let results = load_all(engine, &marks, &locks, &dir, &names);
     let mut failures = Vec::new();
     // A full disk (the engine's storage, the state directory) is nothing wrong with the
     // archive: the unit fails with it, to be retried, not as a bad archive.
@@ -399,6 +403,7 @@ pub fn run(args: &LoadArgs) -> Result<(), RuntimeError> {
 fn load_all(
     engine: &dyn ImageEngine,
     marks: &Marks,
+    locks: &Path,
     dir: &Path,
     names: &[String],
 ) -> Vec<(usize, Result<Loaded, RuntimeError>)> {
@@ -414,7 +419,7 @@ fn load_all(
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(name) = names.get(i) else { break done };
-                        done.push((i, load_one(engine, marks, dir, name)));
+                        done.push((i, load_one(engine, marks, locks, dir, name)));
                     }
                 })
             })
