@@ -432,3 +432,46 @@ fn loads_of_different_archives_do_not_wait_for_each_other() {
     assert!(stdout.contains("b.tar: loaded"), "{stdout}");
     assert_eq!(p.loads(), 2);
 }
+
+/// At most one load per core at once, across units: with every slot held, a load waits
+/// (saying so) and goes on when one is free.
+#[test]
+fn loads_beyond_one_per_core_wait_for_a_slot() {
+    if !podman_available() {
+        return;
+    }
+    let s = Setup::new();
+    let p = &s.podman;
+    image("test/c:1", "c").save(&s.archive("c.tar"));
+    let locks = s.state.join("lock-load");
+    fs::create_dir_all(&locks).unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let held: Vec<fs::File> = (0..cores)
+        .map(|k| {
+            let f = fs::File::create(locks.join(format!("slot-{k}"))).unwrap();
+            f.lock().unwrap();
+            f
+        })
+        .collect();
+    let waiting = s
+        .command("load", &["--archive", "c.tar", "--image", "test/c:1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(p.loads(), 0, "nothing loads while every slot is held");
+    drop(held);
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!(
+            "waiting for one of the {cores} loads running at once to finish ({})\n",
+            locks.display()
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("c.tar: loaded"), "{stdout}");
+    assert_eq!(p.loads(), 1);
+}

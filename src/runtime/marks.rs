@@ -95,6 +95,44 @@ pub fn lock_file(state_dir: &Path, name: &str) -> io::Result<File> {
     take(file, &path, true)
 }
 
+/// One of `n` slots in `dir` (`slot-0` …), held until dropped: at most `n` loads at once
+/// across every run (one per core, as within one run), so 40 units starting together
+/// do not unpack 40 archives at once on two cores. When every slot is held, waits
+/// (polling: any of them will do), and says so once.
+pub fn lock_slot(dir: &Path, n: usize) -> io::Result<File> {
+    fs::create_dir_all(dir)?;
+    let mut slots = (0..n.max(1))
+        .map(|k| {
+            File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(format!("slot-{k}")))
+        })
+        .collect::<io::Result<Vec<File>>>()?;
+    let mut said = false;
+    loop {
+        for k in 0..slots.len() {
+            match slots[k].try_lock() {
+                Ok(()) => return Ok(slots.swap_remove(k)),
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(e)) => return Err(e),
+            }
+        }
+        if !said {
+            let message = format!(
+                "waiting for one of the {} loads running at once to finish ({})",
+                slots.len(),
+                dir.display()
+            );
+            println!("{message}");
+            super::notify::status(&message);
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A lock on the archive directory `dir` itself (none when it does not exist): shared by
 /// the stages that read an archive together with its recorded digest or its index,
 /// exclusive for `stage` while it renames a new archive and its sidecar into place — so
@@ -154,6 +192,16 @@ mod tests {
         marks.remove("a.tar").unwrap();
         assert_eq!(marks.read("a.tar"), None);
         let _lock = lock_file(&dir.join("lock-load"), "a.tar").unwrap();
+        // Two slots: two holders at once, each its own.
+        let a = lock_slot(&dir.join("lock-load"), 2).unwrap();
+        let b = lock_slot(&dir.join("lock-load"), 2).unwrap();
+        let other = File::open(dir.join("lock-load/slot-0")).unwrap();
+        assert!(other.try_lock().is_err(), "slot-0 is held");
+        let other = File::open(dir.join("lock-load/slot-1")).unwrap();
+        assert!(other.try_lock().is_err(), "slot-1 is held");
+        drop(a);
+        drop(b);
+        assert!(other.try_lock().is_ok(), "released when dropped");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -66,7 +66,7 @@ fn load_one(
     name: &str,
 ) -> Result<Loaded, RuntimeError> {
     // One run at a time per archive (two units starting together never load the same one
-    // twice); different archives load at once, as hand-written units would.
+    // twice); different archives load at once, one per core.
     let _lock = marks::lock_file(locks, name).map_err(RuntimeError::State)?;
     let path = dir.join(name);
     let archive_err = |source: io::Error| RuntimeError::Io {
@@ -97,6 +97,9 @@ fn load_one(
     }) {
         return Ok(Loaded::AlreadyLoaded);
     }
+    // From here the archive is read (and perhaps loaded): one of a load per core.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let _slot = marks::lock_slot(locks, cores).map_err(RuntimeError::State)?;
     let mut mark = Mark::default();
     for (k, v) in fingerprint(&meta) {
         mark.set(k, v);
