@@ -1417,15 +1417,21 @@ fn started_at(pid: u32) -> f64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     let ticks: f64 = after.split(' ').nth(19).unwrap().parse().unwrap();
-    let btime: f64 = fs::read_to_string("/proc/stat")
+    // The wall-clock time of boot, from the clock now and the uptime now (to 10 ms):
+    // /proc/stat's btime is whole seconds, which would shift every measurement by up
+    // to a second.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))
+        .as_secs_f64();
+    let uptime: f64 = fs::read_to_string("/proc/uptime")
         .unwrap()
-        .trim()
+        .split_whitespace()
+        .next()
+        .unwrap()
         .parse()
         .unwrap();
-    btime + ticks / 100.0
+    now - uptime + ticks / 100.0
 }
 
 /// Seconds from the guest's systemd start until the engine runs all `n` containers
@@ -1468,6 +1474,178 @@ fn boot_to_running(s: &Scenario, m: &Machine, n: usize, podman: bool) -> f64 {
     latest - started_at(m.init)
 }
 
+/// What every bench container runs: nothing, until stopped.
+const BENCH_CMD: &str = "trap 'exit 0' TERM; while :; do sleep 1; done";
+
+/// Container `i`'s own data, BENCH_MB of it (default 20): what a real image loads.
+fn bench_payload(i: usize) -> Vec<u8> {
+    let mb: usize = std::env::var("BENCH_MB").map_or(20, |v| v.parse().unwrap());
+    let data: Vec<u8> = (0..mb << 20)
+        .map(|j| {
+            (j as u32)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(i as u32)
+                .to_le_bytes()[3]
+        })
+        .collect();
+    Layer::new().file("payload", &data, 0o644).bytes()
+}
+
+/// System container `i` for bench/boot.sh: busybox, its own data, and exports that run
+/// it under runc until stopped (etcd's unit template).
+fn bench_system_image(i: usize) -> Image {
+    let config = format!(
+        r#"{{"ociVersion": "1.0.2",
+ "process": {{"terminal": false, "user": {{"uid": 0, "gid": 0}}, "args": ["/bin/sh", "-c", "{BENCH_CMD}"], "env": ["PATH=/bin"], "cwd": "/"}},
+ "root": {{"path": "rootfs", "readonly": true}},
+ "mounts": [{{"destination": "/proc", "type": "proc", "source": "proc"}}, {{"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}}],
+ "linux": {{"namespaces": [{{"type": "pid"}}, {{"type": "ipc"}}, {{"type": "uts"}}, {{"type": "mount"}}]}}}}
+"#
+    );
+    let service = "[Unit]\nDescription=bench system container\n\n[Service]\n\
+        ExecStartPre=$EXEC_STARTPRE\nExecStart=$EXEC_START\nExecStop=$EXEC_STOP\nExecStopPost=$EXEC_STOPPOST\n\
+        WorkingDirectory=$DESTDIR\n\n[Install]\nWantedBy=multi-user.target\n";
+    let exports = Layer::new()
+        .dir("exports/", 0o755)
+        .file("exports/config.json.template", config.as_bytes(), 0o644)
+        .file("exports/service.template", service.as_bytes(), 0o644)
+        .bytes();
+    let mut image = Image::new(
+        &format!("bench/sc{i}:1"),
+        vec![Layer::new().busybox().bytes(), bench_payload(i), exports],
+    );
+    image.marker = format!("sc{i}");
+    image
+}
+
+/// Seconds from the guest's systemd start until runc runs all `n` system containers
+/// (`bench-sc-0` …), from each container's own creation time (`runc state`).
+fn boot_to_running_system(m: &Machine, n: usize) -> f64 {
+    let names: Vec<String> = (0..n).map(|i| format!("bench-sc-{i}")).collect();
+    let state = |m: &Machine, name: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&m.sh(&["runc", "state", name])).ok()
+    };
+    m.wait_for("every system container running", 300, |m| {
+        names
+            .iter()
+            .all(|n| state(m, n).is_some_and(|s| s["status"] == "running"))
+    });
+    if std::env::var("BENCH_VERBOSE").is_ok() {
+        eprintln!(
+            "{}",
+            m.sh(&["journalctl", "-b", "--no-pager", "-o", "short-monotonic"])
+        );
+    }
+    names
+        .iter()
+        .map(|name| {
+            let created = state(m, name).unwrap()["created"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let out = run(Command::new("date").args(["-d", &created, "+%s.%N"]));
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<f64>()
+                .unwrap()
+        })
+        .fold(0.0, f64::max)
+        - started_at(m.init)
+}
+
+/// The system-container rows of bench/boot.sh: `n` system containers from `.tar`
+/// archives, ours (first boot checks out, later boots reuse the checkout) against
+/// hand-written units that extract the image's layers with tar at every start and run
+/// it with runc — the system-container form of the ISO question's units; then a boot of
+/// those with the extraction taken out (`runc run` alone, the floor); then ours with
+/// checkouts staged at build time (`stage --system --checkout`), first boot only.
+fn bench_system_row(n: usize) -> [f64; 6] {
+    let mut times = [0.0; 6];
+    let ostree = format!("/{PRELOAD}/ostree");
+    for (k, how) in ["ours", "theirs", "staged"].into_iter().enumerate() {
+        let s = Scenario::without_docker();
+        let mut config = String::new();
+        let src = tempfile::tempdir().unwrap();
+        for i in 0..n {
+            let image = bench_system_image(i);
+            let archive = format!("sc{i}.tar");
+            match how {
+                "staged" => image.save(&src.path().join(&archive)),
+                _ => image.save(&s.path(PRELOAD).join("ostree").join(&archive)),
+            }
+            if how == "theirs" {
+                let bundle = format!("/var/lib/bench/sc-{i}");
+                let layers: Vec<String> = (1..=image.layers.len())
+                    .map(|l| format!("layer{l}/layer.tar"))
+                    .collect();
+                let unit = format!(
+                    "[Unit]\nDescription=bench-sc-{i} (hand-written)\n\n[Service]\nTimeoutStartSec=0\n\
+                     ExecStartPre=-/usr/sbin/runc delete -f bench-sc-{i}\n\
+                     ExecStartPre=/bin/rm -rf {bundle}\nExecStartPre=/bin/mkdir -p {bundle}/rootfs\n\
+                     ExecStartPre=/bin/sh -c 'for l in {layers}; do tar -xOf {ostree}/{archive} $l | tar -x -C {bundle}/rootfs || exit 1; done'\n\
+                     ExecStartPre=/bin/cp {bundle}/rootfs/exports/config.json.template {bundle}/config.json\n\
+                     ExecStart=/usr/sbin/runc run --bundle {bundle} bench-sc-{i}\n\n\
+                     [Install]\nWantedBy=multi-user.target\n",
+                    layers = layers.join(" ")
+                );
+                fs::write(
+                    s.path(&format!("etc/systemd/system/bench-sc-{i}.service")),
+                    unit,
+                )
+                .unwrap();
+                std::os::unix::fs::symlink(
+                    format!("/etc/systemd/system/bench-sc-{i}.service"),
+                    s.path(&format!(
+                        "etc/systemd/system/multi-user.target.wants/bench-sc-{i}.service"
+                    )),
+                )
+                .unwrap();
+            } else {
+                config.push_str(&format!(
+                    "- name: bench-sc-{i}\n  image: bench/sc{i}:1\n  archive: {archive}\n  install:\n    system: true\n  run: {{}}\n"
+                ));
+            }
+        }
+        if how == "staged" {
+            let mut stage = Command::new(support::helper());
+            stage
+                .args(["stage", "--root"])
+                .arg(s.path(""))
+                .args(["--system", "--checkout"]);
+            for i in 0..n {
+                stage.arg(src.path().join(format!("sc{i}.tar")));
+            }
+            run(&mut stage);
+        }
+        s.config(&config);
+        let boots = if how == "staged" { 1 } else { 2 };
+        for boot in 0..boots {
+            let m = s.boot();
+            times[k * 2 + boot] = boot_to_running_system(&m, n);
+            m.poweroff();
+        }
+        if how == "theirs" {
+            for i in 0..n {
+                let path = s.path(&format!("etc/systemd/system/bench-sc-{i}.service"));
+                let unit: String = fs::read_to_string(&path)
+                    .unwrap()
+                    .lines()
+                    .filter(|l| {
+                        !l.contains("rm -rf") && !l.contains("tar -x") && !l.contains("/bin/cp")
+                    })
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                fs::write(&path, unit).unwrap();
+            }
+            let m = s.boot();
+            times[5] = boot_to_running_system(&m, n);
+            m.poweroff();
+        }
+    }
+    // [ours 1st, ours 2nd, theirs 1st, theirs 2nd, staged 1st, floor]
+    times
+}
+
 /// One row of bench/boot.sh: `n` containers (Docker), first and second boot, ours
 /// against the hand-written units of the original ISO question (`ExecStartPre=-docker
 /// load` at every start, then `docker run --rm`).
@@ -1491,20 +1669,10 @@ fn bench_row(n: usize, podman: bool) -> [f64; 5] {
         } else {
             Scenario::new()
         };
-        let cmd = "trap 'exit 0' TERM; while :; do sleep 1; done";
+        let cmd = BENCH_CMD;
         let mut config = String::new();
-        // Each image carries BENCH_MB of its own data (default 20): what a real one loads.
-        let mb: usize = std::env::var("BENCH_MB").map_or(20, |v| v.parse().unwrap());
         for i in 0..n {
-            let data: Vec<u8> = (0..mb << 20)
-                .map(|j| {
-                    (j as u32)
-                        .wrapping_mul(2_654_435_761)
-                        .wrapping_add(i as u32)
-                        .to_le_bytes()[3]
-                })
-                .collect();
-            let payload = Layer::new().file("payload", &data, 0o644).bytes();
+            let payload = bench_payload(i);
             let mut image = Image::new(
                 &format!("bench/c{i}:1"),
                 vec![Layer::new().busybox().bytes(), payload],
@@ -1577,7 +1745,22 @@ fn bench_boot_to_running() {
         "| containers | ours, first boot | hand-written, first boot | ratio | ours, second boot | hand-written, second boot | ratio | `run` alone | ours above it, per unit |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for engine in list("BENCH_ENGINES", "docker,podman") {
+    for engine in list("BENCH_ENGINES", "docker,podman,system") {
+        if engine == "system" {
+            let n: usize = std::env::var("BENCH_SYSTEM").map_or(2, |v| v.parse().unwrap());
+            let [ours1, ours2, theirs1, theirs2, staged1, floor] = bench_system_row(n);
+            println!(
+                "| {n} (system, runc) | {ours1:.2} s | {theirs1:.2} s | {:.2} | {ours2:.2} s | {theirs2:.2} s | {:.2} | {floor:.2} s | {:.0} ms |",
+                ours1 / theirs1,
+                ours2 / theirs2,
+                (ours2 - floor) * 1000.0 / n as f64
+            );
+            println!(
+                "| {n} (system, staged checkouts) | {staged1:.2} s | {theirs1:.2} s | {:.2} | | | | | |",
+                staged1 / theirs1
+            );
+            continue;
+        }
         for &n in &counts {
             let [ours1, ours2, theirs1, theirs2, floor] = bench_row(n, engine == "podman");
             println!(
