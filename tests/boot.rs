@@ -961,6 +961,12 @@ fn s9_system_container_without_docker() {
     });
     let status = m.sh(&["systemctl", "status", "--no-pager", "preload-etcd.service"]);
     assert!(status.contains("runs as etcd.service"), "{status}");
+    // A unit systemd never loaded is read when first asked about: no daemon-reload.
+    let journal = m.sh(&["journalctl", "--no-pager", "-u", "preload-etcd.service"]);
+    assert!(
+        journal.contains("systemd has etcd.service as written: no daemon-reload"),
+        "{journal}"
+    );
     let deps = m.sh(&[
         "systemctl",
         "show",

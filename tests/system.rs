@@ -1241,3 +1241,44 @@ fn members_after_a_directory_becomes_a_symlink_follow_the_symlink() {
         );
     }
 }
+
+/// An install asks systemd whether it already has the unit as written (loaded from our
+/// file, `NeedDaemonReload=no`): then no `daemon-reload`; any other answer reloads. (The
+/// boot suite proves the first answer with real systemd, s9.)
+#[test]
+fn daemon_reload_only_when_systemd_does_not_have_the_unit_as_written() {
+    for (need_reload, fragment_ours, reloads) in [
+        ("no", true, false),
+        ("yes", true, true),
+        ("no", false, true),
+    ] {
+        let host = Host::new();
+        let fragment = if fragment_ours {
+            host.p("units/etcd.service").display().to_string()
+        } else {
+            "/usr/lib/systemd/system/etcd.service".into()
+        };
+        let log = host.p("systemctl.log");
+        fs::write(
+            host.p("systemctl"),
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {log}\ncase \"$1\" in\n  show) printf 'LoadState=loaded\\nNeedDaemonReload={need_reload}\\nFragmentPath={fragment}\\n';;\n  is-active) exit 3;;\nesac\nexit 0\n",
+                log = log.display()
+            ),
+        )
+        .unwrap();
+        etcd_image("v1").save(&host.p("preload/ostree/etcd.tar.zst"));
+        let out = ok(&host.install("etcd", &[]));
+        let calls = host.log("systemctl.log");
+        assert_eq!(
+            calls.contains("daemon-reload"),
+            reloads,
+            "NeedDaemonReload={need_reload}, fragment {fragment}: {calls}\n{out}"
+        );
+        assert_eq!(
+            out.contains("systemd has etcd.service as written: no daemon-reload"),
+            !reloads,
+            "{out}"
+        );
+    }
+}
