@@ -388,6 +388,46 @@ fn later_boots_ask_podman_once_and_a_removed_image_is_still_reloaded() {
     assert!(p.image_id("test/once:1").is_some());
 }
 
+/// `load --archive ARCHIVE --image IMAGE` started while `held` is held: once it says
+/// `says` (it waits), `meanwhile` runs its checks; once released, the load succeeds.
+fn load_waits(
+    s: &Setup,
+    (archive, image): (&str, &str),
+    held: Vec<fs::File>,
+    says: String,
+    meanwhile: impl FnOnce(),
+) {
+    use std::io::BufRead;
+    let mut waiting = s
+        .command("load", &["--archive", archive, "--image", image])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = waiting.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    let first = lines
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the load says it waits");
+    assert_eq!(first, says);
+    meanwhile();
+    drop(held);
+    let out = waiting.wait_with_output().unwrap();
+    reader.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let rest: Vec<String> = lines.try_iter().collect();
+    assert!(
+        rest.iter()
+            .any(|l| l.contains(&format!("{archive}: loaded"))),
+        "{rest:?}"
+    );
+}
+
 /// Units starting together take turns per archive, not per state directory: one holding
 /// b.tar's load lock keeps the load of b.tar waiting (saying for what) and does not keep
 /// a.tar's from loading.
@@ -404,32 +444,18 @@ fn loads_of_different_archives_do_not_wait_for_each_other() {
     fs::create_dir_all(lock_path.parent().unwrap()).unwrap();
     let held = fs::File::create(&lock_path).unwrap();
     held.lock().unwrap();
-
-    let waiting = s
-        .command("load", &["--archive", "b.tar", "--image", "test/b:1"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let other = s.helper("load", &["--archive", "a.tar", "--image", "test/a:1"]);
-    assert!(other.status.success(), "{}", text(&other));
-    assert!(!text(&other).contains("waiting"), "{}", text(&other));
-    assert!(text(&other).contains("a.tar: loaded"), "{}", text(&other));
-    assert_eq!(p.loads(), 1, "a.tar loaded while b.tar's lock is held");
-    assert!(p.image_id("test/b:1").is_none(), "nothing of b.tar loaded");
-
-    drop(held);
-    let out = waiting.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.starts_with(&format!(
-            "waiting for another atomic-preload run to finish (it holds {})\n",
-            lock_path.display()
-        )),
-        "{stdout}"
+    let says = format!(
+        "waiting for another atomic-preload run to finish (it holds {})",
+        lock_path.display()
     );
-    assert!(stdout.contains("b.tar: loaded"), "{stdout}");
+    load_waits(&s, ("b.tar", "test/b:1"), vec![held], says, || {
+        let other = s.helper("load", &["--archive", "a.tar", "--image", "test/a:1"]);
+        assert!(other.status.success(), "{}", text(&other));
+        assert!(!text(&other).contains("waiting"), "{}", text(&other));
+        assert!(text(&other).contains("a.tar: loaded"), "{}", text(&other));
+        assert_eq!(p.loads(), 1, "a.tar loaded while b.tar's lock is held");
+        assert!(p.image_id("test/b:1").is_none(), "nothing of b.tar loaded");
+    });
     assert_eq!(p.loads(), 2);
 }
 
@@ -453,25 +479,13 @@ fn loads_beyond_one_per_core_wait_for_a_slot() {
             f
         })
         .collect();
-    let waiting = s
-        .command("load", &["--archive", "c.tar", "--image", "test/c:1"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_eq!(p.loads(), 0, "nothing loads while every slot is held");
-    drop(held);
-    let out = waiting.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.starts_with(&format!(
-            "waiting for one of the {cores} loads running at once to finish ({})\n",
-            locks.display()
-        )),
-        "{stdout}"
+    let says = format!(
+        "waiting for one of the {cores} loads running at once to finish ({})",
+        locks.display()
     );
-    assert!(stdout.contains("c.tar: loaded"), "{stdout}");
+    load_waits(&s, ("c.tar", "test/c:1"), held, says, || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(p.loads(), 0, "nothing loads while every slot is held");
+    });
     assert_eq!(p.loads(), 1);
 }
