@@ -97,7 +97,8 @@ fn load_one(
     }) {
         return Ok(Loaded::AlreadyLoaded);
     }
-    // From here the archive is read (and perhaps loaded): one of a load per core.
+    // From here the archive is read (and perhaps loaded): in one of the slots, one per
+    // core across every run.
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let _slot = marks::lock_slot(locks, cores).map_err(RuntimeError::State)?;
     let mut mark = Mark::default();
