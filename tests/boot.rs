@@ -1469,15 +1469,50 @@ fn boot_to_running(s: &Scenario, m: &Machine, n: usize, podman: bool) -> f64 {
         .lines()
         .map(|t| {
             // Podman: "2026-12-04 04:50:01.1 +0000 UTC"; Docker: RFC 3339.
-            let t = t.trim().trim_end_matches(" UTC");
-            let out = run(Command::new("date").args(["-d", t, "+%s.%N"]));
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse::<f64>()
-                .unwrap()
+            wall_seconds(t.trim().trim_end_matches(" UTC"))
         })
         .fold(0.0, f64::max);
     latest - started_at(m.init)
+}
+
+/// A hand-written unit `/etc/systemd/system/NAME.service`, enabled as an admin would.
+fn hand_written_unit(s: &Scenario, name: &str, text: &str) {
+    fs::write(s.path(&format!("etc/systemd/system/{name}.service")), text).unwrap();
+    std::os::unix::fs::symlink(
+        format!("/etc/systemd/system/{name}.service"),
+        s.path(&format!(
+            "etc/systemd/system/multi-user.target.wants/{name}.service"
+        )),
+    )
+    .unwrap();
+}
+
+/// Each hand-written unit `names` without the lines `drop` picks (the floor's boot: the
+/// images are there).
+fn strip_hand_written(
+    s: &Scenario,
+    names: impl Iterator<Item = String>,
+    drop: &dyn Fn(&str) -> bool,
+) {
+    for name in names {
+        let path = s.path(&format!("etc/systemd/system/{name}.service"));
+        let unit: String = fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|l| !drop(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(&path, unit).unwrap();
+    }
+}
+
+/// A time as `date -d` reads it (RFC 3339, Podman's form), in seconds since the epoch.
+fn wall_seconds(t: &str) -> f64 {
+    let out = run(Command::new("date").args(["-d", t, "+%s.%N"]));
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<f64>()
+        .unwrap()
 }
 
 /// What every bench container runs: nothing, until stopped.
@@ -1544,17 +1579,7 @@ fn boot_to_running_system(m: &Machine, n: usize) -> f64 {
     }
     names
         .iter()
-        .map(|name| {
-            let created = state(m, name).unwrap()["created"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            let out = run(Command::new("date").args(["-d", &created, "+%s.%N"]));
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse::<f64>()
-                .unwrap()
-        })
+        .map(|name| wall_seconds(state(m, name).unwrap()["created"].as_str().unwrap()))
         .fold(0.0, f64::max)
         - started_at(m.init)
 }
@@ -1594,18 +1619,7 @@ fn bench_system_row(n: usize) -> [f64; 6] {
                      [Install]\nWantedBy=multi-user.target\n",
                     layers = layers.join(" ")
                 );
-                fs::write(
-                    s.path(&format!("etc/systemd/system/bench-sc-{i}.service")),
-                    unit,
-                )
-                .unwrap();
-                std::os::unix::fs::symlink(
-                    format!("/etc/systemd/system/bench-sc-{i}.service"),
-                    s.path(&format!(
-                        "etc/systemd/system/multi-user.target.wants/bench-sc-{i}.service"
-                    )),
-                )
-                .unwrap();
+                hand_written_unit(&s, &format!("bench-sc-{i}"), &unit);
             } else {
                 config.push_str(&format!(
                     "- name: bench-sc-{i}\n  image: bench/sc{i}:1\n  archive: {archive}\n  install:\n    system: true\n  run: {{}}\n"
@@ -1631,18 +1645,9 @@ fn bench_system_row(n: usize) -> [f64; 6] {
             m.poweroff();
         }
         if how == "theirs" {
-            for i in 0..n {
-                let path = s.path(&format!("etc/systemd/system/bench-sc-{i}.service"));
-                let unit: String = fs::read_to_string(&path)
-                    .unwrap()
-                    .lines()
-                    .filter(|l| {
-                        !l.contains("rm -rf") && !l.contains("tar -x") && !l.contains("/bin/cp")
-                    })
-                    .map(|l| format!("{l}\n"))
-                    .collect();
-                fs::write(&path, unit).unwrap();
-            }
+            strip_hand_written(&s, (0..n).map(|i| format!("bench-sc-{i}")), &|l| {
+                l.contains("rm -rf") || l.contains("tar -x") || l.contains("/bin/cp")
+            });
             let m = s.boot();
             times[5] = boot_to_running_system(&m, n);
             m.poweroff();
@@ -1696,15 +1701,7 @@ fn bench_row(n: usize, podman: bool) -> [f64; 5] {
                      ExecStartPre=-{client} load -i /{PRELOAD}/docker/c{i}.tar\n\
                      ExecStart={client} run --rm --name bench-{i} bench/c{i}:1 sh -c \"{cmd}\"\n"
                 );
-                let path = s.path(&format!("etc/systemd/system/bench-{i}.service"));
-                fs::write(&path, unit).unwrap();
-                std::os::unix::fs::symlink(
-                    format!("/etc/systemd/system/bench-{i}.service"),
-                    s.path(&format!(
-                        "etc/systemd/system/multi-user.target.wants/bench-{i}.service"
-                    )),
-                )
-                .unwrap();
+                hand_written_unit(&s, &format!("bench-{i}"), &unit);
             }
         }
         s.config(&config);
@@ -1714,16 +1711,9 @@ fn bench_row(n: usize, podman: bool) -> [f64; 5] {
             m.poweroff();
         }
         if !ours {
-            for i in 0..n {
-                let path = s.path(&format!("etc/systemd/system/bench-{i}.service"));
-                let unit: String = fs::read_to_string(&path)
-                    .unwrap()
-                    .lines()
-                    .filter(|l| !l.contains(" load -i "))
-                    .map(|l| format!("{l}\n"))
-                    .collect();
-                fs::write(&path, unit).unwrap();
-            }
+            strip_hand_written(&s, (0..n).map(|i| format!("bench-{i}")), &|l| {
+                l.contains(" load -i ")
+            });
             let m = s.boot();
             times[4] = boot_to_running(&s, &m, n, podman);
             m.poweroff();

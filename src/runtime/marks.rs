@@ -120,17 +120,21 @@ pub fn lock_slot(dir: &Path, n: usize) -> io::Result<File> {
             }
         }
         if !said {
-            let message = format!(
+            say_waiting(&format!(
                 "waiting for one of the {} loads running at once to finish ({})",
                 slots.len(),
                 dir.display()
-            );
-            println!("{message}");
-            super::notify::status(&message);
+            ));
             said = true;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// What a run waiting for a lock waits for: in the journal and on the status line.
+fn say_waiting(message: &str) {
+    println!("{message}");
+    super::notify::status(message);
 }
 
 /// A lock on the archive directory `dir` itself (none when it does not exist): shared by
@@ -159,12 +163,10 @@ fn take(file: File, path: &Path, exclusive: bool) -> io::Result<File> {
         Err(fs::TryLockError::WouldBlock) => {}
         Err(fs::TryLockError::Error(e)) => return Err(e),
     }
-    let message = format!(
+    say_waiting(&format!(
         "waiting for another atomic-preload run to finish (it holds {})",
         path.display()
-    );
-    println!("{message}");
-    super::notify::status(&message);
+    ));
     if exclusive {
         file.lock()?;
     } else {
